@@ -1,0 +1,13 @@
+.PHONY: run demo test bench soak lint
+run:
+	scripts/run.sh
+demo:
+	scripts/run.sh --demo --speed 10
+test:
+	scripts/test.sh
+lint:
+	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+bench:
+	scripts/setup.sh && .venv/bin/python benchmarks/run_all.py
+soak:
+	scripts/setup.sh && .venv/bin/python benchmarks/soak.py

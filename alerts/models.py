@@ -1,0 +1,188 @@
+"""Rules and user settings (metadata alias) and alert history with its outbox (timeseries alias).
+
+No foreign key crosses the two aliases (DESIGN §3): history rows keep rule slugs and user ids as
+plain values.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+
+
+class AlertRule(models.Model):
+    class Severity(models.TextChoices):
+        INFO = "info"
+        WARNING = "warning"
+        CRITICAL = "critical"
+
+    class Direction(models.TextChoices):
+        BULL = "bull"
+        BEAR = "bear"
+        NEUTRAL = "neutral"
+
+    class Mode(models.TextChoices):
+        BAR_CLOSE = "bar_close", "on bar close"
+        INTRABAR = "intrabar", "intrabar"
+
+    slug = models.SlugField(
+        max_length=120, unique=True, help_text="global rules: any slug; personal: u<owner>-<name>"
+    )
+    name = models.CharField(max_length=120)
+    description = models.TextField(blank=True, default="")
+    expression = models.TextField(
+        help_text="DESIGN §8 rule language, e.g. change_1h > 2 and volume_1h > 1_000_000"
+    )
+    severity = models.CharField(max_length=8, choices=Severity.choices, default=Severity.INFO)
+    direction = models.CharField(max_length=8, choices=Direction.choices, default=Direction.NEUTRAL)
+    mode = models.CharField(max_length=9, choices=Mode.choices, default=Mode.BAR_CLOSE)
+    cooldown_seconds = models.PositiveIntegerField(default=300)
+    enabled = models.BooleanField(default=True)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="alert_rules"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "alert_rules"
+        ordering = ["slug"]
+        indexes = [models.Index(fields=["enabled", "owner"], name="alert_rules_enabled_owner")]
+
+    def __str__(self) -> str:
+        return self.slug
+
+    @property
+    def is_global(self) -> bool:
+        return self.owner_id is None
+
+    def clean(self) -> None:
+        from alerts.rule_language import RuleError, compile_rule
+
+        try:
+            compile_rule(self.expression)
+        except RuleError as error:
+            raise ValidationError({"expression": str(error)}) from None
+        if self.owner_id is not None and not self.slug.startswith(f"u{self.owner_id}-"):
+            raise ValidationError({"slug": f"a personal rule's slug starts with u{self.owner_id}-"})
+
+
+class UserSettings(models.Model):
+    """One row per user: what they want to see and where alerts go (DESIGN §6)."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="alert_settings"
+    )
+    watchlist = models.JSONField(default=list, blank=True, help_text="symbols; empty = every symbol")
+    muted_rules = models.JSONField(
+        default=dict, blank=True, help_text="rule slug → expiry (ISO time) or null"
+    )
+    muted_symbols = models.JSONField(default=dict, blank=True, help_text="symbol → expiry (ISO time) or null")
+    min_volume_1d = models.FloatField(
+        null=True, blank=True, help_text="hide global alerts below this 1-day USDT volume"
+    )
+    timezone = models.CharField(max_length=64, default="UTC")
+    channels = models.JSONField(default=list, blank=True, help_text="notification channels and their routing")
+
+    class Meta:
+        db_table = "user_settings"
+        verbose_name_plural = "user settings"
+
+    def __str__(self) -> str:
+        return f"settings of {self.user}"
+
+    def clean(self) -> None:
+        from zoneinfo import available_timezones
+
+        if self.timezone not in available_timezones():
+            raise ValidationError(
+                {"timezone": f"unknown time zone {self.timezone!r} (use an IANA name like Europe/Paris)"}
+            )
+
+    @staticmethod
+    def _active(mutes: dict, key: str, now: datetime) -> bool:
+        if key not in mutes:
+            return False
+        until = mutes[key]
+        return until is None or datetime.fromisoformat(until) > now
+
+    def is_muted(self, rule: str, symbol: str, now: datetime | None = None) -> bool:
+        now = now or datetime.now(UTC)
+        return self._active(self.muted_rules, rule, now) or self._active(self.muted_symbols, symbol, now)
+
+
+class AlertHistory(models.Model):
+    """One triggered alert: unique per (rule, symbol, bar); the DESIGN §5 payload in columns."""
+
+    id = models.BigAutoField(primary_key=True)
+    rule = models.TextField()
+    rule_name = models.TextField()
+    severity = models.CharField(max_length=8)
+    direction = models.CharField(max_length=8)
+    symbol = models.TextField()
+    time = models.DateTimeField(help_text="open time of the bar")
+    triggered_at = models.DateTimeField()
+    price = models.FloatField()
+    description = models.TextField(blank=True, default="")
+    metrics = models.JSONField(default=dict)
+    owner_id = models.BigIntegerField(null=True, blank=True)
+    late = models.BooleanField(default=False)
+
+    class Meta:
+        db_table = "alert_history"
+        verbose_name_plural = "alert history"
+        constraints = [
+            models.UniqueConstraint(fields=["rule", "symbol", "time"], name="alert_history_rule_symbol_time")
+        ]
+        indexes = [
+            models.Index(fields=["-time"], name="alert_history_time"),
+            models.Index(fields=["symbol", "-time"], name="alert_history_symbol_time"),
+            models.Index(fields=["owner_id", "-time"], name="alert_history_owner_time"),
+        ]
+
+    def __str__(self) -> str:
+        return self.alert_id
+
+    @property
+    def open_time(self) -> int:
+        return int(self.time.timestamp() * 1000)
+
+    @property
+    def alert_id(self) -> str:
+        return f"{self.rule}:{self.symbol}:{self.open_time}"
+
+    def to_payload(self) -> dict:
+        """The `alerts.triggered` payload of DESIGN §5."""
+        return {
+            "v": 1,
+            "id": self.alert_id,
+            "rule": self.rule,
+            "rule_name": self.rule_name,
+            "severity": self.severity,
+            "direction": self.direction,
+            "symbol": self.symbol,
+            "open_time": self.open_time,
+            "triggered_at": int(self.triggered_at.timestamp() * 1000),
+            "price": self.price,
+            "description": self.description,
+            "metrics": self.metrics,
+            "owner": self.owner_id,
+            "late": self.late,
+        }
+
+
+class OutboxEntry(models.Model):
+    """A notification waiting to be delivered; written in the alert's transaction (DESIGN §6)."""
+
+    id = models.BigAutoField(primary_key=True)
+    alert_id = models.BigIntegerField(unique=True, help_text="alert_history.id")
+    created_at = models.DateTimeField(auto_now_add=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        db_table = "notification_outbox"
+        indexes = [models.Index(fields=["dispatched_at", "created_at"], name="outbox_pending")]

@@ -1,0 +1,19 @@
+"""The Celery app: notification delivery and periodic housekeeping (retention)."""
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cryptomon.settings")
+
+from cryptomon.bootstrap import prepare
+
+prepare(["celery", "worker"])
+
+app = Celery("cryptomon")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.conf.imports = ["cryptomon.retention"]
+app.autodiscover_tasks()
+app.conf.beat_schedule = {
+    "delete-expired-rows": {"task": "cryptomon.tasks.delete_expired_rows", "schedule": 600.0},
+}

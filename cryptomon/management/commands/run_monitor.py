@@ -1,0 +1,176 @@
+"""`python manage.py run_monitor`: the whole system on one machine, in one command.
+
+Starts (or reuses) the embedded servers, migrates, then runs every worker and the ASGI server as child
+processes with one log stream prefixed by process. A child that dies is restarted with backoff;
+Ctrl-C stops the children, then the embedded servers this command started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.core.management import call_command, get_commands
+from django.core.management.base import BaseCommand
+
+MANAGE = [sys.executable, str(settings.BASE_DIR / "manage.py")]
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    process: subprocess.Popen | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    env: dict = field(default_factory=dict)
+
+
+class Command(BaseCommand):
+    help = "Run cryptomon on this machine: servers, migrations, workers, web."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", type=int, default=8000)
+        parser.add_argument(
+            "--demo", action="store_true", help="run the emulator with scenarios; anonymous viewing"
+        )
+        parser.add_argument("--speed", type=float, default=1.0, help="emulator speed factor with --demo")
+        parser.add_argument("--symbols", default="", help="limit the universe: a number (demo) or SYM,SYM")
+        parser.add_argument("--no-workers", action="store_true", help="web app only")
+
+    def handle(self, *args, **options):
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+        call_command("migrate", interactive=False, verbosity=0)
+        if not settings.TIMESERIES_SHARED:
+            call_command("migrate", database="timeseries", interactive=False, verbosity=0)
+        env = {}
+        if options["demo"]:
+            env["ALLOW_ANONYMOUS_DASHBOARD"] = "true"
+        children = self._children(options, env)
+        signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
+        url = f"http://{options['host']}:{options['port']}/"
+        try:
+            for child in children:
+                self._start(child)
+            self.stdout.write(f"cryptomon is running at {url} (Ctrl-C stops it)")
+            self.stdout.flush()
+            self._supervise(children)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stopping.set()
+            self._stop_all(children)
+            started = [name for name in os.environ.get("CRYPTOMON_EMBEDDED_STARTED", "").split(",") if name]
+            if started:
+                from cryptomon.embedded import stop_servers
+
+                stop_servers(names=started)
+            self.stdout.write("cryptomon stopped")
+
+    def _children(self, options, env) -> list[Child]:
+        commands = get_commands()
+        children: list[Child] = []
+        if options["demo"] and "run_emulator" in commands:
+            # The emulator comes first; the collector is pointed at it.
+            children.append(
+                Child("emulator", [*MANAGE, "run_emulator", "--port", "0", "--speed", str(options["speed"])])
+            )
+        children.append(
+            Child(
+                "web",
+                [
+                    sys.executable,
+                    "-m",
+                    "daphne",
+                    "-b",
+                    options["host"],
+                    "-p",
+                    str(options["port"]),
+                    "cryptomon.asgi:application",
+                ],
+                env=env,
+            )
+        )
+        if not options["no_workers"]:
+            for name in ("run_collector", "run_metrics", "run_alerts", "run_gateway"):
+                if name in commands:
+                    children.append(Child(name.removeprefix("run_"), [*MANAGE, name]))
+            children.append(
+                Child(
+                    "celery",
+                    [
+                        sys.executable,
+                        "-m",
+                        "celery",
+                        "-A",
+                        "cryptomon.celery",
+                        "worker",
+                        "--beat",
+                        "--loglevel",
+                        "INFO",
+                        "--concurrency",
+                        "2",
+                    ],
+                )
+            )
+        for child in children:
+            child.env = {**env, **child.env}
+        return children
+
+    def _start(self, child: Child) -> None:
+        child.process = subprocess.Popen(
+            child.argv,
+            cwd=settings.BASE_DIR,
+            env={**os.environ, **child.env, "PYTHONUNBUFFERED": "1"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            bufsize=1,
+        )
+        child.started_at = time.monotonic()
+        threading.Thread(target=self._pump, args=(child, child.process), daemon=True).start()
+
+    def _pump(self, child: Child, process: subprocess.Popen) -> None:
+        width = 10
+        for line in process.stdout:
+            with self.lock:
+                self.stdout.write(f"{child.name:<{width}}| {line.rstrip()}")
+                self.stdout.flush()
+
+    def _supervise(self, children: list[Child]) -> None:
+        while not self.stopping.wait(0.5):
+            for child in children:
+                code = child.process.poll()
+                if code is None:
+                    continue
+                delay = min(30.0, 2.0 ** min(child.restarts, 5))
+                if time.monotonic() - child.started_at > 60:
+                    child.restarts, delay = 0, 1.0
+                self.stderr.write(f"{child.name} exited with {code}; restarting in {delay:.0f} s")
+                if self.stopping.wait(delay):
+                    return
+                child.restarts += 1
+                self._start(child)
+
+    def _stop_all(self, children: list[Child]) -> None:
+        for child in reversed(children):
+            if child.process and child.process.poll() is None:
+                child.process.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 15
+        for child in children:
+            if child.process is None:
+                continue
+            try:
+                child.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.process.kill()
+                child.process.wait()

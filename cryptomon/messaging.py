@@ -1,0 +1,206 @@
+"""The one NATS module every worker shares: connect, streams, subjects, shards, JSON payloads (DESIGN §1, §5)."""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import msgspec
+import nats
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DiscardPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+logger = logging.getLogger(__name__)
+
+STREAM_MAX_AGE_SECONDS = 3600.0
+DUPLICATE_WINDOW_SECONDS = 600.0
+STREAM_SUBJECTS = {
+    "CANDLES": "candles.1m.>",
+    "METRICS": "metrics.calculated.>",
+    "ALERTS": "alerts.triggered.>",
+}
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder()
+
+
+def encode(payload: dict) -> bytes:
+    return _encoder.encode(payload)
+
+
+def decode(data: bytes) -> dict:
+    """Decode a JSON object payload; raises ValueError naming the problem."""
+    try:
+        payload = _decoder.decode(data)
+    except msgspec.DecodeError as error:
+        raise ValueError(f"malformed JSON payload: {error}") from None
+    if not isinstance(payload, dict):
+        raise ValueError("payload is not a JSON object")
+    return payload
+
+
+def candle_subject(symbol: str) -> str:
+    return f"candles.1m.{symbol}"
+
+
+def candle_live_subject(symbol: str) -> str:
+    return f"candles.live.{symbol}"
+
+
+def metrics_subject(symbol: str) -> str:
+    return f"metrics.calculated.{symbol}"
+
+
+def metrics_live_subject(symbol: str) -> str:
+    return f"metrics.live.{symbol}"
+
+
+def alert_subject(symbol: str) -> str:
+    return f"alerts.triggered.{symbol}"
+
+
+def symbol_of(subject: str, depth: int = 2) -> str:
+    """The symbol token of a subject like `candles.1m.BTCUSDT` (symbols never contain dots)."""
+    return subject.split(".", depth)[depth]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Worker k of N owns the symbols with crc32(UTF-8 symbol) mod N = k (DESIGN §1)."""
+
+    index: int = 0
+    count: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        try:
+            index, count = (int(part) for part in text.split("/"))
+        except ValueError:
+            raise ValueError(f"--shard must look like k/N, e.g. 0/2 (got {text!r})") from None
+        if count < 1 or not 0 <= index < count:
+            raise ValueError(f"--shard {text}: k must be in 0..N-1 and N at least 1")
+        return cls(index, count)
+
+    def owns(self, symbol: str) -> bool:
+        return self.count == 1 or zlib.crc32(symbol.encode()) % self.count == self.index
+
+    def consumer_name(self, kind: str) -> str:
+        return f"{kind}-p{self.index}of{self.count}"
+
+    def filter_subjects(self, root: str, symbols: Iterable[str]) -> list[str]:
+        """Subjects this shard consumes under `root` (e.g. `candles.1m`); everything when unsharded."""
+        if self.count == 1:
+            return [f"{root}.>"]
+        return sorted(f"{root}.{symbol}" for symbol in symbols if self.owns(symbol))
+
+
+def stream_configs(max_bytes: int | None = None) -> list[StreamConfig]:
+    if max_bytes is None:
+        from django.conf import settings
+
+        max_bytes = settings.NATS_STREAM_MAX_BYTES
+    return [
+        StreamConfig(
+            name=name,
+            subjects=[subject],
+            storage=StorageType.FILE,
+            discard=DiscardPolicy.OLD,
+            max_bytes=max_bytes,
+            max_age=STREAM_MAX_AGE_SECONDS,
+            duplicate_window=DUPLICATE_WINDOW_SECONDS,
+        )
+        for name, subject in STREAM_SUBJECTS.items()
+    ]
+
+
+def _differs(current: StreamConfig, wanted: StreamConfig) -> bool:
+    return (
+        current.subjects != wanted.subjects
+        or current.storage != wanted.storage
+        or current.discard != wanted.discard
+        or current.max_bytes != wanted.max_bytes
+        or round(current.max_age or 0) != round(wanted.max_age or 0)
+        or round(current.duplicate_window or 0) != round(wanted.duplicate_window or 0)
+    )
+
+
+async def ensure_streams(js: JetStreamContext, max_bytes: int | None = None) -> list[str]:
+    """Create the three streams, or update them back to DESIGN §5; returns what was created or corrected."""
+    changed: list[str] = []
+    for wanted in stream_configs(max_bytes):
+        try:
+            info = await js.stream_info(wanted.name)
+        except NotFoundError:
+            await js.add_stream(wanted)
+            changed.append(f"created {wanted.name}")
+            continue
+        if _differs(info.config, wanted):
+            if info.config.storage != wanted.storage:
+                # Storage cannot be changed in place: the stream is recreated (it holds at most an hour).
+                await js.delete_stream(wanted.name)
+                await js.add_stream(wanted)
+            else:
+                await js.update_stream(wanted)
+            changed.append(f"corrected {wanted.name}")
+    for change in changed:
+        logger.info("JetStream stream %s", change)
+    return changed
+
+
+async def connect(name: str, url: str | None = None, **options) -> NATS:
+    """Connect to NATS, reconnecting forever: a worker never gives up on the bus."""
+    if url is None:
+        from django.conf import settings
+
+        url = settings.NATS_URL
+        options.setdefault("reconnect_time_wait", settings.NATS_RECONNECT_WAIT_SECONDS)
+
+    async def error_cb(error: Exception) -> None:
+        logger.warning("NATS (%s): %s", name, error)
+
+    async def disconnected_cb() -> None:
+        logger.warning("NATS (%s): disconnected", name)
+
+    async def reconnected_cb() -> None:
+        logger.info("NATS (%s): reconnected", name)
+
+    options.setdefault("error_cb", error_cb)
+    options.setdefault("disconnected_cb", disconnected_cb)
+    options.setdefault("reconnected_cb", reconnected_cb)
+    options.setdefault("max_reconnect_attempts", -1)
+    options.setdefault("allow_reconnect", True)
+    options.setdefault("connect_timeout", 5)
+    return await nats.connect(servers=[url], name=f"cryptomon-{name}", **options)
+
+
+async def connect_jetstream(name: str, url: str | None = None, **options) -> tuple[NATS, JetStreamContext]:
+    """Connect and make sure the streams exist, as every JetStream user must first (DESIGN §5)."""
+    nc = await connect(name, url, **options)
+    js = nc.jetstream()
+    await ensure_streams(js)
+    return nc, js
+
+
+async def ensure_consumer(
+    js: JetStreamContext, stream: str, durable: str, filter_subjects: list[str], **config
+) -> None:
+    """Create or update a durable pull consumer, e.g. when a shard's universe changes."""
+    consumer = ConsumerConfig(durable_name=durable, **config)
+    if len(filter_subjects) == 1:
+        consumer.filter_subject = filter_subjects[0]
+    else:
+        consumer.filter_subjects = filter_subjects
+    await js.add_consumer(stream, consumer)
+
+
+async def last_payload(js: JetStreamContext, stream: str, subject: str) -> dict | None:
+    """The newest message on a subject (DESIGN §5 "last-by-subject"), or None."""
+    try:
+        message = await js.get_last_msg(stream, subject)
+    except NotFoundError:
+        return None
+    return decode(message.data)

@@ -1,0 +1,215 @@
+"""Settings, all from the environment (DESIGN §3). See README "Configuration" for every variable."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from cryptomon.config import (
+    ConfigurationError,
+    check_url,
+    database_from_url,
+    env_bool,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("CRYPTOMON_VAR_DIR") or BASE_DIR / "var")
+
+
+def _embedded_urls() -> dict[str, str]:
+    """URLs a previous command wrote for the embedded servers (DESIGN §3), if any."""
+    env_file = VAR_DIR / "embedded.env"
+    if not env_file.exists():
+        return {}
+    pairs = (line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+_EMBEDDED = {} if os.environ.get("DATABASE_URL") else _embedded_urls()
+
+
+def _server_url(name: str) -> str | None:
+    return os.environ.get(name) or _EMBEDDED.get(name)
+
+
+DEBUG = env_bool("DEBUG", False)
+EMBEDDED = bool(os.environ.get("CRYPTOMON_EMBEDDED")) or not os.environ.get("DATABASE_URL")
+
+
+def _secret_key() -> str:
+    if os.environ.get("SECRET_KEY"):
+        return os.environ["SECRET_KEY"]
+    if not EMBEDDED:
+        raise ConfigurationError("SECRET_KEY is not set (required when DATABASE_URL is configured)")
+    # Embedded default only: a random key kept under var/, never in the repository.
+    key_file = VAR_DIR / "secret_key"
+    if not key_file.exists():
+        VAR_DIR.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(secrets.token_urlsafe(50))
+        key_file.chmod(0o600)
+    return key_file.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "cryptomon",
+    "collector",
+    "metrics",
+    "alerts",
+    "gateway",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "cryptomon.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+WSGI_APPLICATION = None
+ASGI_APPLICATION = "cryptomon.asgi.application"
+
+# --- databases (DESIGN §3): metadata on "default", candles/metrics/history/outbox on "timeseries"
+_database_url = _server_url("DATABASE_URL")
+if _database_url:
+    _timeseries_url = os.environ.get("TIMESERIES_DATABASE_URL") or _database_url
+    DATABASES = {
+        "default": database_from_url("DATABASE_URL", _database_url),
+        "timeseries": database_from_url("TIMESERIES_DATABASE_URL", _timeseries_url),
+    }
+    TIMESERIES_SHARED = _timeseries_url == _database_url
+    if TIMESERIES_SHARED:
+        # One database: migrations run once on "default"; tests mirror the alias.
+        DATABASES["timeseries"]["TEST"] = {"MIRROR": "default"}
+else:
+    # No server configured and none started: commands that need no database still run (backtest --input).
+    DATABASES = {
+        "default": {"ENGINE": "django.db.backends.dummy"},
+        "timeseries": {"ENGINE": "django.db.backends.dummy"},
+    }
+    TIMESERIES_SHARED = True
+DATABASE_ROUTERS = ["cryptomon.routers.TimeseriesRouter"]
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+NATS_URL = check_url("NATS_URL", _server_url("NATS_URL") or "nats://127.0.0.1:4222", {"nats", "tls"})
+REDIS_URL = check_url(
+    "REDIS_URL", _server_url("REDIS_URL") or "redis://127.0.0.1:6379/0", {"redis", "rediss"}
+)
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL]},
+    }
+}
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+
+# --- Celery (notifications, retention)
+CELERY_BROKER_URL = REDIS_URL
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+# --- Binance (DESIGN §4)
+BINANCE_REST_URL = check_url(
+    "BINANCE_REST_URL", env_str("BINANCE_REST_URL", "https://fapi.binance.com"), {"http", "https"}
+)
+BINANCE_WS_URL = check_url(
+    "BINANCE_WS_URL", env_str("BINANCE_WS_URL", "wss://fstream.binance.com/market"), {"ws", "wss"}
+)
+BINANCE_INCLUDE_TRADIFI = env_bool("BINANCE_INCLUDE_TRADIFI", False)
+BINANCE_STREAMS_PER_CONNECTION = env_int("BINANCE_STREAMS_PER_CONNECTION", 200, minimum=1)
+BINANCE_WATCHDOG_SECONDS = env_float("BINANCE_WATCHDOG_SECONDS", 90.0, minimum=0.1)
+BINANCE_MAX_CONNECTION_AGE_SECONDS = env_float("BINANCE_MAX_CONNECTION_AGE_SECONDS", 23 * 3600, minimum=1)
+BINANCE_BACKOFF_CAP_SECONDS = env_float("BINANCE_BACKOFF_CAP_SECONDS", 60.0, minimum=0.01)
+BINANCE_BACKOFF_BASE_SECONDS = env_float("BINANCE_BACKOFF_BASE_SECONDS", 1.0, minimum=0.001)
+COLLECTOR_HOLE_SCAN_SECONDS = env_float("COLLECTOR_HOLE_SCAN_SECONDS", 600.0, minimum=0.1)
+COLLECTOR_UNIVERSE_REFRESH_SECONDS = env_float("COLLECTOR_UNIVERSE_REFRESH_SECONDS", 300.0, minimum=0.1)
+COLLECTOR_BUFFER_LIMIT = env_int("COLLECTOR_BUFFER_LIMIT", 500_000, minimum=1)
+
+# --- NATS / JetStream (DESIGN §5)
+NATS_STREAM_MAX_BYTES = env_int("NATS_STREAM_MAX_BYTES", 1024**3, minimum=1024 * 1024)
+NATS_RECONNECT_WAIT_SECONDS = env_float("NATS_RECONNECT_WAIT_SECONDS", 2.0, minimum=0.01)
+
+# --- metrics and alerts (DESIGN §7, §8)
+METRICS_LATE_AFTER_SECONDS = env_float("METRICS_LATE_AFTER_SECONDS", 180.0, minimum=0)
+METRICS_GAP_TIMEOUT_SECONDS = env_float("METRICS_GAP_TIMEOUT_SECONDS", 900.0, minimum=0.1)
+ALERTS_NOTIFY_LATE = env_bool("ALERTS_NOTIFY_LATE", False)
+ALERTS_MAX_PERSONAL_RULES = env_int("ALERTS_MAX_PERSONAL_RULES", 50, minimum=0)
+ALERTS_RULE_RELOAD_SECONDS = env_float("ALERTS_RULE_RELOAD_SECONDS", 2.0, minimum=0.1)
+
+# --- retention (DESIGN §3): candles and metrics never below the 2880-minute warm-up
+RETENTION_CANDLES_HOURS = max(env_float("RETENTION_CANDLES_HOURS", 50.0), 48.0)
+RETENTION_ALERTS_DAYS = env_float("RETENTION_ALERTS_DAYS", 90.0, minimum=1)
+RETENTION_BATCH_SIZE = env_int("RETENTION_BATCH_SIZE", 10_000, minimum=1)
+
+# --- realtime (DESIGN §10)
+ALLOW_ANONYMOUS_DASHBOARD = env_bool("ALLOW_ANONYMOUS_DASHBOARD", False)
+WS_MAX_SOCKETS_PER_USER = env_int("WS_MAX_SOCKETS_PER_USER", 5, minimum=1)
+WS_SEND_BUFFER = env_int("WS_SEND_BUFFER", 1000, minimum=1)
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+STATICFILES_DIRS = [BASE_DIR / "gateway" / "static"] if (BASE_DIR / "gateway" / "static").exists() else []
+
+SESSION_COOKIE_HTTPONLY = True
+SECURE_CONTENT_TYPE_NOSNIFF = True
+
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"nats": {"level": "WARNING"}, "asyncio": {"level": "WARNING"}},
+}

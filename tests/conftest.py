@@ -1,0 +1,100 @@
+"""Shared fixtures. The servers themselves come from the `cryptomon.testing` plugin (real, never fakes)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from cryptomon import embedded, messaging
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest_asyncio.fixture
+async def jetstream():
+    """A NATS connection with the three streams freshly created (previous tests' messages removed)."""
+    nc = await messaging.connect("test")
+    js = nc.jetstream()
+    for name in messaging.STREAM_SUBJECTS:
+        with contextlib.suppress(Exception):
+            await js.delete_stream(name)
+    await messaging.ensure_streams(js)
+    yield nc, js
+    await nc.close()
+
+
+@pytest.fixture
+def redis_client():
+    import redis
+    from django.conf import settings
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+class PrivateNats:
+    """A NATS server of the test's own, which the test may stop and start again on the same port."""
+
+    def __init__(self, var_dir: Path):
+        self.var_dir = var_dir
+        self.server = embedded._Nats("nats", "NATS_URL")
+        self.state: dict = {}
+        self.port: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        if self.port is None:
+            self.state = self.server.start(self.var_dir, durable=False)
+            self.port = self.state["port"]
+        else:  # same port and store, as after a real server restart
+            proc = embedded._spawn(
+                [
+                    str(Path(sys.executable).parent / "nats-server"),
+                    "-a",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "-js",
+                    "-sd",
+                    str(self.var_dir / "nats"),
+                ],
+                self.var_dir / "logs" / "nats.log",
+            )
+            embedded._wait_for(
+                lambda: embedded._port_open(self.port), "NATS", self.var_dir / "logs" / "nats.log"
+            )
+            self.state["pid"] = proc.pid
+
+    def stop(self) -> None:
+        self.server.stop(self.state)
+
+
+@pytest.fixture
+def private_nats(tmp_path):
+    server = PrivateNats(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def run_manage(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run `python manage.py ...` as a separate process, the way an operator would."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
