@@ -10,9 +10,12 @@ from cryptomon.bootstrap import prepare
 
 prepare(["celery", "worker"])
 
+from django.conf import settings  # noqa: E402
+
 app = Celery("cryptomon")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.imports = ["cryptomon.retention"]
+app.conf.beat_schedule_filename = str(settings.VAR_DIR / "celerybeat-schedule")
 app.autodiscover_tasks()
 app.conf.beat_schedule = {
     "delete-expired-rows": {"task": "cryptomon.tasks.delete_expired_rows", "schedule": 600.0},
