@@ -68,6 +68,13 @@ class AlertRule(models.Model):
             raise ValidationError({"expression": str(error)}) from None
         if self.owner_id is not None and not self.slug.startswith(f"u{self.owner_id}-"):
             raise ValidationError({"slug": f"a personal rule's slug starts with u{self.owner_id}-"})
+        if self.owner_id is not None:
+            limit = settings.ALERTS_MAX_PERSONAL_RULES
+            others = AlertRule.objects.filter(owner_id=self.owner_id).exclude(pk=self.pk).count()
+            if others >= limit:
+                raise ValidationError(
+                    f"a user may have at most {limit} personal rules (this user has {others})"
+                )
 
 
 class UserSettings(models.Model):
@@ -186,3 +193,6 @@ class OutboxEntry(models.Model):
     class Meta:
         db_table = "notification_outbox"
         indexes = [models.Index(fields=["dispatched_at", "created_at"], name="outbox_pending")]
+
+
+from alerts.notifications.models import *  # noqa: E402,F403  (notification channels and deliveries)

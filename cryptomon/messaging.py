@@ -11,7 +11,7 @@ import msgspec
 import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DiscardPolicy, StorageType, StreamConfig
+from nats.js.api import ConsumerConfig, DeliverPolicy, DiscardPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
 logger = logging.getLogger(__name__)
@@ -188,13 +188,53 @@ async def connect_jetstream(name: str, url: str | None = None, **options) -> tup
 async def ensure_consumer(
     js: JetStreamContext, stream: str, durable: str, filter_subjects: list[str], **config
 ) -> None:
-    """Create or update a durable pull consumer, e.g. when a shard's universe changes."""
+    """Create or update a durable pull consumer, e.g. when a shard's universe changes.
+
+    An existing consumer keeps where it delivers from (JetStream refuses to change that on update)."""
+    if "deliver_policy" not in config:
+        try:
+            current = (await js.consumer_info(stream, durable)).config
+        except NotFoundError:
+            current = None
+        if current is not None:
+            config.update(deliver_policy=current.deliver_policy, opt_start_seq=current.opt_start_seq)
     consumer = ConsumerConfig(durable_name=durable, **config)
     if len(filter_subjects) == 1:
         consumer.filter_subject = filter_subjects[0]
     else:
         consumer.filter_subjects = filter_subjects
     await js.add_consumer(stream, consumer)
+
+
+async def resume_consumer(
+    js: JetStreamContext, stream: str, durable: str, filter_subjects: list[str], **config
+) -> int:
+    """Create or update a worker's durable consumer so that it delivers, first and in stream order,
+    what its previous run received but never acknowledged.
+
+    JetStream redelivers an unacknowledged message only after its AckWait; a worker restarted after a
+    crash would meanwhile get newer messages first and process a symbol's bars out of order. So when
+    the consumer holds unacknowledged deliveries, it is recreated from its ack floor. Messages already
+    acknowledged above the floor come again: every worker's effects are idempotent. Returns the stream
+    sequence delivery resumes from (0 when the consumer was merely created or updated)."""
+    try:
+        info = await js.consumer_info(stream, durable)
+    except NotFoundError:
+        info = None
+    if info is None or not info.num_ack_pending:
+        await ensure_consumer(js, stream, durable, filter_subjects, **config)
+        return 0
+    start = info.ack_floor.stream_seq + 1
+    await js.delete_consumer(stream, durable)
+    config.update(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
+    await ensure_consumer(js, stream, durable, filter_subjects, **config)
+    logger.info(
+        "%s: %d unacknowledged messages redelivered from stream sequence %d",
+        durable,
+        info.num_ack_pending,
+        start,
+    )
+    return start
 
 
 async def last_payload(js: JetStreamContext, stream: str, subject: str) -> dict | None:

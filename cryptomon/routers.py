@@ -10,6 +10,7 @@ TIMESERIES_MODELS = frozenset(
         "metrics.metricbar",
         "alerts.alerthistory",
         "alerts.outboxentry",
+        "alerts.delivery",
         "collector.symbol",
     }
 )
@@ -35,7 +36,8 @@ class TimeseriesRouter:
         return self._alias(model)
 
     def allow_relation(self, obj1, obj2, **hints):
-        return self._alias(type(obj1)) == self._alias(type(obj2))
+        # __class__, not type(): request.user is a lazy proxy whose type() is SimpleLazyObject
+        return self._alias(obj1.__class__) == self._alias(obj2.__class__)
 
     def allow_migrate(self, db, app_label, model_name=None, **hints):
         if hints.get("timeseries_only"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import warnings
 from pathlib import Path
 
 from cryptomon.config import (
@@ -77,6 +78,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",  # static files under daphne (docs/dashboard.md)
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -130,9 +132,17 @@ REDIS_URL = check_url(
     "REDIS_URL", _server_url("REDIS_URL") or "redis://127.0.0.1:6379/0", {"redis", "rediss"}
 )
 
+# Channel layer chosen by measurement (docs/performance.md "Realtime gateway"): pub/sub publishes a group
+# message once per process instead of once per socket and never drops silently; each socket's own bounded
+# send buffer (WS_SEND_BUFFER, close 4008) is the bound. CHANNEL_LAYER=core selects the list-based layer.
+CHANNEL_LAYER = env_str("CHANNEL_LAYER", "pubsub")
+if CHANNEL_LAYER not in {"pubsub", "core"}:
+    raise ConfigurationError(f"CHANNEL_LAYER must be pubsub or core (got {CHANNEL_LAYER!r})")
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer"
+        if CHANNEL_LAYER == "pubsub"
+        else "channels_redis.core.RedisChannelLayer",
         "CONFIG": {"hosts": [REDIS_URL]},
     }
 }
@@ -162,6 +172,7 @@ BINANCE_BACKOFF_BASE_SECONDS = env_float("BINANCE_BACKOFF_BASE_SECONDS", 1.0, mi
 COLLECTOR_HOLE_SCAN_SECONDS = env_float("COLLECTOR_HOLE_SCAN_SECONDS", 600.0, minimum=0.1)
 COLLECTOR_UNIVERSE_REFRESH_SECONDS = env_float("COLLECTOR_UNIVERSE_REFRESH_SECONDS", 300.0, minimum=0.1)
 COLLECTOR_BUFFER_LIMIT = env_int("COLLECTOR_BUFFER_LIMIT", 500_000, minimum=1)
+COLLECTOR_METRICS_PORT = env_int("COLLECTOR_METRICS_PORT", 0, minimum=0)  # 0: no /metrics endpoint
 
 # --- NATS / JetStream (DESIGN §5)
 NATS_STREAM_MAX_BYTES = env_int("NATS_STREAM_MAX_BYTES", 1024**3, minimum=1024 * 1024)
@@ -173,6 +184,39 @@ METRICS_GAP_TIMEOUT_SECONDS = env_float("METRICS_GAP_TIMEOUT_SECONDS", 900.0, mi
 ALERTS_NOTIFY_LATE = env_bool("ALERTS_NOTIFY_LATE", False)
 ALERTS_MAX_PERSONAL_RULES = env_int("ALERTS_MAX_PERSONAL_RULES", 50, minimum=0)
 ALERTS_RULE_RELOAD_SECONDS = env_float("ALERTS_RULE_RELOAD_SECONDS", 2.0, minimum=0.1)
+ALERTS_UNIVERSE_REFRESH_SECONDS = env_float("ALERTS_UNIVERSE_REFRESH_SECONDS", 60.0, minimum=0.1)
+
+# --- notifications (issue 9; docs/notifications.md). Secrets (keys, tokens) come only from the environment.
+NOTIFICATIONS_KEY = os.environ.get("NOTIFICATIONS_KEY", "")  # Fernet key(s), comma-separated for rotation
+NOTIFICATIONS_GROUP_SECONDS = env_float("NOTIFICATIONS_GROUP_SECONDS", 10.0, minimum=0)
+NOTIFICATIONS_RETRY_BASE_SECONDS = env_float("NOTIFICATIONS_RETRY_BASE_SECONDS", 5.0, minimum=0.001)
+NOTIFICATIONS_RETRY_CAP_SECONDS = env_float("NOTIFICATIONS_RETRY_CAP_SECONDS", 900.0, minimum=0.001)
+NOTIFICATIONS_RETRY_AFTER_SCALE = env_float("NOTIFICATIONS_RETRY_AFTER_SCALE", 1.0, minimum=0)
+NOTIFICATIONS_MAX_ATTEMPTS = env_int("NOTIFICATIONS_MAX_ATTEMPTS", 12, minimum=1)
+NOTIFICATIONS_HTTP_TIMEOUT_SECONDS = env_float("NOTIFICATIONS_HTTP_TIMEOUT_SECONDS", 5.0, minimum=0.1)
+NOTIFICATIONS_MAX_RESPONSE_BYTES = env_int("NOTIFICATIONS_MAX_RESPONSE_BYTES", 65536, minimum=1024)
+NOTIFICATIONS_ALLOW_PRIVATE_TARGETS = env_bool("NOTIFICATIONS_ALLOW_PRIVATE_TARGETS", False)
+NOTIFICATIONS_STUCK_SECONDS = env_float("NOTIFICATIONS_STUCK_SECONDS", 120.0, minimum=0.01)
+NOTIFICATIONS_REQUEUE_INTERVAL_SECONDS = env_float("NOTIFICATIONS_REQUEUE_INTERVAL_SECONDS", 60.0, minimum=1)
+TELEGRAM_API_URL = check_url(
+    "TELEGRAM_API_URL", env_str("TELEGRAM_API_URL", "https://api.telegram.org"), {"http", "https"}
+)
+TELEGRAM_BOT_TOKEN = os.environ.get("TELEGRAM_BOT_TOKEN", "")
+OPERATOR_WEBHOOK_URL = os.environ.get("OPERATOR_WEBHOOK_URL", "")
+OPERATOR_WEBHOOK_SECRET = os.environ.get("OPERATOR_WEBHOOK_SECRET", "")
+OPERATOR_DISCORD_URL = os.environ.get("OPERATOR_DISCORD_URL", "")
+OPERATOR_SLACK_URL = os.environ.get("OPERATOR_SLACK_URL", "")
+OPERATOR_TELEGRAM_CHAT_ID = os.environ.get("OPERATOR_TELEGRAM_CHAT_ID", "")
+OPERATOR_EMAIL = os.environ.get("OPERATOR_EMAIL", "")
+EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
+EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+EMAIL_TIMEOUT = env_float("EMAIL_TIMEOUT", 10.0, minimum=0.1)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "cryptomon <alerts@localhost>")
 
 # --- retention (DESIGN §3): candles and metrics never below the 2880-minute warm-up
 RETENTION_CANDLES_HOURS = max(env_float("RETENTION_CANDLES_HOURS", 50.0), 48.0)
@@ -183,6 +227,14 @@ RETENTION_BATCH_SIZE = env_int("RETENTION_BATCH_SIZE", 10_000, minimum=1)
 ALLOW_ANONYMOUS_DASHBOARD = env_bool("ALLOW_ANONYMOUS_DASHBOARD", False)
 WS_MAX_SOCKETS_PER_USER = env_int("WS_MAX_SOCKETS_PER_USER", 5, minimum=1)
 WS_SEND_BUFFER = env_int("WS_SEND_BUFFER", 1000, minimum=1)
+WS_SOCKET_TTL_SECONDS = env_float("WS_SOCKET_TTL_SECONDS", 60.0, minimum=1)
+WS_AUDIENCE_REFRESH_SECONDS = env_float("WS_AUDIENCE_REFRESH_SECONDS", 30.0, minimum=0)
+WS_RESYNC_JITTER_SECONDS = env_float("WS_RESYNC_JITTER_SECONDS", 1.0, minimum=0)
+GATEWAY_TICK_SECONDS = env_float(
+    "GATEWAY_TICK_SECONDS", 1.0, minimum=0.05
+)  # market/status interval; §10: 1 s
+FEED_STALE_SECONDS = env_float("FEED_STALE_SECONDS", 15.0, minimum=1)  # 3 missed collector heartbeats
+FEED_STATUS_TTL_SECONDS = env_float("FEED_STATUS_TTL_SECONDS", 30.0, minimum=1)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -198,8 +250,16 @@ USE_I18N = False
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = VAR_DIR / "static"
-STATICFILES_DIRS = [BASE_DIR / "gateway" / "static"] if (BASE_DIR / "gateway" / "static").exists() else []
+STATIC_ROOT = VAR_DIR / "static"  # `collectstatic` target (optional: WhiteNoise also serves from the finders)
+STATICFILES_DIRS = [BASE_DIR / "static"]  # the dashboard's JS/CSS; static/vendor/ comes from setup-browser.sh
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
+warnings.filterwarnings("ignore", message="No directory at")  # WhiteNoise: STATIC_ROOT is optional
+
+# --- dashboard and JSON API (issue 8; docs/dashboard.md)
+API_RATE_LIMIT_PER_MINUTE = env_int("API_RATE_LIMIT_PER_MINUTE", 120, minimum=1)
+API_MAX_PAGE_SIZE = env_int("API_MAX_PAGE_SIZE", 500, minimum=1)
+API_MAX_CANDLES = env_int("API_MAX_CANDLES", 5000, minimum=1)
 
 SESSION_COOKIE_HTTPONLY = True
 SECURE_CONTENT_TYPE_NOSNIFF = True

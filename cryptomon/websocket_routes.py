@@ -1,3 +1,9 @@
 """WebSocket routes; the gateway adds `/ws/alerts/` (DESIGN §10)."""
 
-websocket_urlpatterns: list = []
+from django.urls import path
+
+from gateway.consumers import AlertsConsumer
+
+websocket_urlpatterns: list = [
+    path("ws/alerts/", AlertsConsumer.as_asgi()),
+]

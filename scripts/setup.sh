@@ -14,6 +14,12 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install --quiet -e '.[dev]'
   echo "$want" > "$stamp"
 fi
-if [ -x scripts/setup-browser.sh ] && [ "${CRYPTOMON_SETUP_BROWSER:-0}" = 1 ]; then
+# The dashboard's chart library (npm registry, never a CDN); with CRYPTOMON_SETUP_BROWSER=1 (the test
+# command) also Debian's chromium for the browser tests.
+if [ "${CRYPTOMON_SETUP_BROWSER:-0}" = 1 ]; then
   scripts/setup-browser.sh
+elif command -v npm >/dev/null; then
+  scripts/setup-browser.sh --vendor-only
+else
+  echo "setup: npm not found; the symbol page's chart needs static/vendor (scripts/setup-browser.sh --vendor-only)" >&2
 fi

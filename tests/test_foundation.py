@@ -130,6 +130,27 @@ async def test_a_repeated_msg_id_is_stored_once_within_the_duplicate_window(jets
     assert (await js.stream_info("CANDLES")).state.messages == 1
 
 
+async def test_a_restarted_worker_gets_its_unacknowledged_messages_first_and_in_order(jetstream):
+    nc, js = jetstream
+    for minute in range(10):
+        await js.publish("metrics.calculated.BTCUSDT", messaging.encode({"open_time": minute}))
+    subjects = ["metrics.calculated.>"]
+    await messaging.resume_consumer(js, "METRICS", "test-p0of1", subjects, ack_wait=60)
+    crashed = await js.pull_subscribe_bind("test-p0of1", "METRICS")
+    first = await crashed.fetch(5, timeout=5)
+    for message in first[:2]:
+        await message.ack()
+    await nc.flush()  # the worker dies here: minutes 2-4 delivered, never acknowledged
+    assert await messaging.resume_consumer(js, "METRICS", "test-p0of1", subjects, ack_wait=60) == 3
+    restarted = await js.pull_subscribe_bind("test-p0of1", "METRICS")
+    again = await restarted.fetch(8, timeout=5)
+    assert [messaging.decode(m.data)["open_time"] for m in again] == list(range(2, 10))
+    # the universe changes later: the consumer is updated in place, still resuming where it was
+    await messaging.ensure_consumer(js, "METRICS", "test-p0of1", ["metrics.calculated.BTCUSDT"], ack_wait=60)
+    info = await js.consumer_info("METRICS", "test-p0of1")
+    assert (info.config.filter_subject, info.config.opt_start_seq) == ("metrics.calculated.BTCUSDT", 3)
+
+
 def test_shards_split_symbols_by_crc32():
     symbols = [f"SYM{i}USDT" for i in range(200)] + ["我踏马来了USDT"]
     shards = [messaging.Shard(k, 3) for k in range(3)]

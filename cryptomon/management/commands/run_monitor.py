@@ -19,7 +19,10 @@ from django.conf import settings
 from django.core.management import call_command, get_commands
 from django.core.management.base import BaseCommand
 
+from cryptomon.embedded import free_port
+
 MANAGE = [sys.executable, str(settings.BASE_DIR / "manage.py")]
+DEMO_SYMBOLS = 60  # the demo's market size unless --symbols says otherwise
 
 
 @dataclass
@@ -78,11 +81,21 @@ class Command(BaseCommand):
     def _children(self, options, env) -> list[Child]:
         commands = get_commands()
         children: list[Child] = []
+        collector_args: list[str] = []
+        symbols = options["symbols"].strip()
         if options["demo"] and "run_emulator" in commands:
-            # The emulator comes first; the collector is pointed at it.
-            children.append(
-                Child("emulator", [*MANAGE, "run_emulator", "--port", "0", "--speed", str(options["speed"])])
-            )
+            # The emulator comes first, on a port chosen here, and the collector is pointed at it.
+            port = free_port()
+            emulator = [*MANAGE, "run_emulator", "--host", "127.0.0.1", "--port", str(port)]
+            emulator += ["--speed", str(options["speed"]), "--symbols", symbols or str(DEMO_SYMBOLS)]
+            # A fixed t0 keeps the market's history the same if the supervisor restarts the emulator.
+            emulator += ["--t0", str(int(time.time() * 1000))]
+            emulator.append("--presets")  # the scenarios that make every preset fire (docs/emulator.md)
+            children.append(Child("emulator", emulator))
+            env["BINANCE_REST_URL"] = f"http://127.0.0.1:{port}"
+            env["BINANCE_WS_URL"] = f"ws://127.0.0.1:{port}/market"
+        elif symbols:
+            collector_args = ["--symbols", symbols]
         children.append(
             Child(
                 "web",
@@ -102,7 +115,8 @@ class Command(BaseCommand):
         if not options["no_workers"]:
             for name in ("run_collector", "run_metrics", "run_alerts", "run_gateway"):
                 if name in commands:
-                    children.append(Child(name.removeprefix("run_"), [*MANAGE, name]))
+                    extra = collector_args if name == "run_collector" else []
+                    children.append(Child(name.removeprefix("run_"), [*MANAGE, name, *extra]))
             children.append(
                 Child(
                     "celery",

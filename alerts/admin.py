@@ -1,0 +1,146 @@
+"""Admin for alert rules (validated on save, enable/disable, backtest on stored data), user settings and
+the alert history (read-only). Saved rules reach the running engines within ALERTS_RULE_RELOAD_SECONDS."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.template.response import TemplateResponse
+
+import alerts.notifications.admin  # noqa: F401  (registers the notification admin)
+from alerts import services
+from alerts.decisions import RuleSpec
+from alerts.models import AlertHistory, AlertRule, UserSettings
+from alerts.rule_language import RuleError
+
+
+class OwnerFilter(admin.SimpleListFilter):
+    """Global rules, personal rules, or one user's rules."""
+
+    title = "owner"
+    parameter_name = "owner"
+
+    def lookups(self, request, model_admin):
+        owners = AlertRule.objects.filter(owner__isnull=False).values_list("owner_id", flat=True).distinct()
+        users = get_user_model().objects.filter(pk__in=list(owners)).order_by("username")
+        return [
+            ("global", "global (no owner)"),
+            ("personal", "any user"),
+            *((str(u.pk), str(u)) for u in users),
+        ]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if value == "global":
+            return queryset.filter(owner__isnull=True)
+        if value == "personal":
+            return queryset.filter(owner__isnull=False)
+        if value and value.isdigit():
+            return queryset.filter(owner_id=int(value))
+        return queryset
+
+
+@admin.register(AlertRule)
+class AlertRuleAdmin(admin.ModelAdmin):
+    list_display = ["slug", "name", "severity", "direction", "mode", "cooldown_seconds", "enabled", "owner"]
+    list_filter = ["enabled", OwnerFilter, "mode", "severity"]
+    search_fields = ["slug", "name", "expression", "description"]
+    readonly_fields = ["created_at", "updated_at"]
+    actions = ["enable", "disable", "backtest_on_stored_data"]
+    fieldsets = [
+        (None, {"fields": ["slug", "name", "description", "expression"]}),
+        ("behaviour", {"fields": ["severity", "direction", "mode", "cooldown_seconds", "enabled", "owner"]}),
+        ("timestamps", {"fields": ["created_at", "updated_at"]}),
+    ]
+
+    @admin.action(description="Enable the selected rules")
+    def enable(self, request, queryset):
+        count = services.set_enabled(queryset, True)
+        self.message_user(request, f"enabled {count} rule(s); the engines pick them up within seconds")
+
+    @admin.action(description="Disable the selected rules")
+    def disable(self, request, queryset):
+        count = services.set_enabled(queryset, False)
+        self.message_user(request, f"disabled {count} rule(s); the engines drop them within seconds")
+
+    @admin.action(description="Backtest on stored data (candles_1m)")
+    def backtest_on_stored_data(self, request, queryset):
+        from alerts import backtest
+
+        specs, broken = [], []
+        for rule in queryset.order_by("slug"):
+            try:
+                specs.append(
+                    RuleSpec.build(
+                        rule.slug,
+                        rule.expression,
+                        name=rule.name,
+                        cooldown_seconds=rule.cooldown_seconds,
+                        mode=rule.mode,
+                    )
+                )
+            except RuleError as error:
+                broken.append(f"{rule.slug}: {error}")
+        for problem in broken:
+            self.message_user(request, f"not backtested: {problem}", messages.ERROR)
+        jobs = [backtest.SymbolJob(symbol, from_database=True) for symbol in backtest.stored_symbols()]
+        alerts = backtest.run_jobs(jobs, specs, processes=1)
+        per_rule: dict[str, Counter] = {spec.slug: Counter() for spec in specs}
+        for alert in alerts:
+            per_rule[alert["rule"]][alert["symbol"]] += 1
+        rows = [
+            {
+                "slug": slug,
+                "alerts": sum(counter.values()),
+                "symbols": sorted(counter.items(), key=lambda item: (-item[1], item[0])),
+            }
+            for slug, counter in per_rule.items()
+        ]
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Backtest on stored data",
+            "rows": rows,
+            "symbol_count": len(jobs),
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/alerts/backtest_result.html", context)
+
+
+@admin.register(UserSettings)
+class UserSettingsAdmin(admin.ModelAdmin):
+    list_display = ["user", "timezone", "min_volume_1d", "watchlist_size"]
+    search_fields = ["user__username", "user__email"]
+
+    @admin.display(description="watchlist")
+    def watchlist_size(self, obj: UserSettings) -> str:
+        return f"{len(obj.watchlist)} symbol(s)" if obj.watchlist else "every symbol"
+
+
+@admin.register(AlertHistory)
+class AlertHistoryAdmin(admin.ModelAdmin):
+    list_display = [
+        "time",
+        "rule",
+        "symbol",
+        "severity",
+        "direction",
+        "price",
+        "late",
+        "owner_id",
+        "triggered_at",
+    ]
+    list_filter = ["severity", "direction", "late", "rule"]
+    search_fields = ["symbol", "rule"]
+    date_hierarchy = "time"
+    ordering = ["-time", "-id"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

@@ -1,0 +1,376 @@
+"""The backtest of DESIGN §9: candles in, the alerts the live engine would have stored out.
+
+Same code as live: `metrics.replay` computes the bars exactly as `run_metrics` does, and the decisions
+are those of `run_alerts` (`alerts.decisions` semantics, taken with numpy over many bars at once by
+`alerts.vectorized`, as the live engine does over many symbols), so `alert_history` equals the backtest of
+`candles_1m`. Every rule is evaluated on closed bars only
+(intrabar rules included) with its own cooldown.
+
+Framework-free apart from `stored_symbols`/`stored_candles` (the `candles_1m` reader, imported lazily):
+`--rules presets` with `--input` runs without any server. Work is split per symbol (windows never span
+symbols), over several processes when there are several cores; nothing is written before every input
+has been read and checked.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from alerts.decisions import CooldownTracker, RuleSpec, alert_metrics
+from alerts.vectorized import VectorRule, decide_series
+from metrics.candles import CSV_COLUMNS, Candle, decode_payload
+from metrics.replay import replay
+
+MINUTE_MS = 60_000
+
+
+class UsageError(ValueError):
+    """The command line is wrong (exit code 2)."""
+
+
+class InputError(ValueError):
+    """An input file is bad (exit code 1); the message names the file and the line."""
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One `--input` file: its position on the command line, its format and (CSV) its symbol."""
+
+    index: int
+    path: Path
+    jsonl: bool
+    symbol: str | None
+
+
+def plan_sources(paths: Sequence[str], symbol: str | None) -> list[Source]:
+    """Check that each input exists and decide its format by its first non-blank character (§9)."""
+    sources = []
+    for index, name in enumerate(paths):
+        path = Path(name)
+        if not path.is_file():
+            raise UsageError(f"--input {name}: no such file")
+        try:
+            with path.open("r", encoding="utf-8") as handle:
+                first = ""
+                while chunk := handle.read(65536):
+                    if stripped := chunk.lstrip():
+                        first = stripped[0]
+                        break
+        except (OSError, UnicodeDecodeError) as error:
+            raise InputError(f"{name}:1: cannot read the file: {error}") from None
+        jsonl = first == "{"
+        csv_symbol = None
+        if not jsonl:
+            csv_symbol = symbol or path.name.split("-", 1)[0]
+            if "-" not in path.name and not symbol:
+                raise UsageError(
+                    f"--input {name}: cannot tell the symbol of a CSV file from its name; name it like "
+                    "BTCUSDT-1m-2026-01-01.csv or pass --symbol"
+                )
+        sources.append(Source(index, path, jsonl, csv_symbol))
+    return sources
+
+
+def read_source(source: Source, only_symbol: str | None = None) -> Iterator[tuple[Candle, int]]:
+    """(candle, line number) of every candle of one file; InputError names the file and line."""
+    try:
+        with source.path.open("r", encoding="utf-8", newline="") as handle:
+            if source.jsonl:
+                yield from _read_jsonl(source, handle, only_symbol)
+            else:
+                yield from _read_csv(source, handle)
+    except UnicodeDecodeError as error:
+        raise InputError(f"{source.path}: not UTF-8 text ({error})") from None
+
+
+def _read_jsonl(source: Source, handle: TextIO, only_symbol: str | None) -> Iterator[tuple[Candle, int]]:
+    for number, line in enumerate(handle, 1):
+        if not line.strip():
+            continue
+        try:
+            candle = decode_payload(line.encode())
+        except ValueError as error:
+            raise InputError(f"{source.path}:{number}: {error}") from None
+        if only_symbol is None or candle.symbol == only_symbol:
+            yield candle, number
+
+
+def _read_csv(source: Source, handle: TextIO) -> Iterator[tuple[Candle, int]]:
+    import csv
+
+    symbol = source.symbol
+    seen_data = False
+    for number, row in enumerate(csv.reader(handle), 1):
+        if not row or (len(row) == 1 and not row[0].strip()):
+            continue
+        fields = [value.strip() for value in row]
+        if not seen_data and not fields[0].lstrip("+-").isdigit():
+            if tuple(fields) != CSV_COLUMNS:
+                raise InputError(
+                    f"{source.path}:{number}: the header must be {','.join(CSV_COLUMNS)} "
+                    f"(got {','.join(fields)[:200]})"
+                )
+            seen_data = True
+            continue
+        seen_data = True
+        try:
+            candle = Candle.from_csv_row(symbol, fields)
+        except ValueError as error:
+            raise InputError(f"{source.path}:{number}: {error}") from None
+        yield candle, number
+
+
+# --- evaluation -------------------------------------------------------------------------------------
+
+Place = tuple[int, int]  # (source index, line); (-1, 0) for candles_1m
+
+
+@dataclass
+class SymbolJob:
+    """The candles of one symbol: CSV files to read, JSON Lines candles already read, or `candles_1m`."""
+
+    symbol: str
+    csv_sources: list[Source] = field(default_factory=list)
+    entries: list[tuple[Candle, Place]] = field(default_factory=list)
+    from_database: bool = False
+
+
+def merge(symbol: str, entries: list[tuple[Candle, Place]], names: Sequence[str]) -> list[Candle]:
+    """Order one symbol's candles by open time; drop equal repeats, refuse different ones naming both."""
+    entries.sort(key=lambda entry: (entry[0].open_time, entry[1]))
+    merged: list[Candle] = []
+    previous: tuple[Candle, Place] | None = None
+    for candle, place in entries:
+        if previous is not None and previous[0].open_time == candle.open_time:
+            if not candle.same_market_data(previous[0]):
+                first, second = _where(previous[1], names), _where(place, names)
+                raise InputError(
+                    f"{second}: {symbol} {candle.open_time} differs from the same minute at {first}"
+                )
+            continue
+        merged.append(candle)
+        previous = (candle, place)
+    return merged
+
+
+def _where(place: Place, names: Sequence[str]) -> str:
+    index, line = place
+    return "candles_1m" if index < 0 else f"{names[index]}:{line}"
+
+
+CHUNK_BARS = 10_000  # bars decided per numpy pass (bounds memory for long histories)
+
+
+def evaluate(symbol: str, candles: Iterable[Candle], rules: Sequence[RuleSpec]) -> list[dict[str, Any]]:
+    """The alerts of `rules` over one symbol's ordered candles (missing minutes are permanent gaps).
+
+    The bars come from `metrics.replay`; decisions are `evaluate_bar`'s, taken with numpy over chunks of
+    bars (`alerts.vectorized.decide_series`, the live engine's fast path too)."""
+    vectors = _vectors(rules)
+    tracker = CooldownTracker()
+    alerts: list[dict[str, Any]] = []
+    chunk: list = []
+
+    def decide() -> None:
+        rows = [bar.metrics for bar in chunk]
+        for index, rule in decide_series(vectors, symbol, [bar.open_time for bar in chunk], rows, tracker):
+            bar = chunk[index]
+            alerts.append(
+                {
+                    "rule": rule.slug,
+                    "symbol": symbol,
+                    "open_time": bar.open_time,
+                    "price": bar.price,
+                    "metrics": alert_metrics(rule, bar.metrics),
+                }
+            )
+        chunk.clear()
+
+    for bar in replay(candles):
+        chunk.append(bar)
+        if len(chunk) == CHUNK_BARS:
+            decide()
+    if chunk:
+        decide()
+    return alerts
+
+
+_compiled: dict[tuple[str, ...], tuple[VectorRule, ...]] = {}
+
+
+def _vectors(rules: Sequence[RuleSpec]) -> tuple[VectorRule, ...]:
+    """The rules compiled for numpy once per process and rule set."""
+    key = tuple(f"{rule.slug}\0{rule.expression}\0{rule.cooldown_seconds}" for rule in rules)
+    if key not in _compiled:
+        _compiled[key] = tuple(VectorRule(rule) for rule in rules)
+    return _compiled[key]
+
+
+# Set before the worker processes fork: compiled rules are closures and cannot be pickled.
+_RULES: Sequence[RuleSpec] = ()
+_NAMES: Sequence[str] = ()
+
+
+def _run_job(job: SymbolJob) -> tuple[str, list[dict[str, Any]] | None, str | None]:
+    try:
+        if job.from_database:
+            candles = stored_candles(job.symbol)
+        else:
+            entries = list(job.entries)
+            for source in job.csv_sources:
+                entries.extend((candle, (source.index, line)) for candle, line in read_source(source))
+            candles = merge(job.symbol, entries, _NAMES)
+        return job.symbol, evaluate(job.symbol, candles, _RULES), None
+    except InputError as error:
+        return job.symbol, None, str(error)
+
+
+def file_jobs(sources: Sequence[Source], symbol: str | None) -> list[SymbolJob]:
+    """One job per symbol: CSV files grouped by their symbol, JSON Lines files read now (any symbols)."""
+    jobs: dict[str, SymbolJob] = {}
+    for source in sources:
+        if source.jsonl:
+            for candle, line in read_source(source, only_symbol=symbol):
+                job = jobs.setdefault(candle.symbol, SymbolJob(candle.symbol))
+                job.entries.append((candle, (source.index, line)))
+        else:
+            jobs.setdefault(source.symbol, SymbolJob(source.symbol)).csv_sources.append(source)
+    return [jobs[name] for name in sorted(jobs)]
+
+
+def run_jobs(
+    jobs: Sequence[SymbolJob],
+    rules: Sequence[RuleSpec],
+    names: Sequence[str] = (),
+    processes: int = 1,
+    progress: Callable[[int, int, int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Evaluate every job and return the alerts in §9 order (open time, symbol, rule).
+
+    Raises InputError for the first bad input found; nothing has been written by then."""
+    global _RULES, _NAMES
+    _RULES, _NAMES = tuple(rules), tuple(names)
+    alerts: list[dict[str, Any]] = []
+    done = 0
+    processes = max(1, min(processes, len(jobs)))
+    if processes == 1:
+        results: Iterable = map(_run_job, jobs)
+        pool = None
+    else:
+        if any(job.from_database for job in jobs):
+            from django.db import connections
+
+            connections.close_all()  # children open their own connections
+        pool = multiprocessing.get_context("fork").Pool(processes)
+        results = pool.imap_unordered(_run_job, jobs)
+    try:
+        for _symbol, found, error in results:
+            if error is not None:
+                raise InputError(error)
+            alerts.extend(found)
+            done += 1
+            if progress:
+                progress(done, len(jobs), len(alerts))
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    alerts.sort(key=lambda alert: (alert["open_time"], alert["symbol"], alert["rule"]))
+    return alerts
+
+
+def default_processes() -> int:
+    """BACKTEST_PROCESSES, else every core this process may use."""
+    configured = os.environ.get("BACKTEST_PROCESSES", "").strip()
+    if configured:
+        return max(1, int(configured))
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+# --- output -----------------------------------------------------------------------------------------
+
+
+def write_alerts(alerts: Sequence[dict[str, Any]], output: str) -> None:
+    """JSON Lines, all at once: to a temporary file renamed into place, or to standard output."""
+    lines = "".join(json.dumps(alert, allow_nan=False, ensure_ascii=False) + "\n" for alert in alerts)
+    if output == "-":
+        sys.stdout.write(lines)
+        sys.stdout.flush()
+        return
+    target = Path(output)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(lines, encoding="utf-8")
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def summary(alerts: Sequence[dict[str, Any]], rules: Sequence[RuleSpec]) -> list[str]:
+    """Alerts per rule (every selected rule listed, zero included) for standard error."""
+    counts = Counter(alert["rule"] for alert in alerts)
+    symbols: dict[str, set[str]] = {}
+    for alert in alerts:
+        symbols.setdefault(alert["rule"], set()).add(alert["symbol"])
+    lines = [f"{len(alerts)} alert(s) from {len(rules)} rule(s)"]
+    for rule in sorted(rules, key=lambda r: r.slug):
+        lines.append(
+            f"  {rule.slug}: {counts[rule.slug]} alert(s), {len(symbols.get(rule.slug, ()))} symbol(s)"
+        )
+    return lines
+
+
+# --- candles_1m (needs Django and the database) -----------------------------------------------------
+
+
+def stored_symbols(symbol: str | None = None) -> list[str]:
+    """Symbols with candles in `candles_1m` (or just `symbol`), in code-point order."""
+    from django.db import connections
+
+    with connections["timeseries"].cursor() as cursor:
+        if symbol is not None:
+            cursor.execute("SELECT DISTINCT symbol FROM candles_1m WHERE symbol = %s", [symbol])
+        else:
+            cursor.execute("SELECT DISTINCT symbol FROM candles_1m")
+        return sorted(row[0] for row in cursor.fetchall())
+
+
+def stored_candles(symbol: str) -> Iterator[Candle]:
+    """One symbol's candles from `candles_1m` in open-time order, exactly as stored."""
+    from django.db import connections, transaction
+
+    query = (
+        "SELECT (extract(epoch from time) * 1000)::bigint, open::text, high::text, low::text, close::text, "
+        "volume::text, quote_volume::text, trades, taker_buy_volume::text, taker_buy_quote_volume::text "
+        "FROM candles_1m WHERE symbol = %s ORDER BY time"
+    )
+    with transaction.atomic(using="timeseries"), connections["timeseries"].chunked_cursor() as cursor:
+        cursor.execute(query, [symbol])
+        while rows := cursor.fetchmany(5000):
+            for open_time, o, h, lo, c, v, qv, trades, tbv, tbqv in rows:
+                yield Candle.from_payload(
+                    {
+                        "open_time": open_time,
+                        "open": o,
+                        "high": h,
+                        "low": lo,
+                        "close": c,
+                        "volume": v,
+                        "quote_volume": qv,
+                        "trades": trades,
+                        "taker_buy_volume": tbv,
+                        "taker_buy_quote_volume": tbqv,
+                    },
+                    symbol=symbol,
+                )

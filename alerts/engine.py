@@ -1,0 +1,469 @@
+"""The live alert engine behind `run_alerts` (DESIGN §1, §5, §8).
+
+Final bars come from the durable JetStream consumer `alerts-p<k>of<N>` on `metrics.calculated.>` and are
+handled one at a time in stream order, so each symbol's bars are evaluated in bar order. Intrabar rules
+also see `metrics.live.>` (core NATS). Which rules fire is decided by `alerts.decisions` — the code the
+backtest runs too — with a `CooldownTracker` rebuilt from `alert_history` on start; `alerts.services`
+re-checks every alert against the table inside the transaction that stores it, so the table stays the
+truth and the tracker only a cache. Per message: evaluate → store alerts + outbox rows (one
+transaction) → publish `alerts.triggered.<SYMBOL>` after the commit → acknowledge.
+
+Failure handling: a malformed payload is logged and terminated with its reason (never redelivered, the
+worker keeps going); a database or NATS outage keeps the message in progress and retries it, so no bar is
+skipped and order is kept; a crash between commit and publish is repaired on start by republishing the
+last minutes of alerts (JetStream drops the duplicates by Nats-Msg-Id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import DatabaseError, InterfaceError, connections
+from nats.errors import Error as NatsError
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from alerts import selectors, services
+from alerts.decisions import CooldownTracker, RuleSpec, evaluate_bar
+from alerts.rule_language import RuleError
+from alerts.vectorized import VectorRule, decide_symbols
+from cryptomon import messaging
+
+logger = logging.getLogger(__name__)
+
+METRICS_STREAM = "METRICS"
+REPUBLISH_WINDOW = timedelta(seconds=messaging.DUPLICATE_WINDOW_SECONDS - 60)
+MINUTE_MS = 60_000
+VECTOR_FROM = 16  # bars of distinct symbols from which one numpy pass beats a closure call per rule
+
+
+class BadPayload(ValueError):
+    """A metrics message that cannot be evaluated; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsBar:
+    """A `metrics.calculated` (final) or `metrics.live` payload of DESIGN §5, checked."""
+
+    symbol: str
+    open_time: int
+    price: float
+    metrics: dict[str, Any]
+    late: bool
+    final: bool
+
+
+def parse_metrics(data: bytes, subject: str) -> MetricsBar:
+    """Decode and check a metrics payload; BadPayload names the problem."""
+    try:
+        payload = messaging.decode(data)
+    except ValueError as error:
+        raise BadPayload(str(error)) from None
+    subject_symbol = messaging.symbol_of(subject)
+    if payload.get("v") != 1:
+        raise BadPayload(f"unsupported payload version v={payload.get('v')!r} (expected 1)")
+    symbol = payload.get("symbol")
+    if symbol != subject_symbol:
+        raise BadPayload(f"symbol {symbol!r} does not match the subject {subject!r}")
+    open_time = payload.get("open_time")
+    if type(open_time) is not int or open_time <= 0 or open_time % MINUTE_MS:
+        raise BadPayload(f"open_time {open_time!r} is not the start of a minute in epoch milliseconds")
+    price = payload.get("price")
+    if type(price) not in (int, float) or not math.isfinite(price) or price < 0:
+        raise BadPayload(f"price {price!r} is not a finite number")
+    metrics = payload.get("metrics")
+    if not isinstance(metrics, dict):
+        raise BadPayload("metrics is missing or not an object")
+    late = payload.get("late", False)
+    final = payload.get("final", False)
+    if not isinstance(late, bool) or not isinstance(final, bool):
+        raise BadPayload("late and final must be true or false")
+    return MetricsBar(symbol, open_time, float(price), metrics, late, final)
+
+
+@dataclass(frozen=True)
+class RuleBook:
+    """The enabled rules compiled once: which to run on final bars and which on live updates."""
+
+    version: tuple = ()
+    final: tuple[RuleSpec, ...] = ()  # every enabled rule (intrabar rules are evaluated on the final bar too)
+    intrabar: tuple[RuleSpec, ...] = ()
+    vectors: tuple[VectorRule, ...] = ()  # `final` compiled for many symbols at once
+
+    @classmethod
+    def load(cls) -> RuleBook:
+        version = selectors.rules_version()
+        specs: list[RuleSpec] = []
+        for rule in selectors.enabled_rules():
+            try:
+                specs.append(
+                    RuleSpec.build(
+                        rule.slug,
+                        rule.expression,
+                        name=rule.name,
+                        description=rule.description,
+                        severity=rule.severity,
+                        direction=rule.direction,
+                        mode=rule.mode,
+                        cooldown_seconds=rule.cooldown_seconds,
+                        owner_id=rule.owner_id,
+                    )
+                )
+            except RuleError as error:  # stored without validation (raw SQL, an old version): skip it, loudly
+                logger.error("rule %s skipped: its expression does not compile: %s", rule.slug, error)
+        return cls(
+            version=version,
+            final=tuple(specs),
+            intrabar=tuple(spec for spec in specs if spec.mode == "intrabar"),
+            vectors=tuple(VectorRule(spec) for spec in specs),
+        )
+
+
+def _db(function: Callable, *args, **kwargs) -> Awaitable:
+    """Run ORM work off the event loop (one thread, so writes stay in order); drop broken connections
+    on failure so the retry reconnects after a database restart."""
+
+    def call():
+        try:
+            return function(*args, **kwargs)
+        except (DatabaseError, InterfaceError):
+            for connection in connections.all(initialized_only=True):
+                connection.close()
+            raise
+
+    return sync_to_async(call, thread_sensitive=True)()
+
+
+def load_tracker(shard: messaging.Shard) -> CooldownTracker:
+    """The cooldown state of the shard's symbols, from `alert_history`."""
+    tracker = CooldownTracker()
+    for rule, symbol, open_time in selectors.last_fired_marks():
+        if shard.owns(symbol):
+            tracker.seed(rule, symbol, open_time)
+    return tracker
+
+
+@dataclass
+class Counters:
+    bars: int = 0
+    live_updates: int = 0
+    alerts: int = 0
+    bad_payloads: int = 0
+    retries: int = 0
+    skipped_not_owned: int = 0
+    numpy_waves: int = 0  # batches of distinct symbols decided in one numpy pass
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class AlertEngine:
+    """Decides and records alerts; knows nothing of consumers, so tests and the worker share it."""
+
+    shard: messaging.Shard = field(default_factory=messaging.Shard)
+    rules: RuleBook = field(default_factory=RuleBook)
+    tracker: CooldownTracker | None = None  # None = rebuild from alert_history before the next bar
+    counters: Counters = field(default_factory=Counters)
+
+    async def reload_rules(self, force: bool = False) -> bool:
+        """Reload the rules if any changed since the last load (cheap check: max(updated_at), count)."""
+        if not force and await _db(selectors.rules_version) == self.rules.version:
+            return False
+        book = await _db(RuleBook.load)
+        changed = book.version != self.rules.version
+        self.rules = book
+        if changed:
+            logger.info("rules loaded: %d enabled (%d intrabar)", len(book.final), len(book.intrabar))
+        return changed
+
+    async def ensure_tracker(self) -> CooldownTracker:
+        if self.tracker is None:
+            self.tracker = await _db(load_tracker, self.shard)
+            logger.info(
+                "cooldown state rebuilt from alert_history: %d (rule, symbol) pairs", len(self.tracker)
+            )
+        return self.tracker
+
+    async def on_bar(self, bar: MetricsBar) -> list[dict]:
+        """Evaluate one bar (final: every enabled rule; live: intrabar rules) and store what fires.
+
+        Returns the payloads to publish. On a storage error the tracker is dropped (it may hold marks
+        that were never committed) and rebuilt before the retry."""
+        rules = self.rules.final if bar.final else self.rules.intrabar
+        if not rules:
+            return []
+        tracker = await self.ensure_tracker()
+        return await self.record(bar, evaluate_bar(rules, bar.symbol, bar.open_time, bar.metrics, tracker))
+
+    async def decide(self, bars: list[MetricsBar]) -> list[list[RuleSpec]]:
+        """The rules that fire on final bars of distinct symbols, decided in one numpy pass per rule
+        (the same decisions as `on_bar` bar by bar; tests/test_alerts_vectorized.py)."""
+        tracker = await self.ensure_tracker()
+        if not self.rules.vectors:
+            return [[] for _ in bars]
+        return decide_symbols(
+            self.rules.vectors,
+            [bar.symbol for bar in bars],
+            [bar.open_time for bar in bars],
+            [bar.metrics for bar in bars],
+            tracker,
+        )
+
+    async def record(self, bar: MetricsBar, fired: list[RuleSpec]) -> list[dict]:
+        """Store the alerts decided for a bar; the payloads to publish (new, or stored before for this bar)."""
+        if not fired:
+            return []
+        try:
+            recorded = await _db(
+                services.record_alerts, fired, bar.symbol, bar.open_time, bar.price, bar.metrics, bar.late
+            )
+        except BaseException:
+            self.tracker = None
+            raise
+        if recorded.blocked:
+            # Another worker stored an alert this tracker had not seen: resynchronise from the table.
+            logger.info("alerts of %s refused by alert_history (cooldown): %s", bar.symbol, recorded.blocked)
+            self.tracker = None
+        self.counters.alerts += recorded.created
+        return recorded.payloads
+
+
+def waves(items: list[tuple[Any, MetricsBar]]) -> list[list[tuple[Any, MetricsBar]]]:
+    """Split a batch into waves of distinct symbols, each symbol's bars in order across the waves."""
+    result: list[list[tuple[Any, MetricsBar]]] = []
+    next_wave: dict[str, int] = {}
+    for item in items:
+        index = next_wave.get(item[1].symbol, 0)
+        if index == len(result):
+            result.append([])
+        result[index].append(item)
+        next_wave[item[1].symbol] = index + 1
+    return result
+
+
+class _Stopping(Exception):
+    """Raised out of a retry loop when the worker is asked to stop (the message stays unacknowledged)."""
+
+
+class AlertWorker:
+    """`run_alerts`: the consumer loop around an AlertEngine (DESIGN §1 sharding, §5 wire contract)."""
+
+    def __init__(self, shard: messaging.Shard, nats_url: str | None = None, batch: int = 256):
+        self.shard = shard
+        self.nats_url = nats_url
+        self.batch = batch
+        self.engine = AlertEngine(shard=shard)
+        self.durable = shard.consumer_name("alerts")
+        self.nc = None
+        self.js = None
+        self._filters: list[str] = []
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event, started: Callable[[], None] | None = None) -> None:
+        self.nc, self.js = await messaging.connect_jetstream(
+            f"alerts-p{self.shard.index}of{self.shard.count}", self.nats_url
+        )
+        try:
+            try:
+                await self._retrying("start", self._start, stop=stop)
+            except _Stopping:
+                return  # asked to stop while the database or NATS was still unreachable
+            live = await self.nc.subscribe("metrics.live.>", cb=self._on_live)
+            await self.nc.flush()  # the server knows the subscription before we report being started
+            subscription = await self.js.pull_subscribe_bind(durable=self.durable, stream=METRICS_STREAM)
+            tasks = [
+                asyncio.create_task(
+                    self._every(settings.ALERTS_RULE_RELOAD_SECONDS, self.engine.reload_rules)
+                ),
+                asyncio.create_task(
+                    self._every(settings.ALERTS_UNIVERSE_REFRESH_SECONDS, self._update_consumer)
+                ),
+            ]
+            if started:
+                started()
+            try:
+                while not stop.is_set():
+                    await self._fetch_and_handle(subscription, stop)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                with contextlib.suppress(Exception):
+                    await live.unsubscribe()
+        finally:
+            with contextlib.suppress(Exception):
+                await self.nc.close()  # every publish was already acknowledged; nothing to drain
+            await _db(connections.close_all)
+
+    async def _start(self) -> None:
+        await self.engine.reload_rules(force=True)
+        await self.engine.ensure_tracker()
+        await self._update_consumer()
+        await self._republish_recent()
+
+    async def _update_consumer(self) -> None:
+        """Create the durable consumer, or narrow/widen its filter when the universe changes."""
+        if self.shard.count == 1:
+            filters = ["metrics.calculated.>"]
+        else:
+            symbols = await _db(selectors.trading_symbols)
+            # With no known universe, take every subject and skip the symbols of other shards.
+            filters = self.shard.filter_subjects("metrics.calculated", symbols) or ["metrics.calculated.>"]
+        if filters == self._filters:
+            return
+        # On start, what a previous run left unacknowledged comes first and in order (not after AckWait,
+        # when newer bars would already have moved the cooldown marks past it).
+        apply = messaging.ensure_consumer if self._filters else messaging.resume_consumer
+        await apply(self.js, METRICS_STREAM, self.durable, filters, ack_wait=30, max_ack_pending=10_000)
+        self._filters = filters
+        logger.info("consumer %s filters %d subject(s)", self.durable, len(filters))
+
+    async def _republish_recent(self) -> None:
+        payloads = await _db(selectors.alerts_triggered_since, datetime.now(UTC) - REPUBLISH_WINDOW)
+        owned = [p for p in payloads if self.shard.owns(p["symbol"])]
+        for payload in owned:
+            await self._publish(payload)
+        if owned:
+            logger.info("republished %d recent alert(s) (duplicates are dropped by JetStream)", len(owned))
+
+    async def _every(self, seconds: float, action: Callable[[], Awaitable]) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await action()
+            except Exception as error:  # periodic upkeep retries on its next tick
+                logger.warning("%s failed (retrying in %.0f s): %s", action.__name__, seconds, error)
+
+    async def _retrying(
+        self, what: str, action: Callable[[], Awaitable], message=None, stop: asyncio.Event | None = None
+    ) -> Any:
+        """Run `action` until it succeeds: storage and NATS outages are waited out, never skipped."""
+        delay = 0.2
+        while True:
+            try:
+                return await action()
+            except (DatabaseError, InterfaceError, OSError, NatsError) as error:
+                self.engine.counters.retries += 1
+                if stop is not None and stop.is_set():
+                    raise _Stopping from error
+                logger.warning("%s failed, retrying in %.1f s: %s", what, delay, error)
+                if message is not None:
+                    with contextlib.suppress(Exception):
+                        await message.in_progress()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    # --- messages -------------------------------------------------------------------------------
+
+    async def _fetch_and_handle(self, subscription, stop: asyncio.Event) -> None:
+        try:
+            messages = await subscription.fetch(self.batch, timeout=1)
+        except (TimeoutError, NatsTimeoutError):
+            return
+        ready: list[tuple[Any, MetricsBar]] = []
+        for message in messages:
+            try:
+                bar = parse_metrics(message.data, message.subject)
+                if not bar.final:
+                    raise BadPayload("a metrics.calculated payload must have final: true")
+            except BadPayload as error:
+                await self._terminate(message, str(error))
+                continue
+            if not self.shard.owns(bar.symbol):
+                self.engine.counters.skipped_not_owned += 1
+                await message.ack()
+                continue
+            ready.append((message, bar))
+        try:
+            for wave in waves(ready):
+                await self._handle_wave(wave, stop)
+        except _Stopping:
+            return  # the rest is redelivered to the next run, in order
+
+    async def _handle_wave(self, wave: list[tuple[Any, MetricsBar]], stop: asyncio.Event) -> None:
+        decisions: list[list[RuleSpec] | None] = [None] * len(wave)
+        if len(wave) >= VECTOR_FROM:
+            self.engine.counters.numpy_waves += 1
+            try:
+                decisions = await self._retrying(
+                    "loading rules state", lambda: self.engine.decide([b for _, b in wave]), stop=stop
+                )
+            except _Stopping:
+                raise
+            except Exception:  # a bug in the fast path: decide bar by bar from a fresh tracker
+                logger.exception("numpy decision of %d bars failed; deciding them one by one", len(wave))
+                self.engine.tracker = None
+                decisions = [None] * len(wave)
+        for (message, bar), fired in zip(wave, decisions, strict=True):
+            try:
+                self.engine.counters.bars += 1
+                if fired is None:
+                    action = lambda bar=bar: self.engine.on_bar(bar)  # noqa: E731
+                else:
+                    action = lambda bar=bar, fired=fired: self.engine.record(bar, fired)  # noqa: E731
+                where = f"storing alerts of {bar.symbol} {bar.open_time}"
+                payloads = await self._retrying(where, action, message, stop)
+                for payload in payloads:
+                    publish = lambda p=payload: self._publish(p)  # noqa: E731
+                    await self._retrying(f"publishing {payload['id']}", publish, message, stop)
+                await message.ack()
+            except _Stopping:
+                raise
+            except Exception:  # a bug must not stop the worker: the message comes back later
+                logger.exception("handling %s failed; redelivered in 5 s", message.subject)
+                self.engine.tracker = None
+                with contextlib.suppress(Exception):
+                    await message.nak(delay=5)
+
+    async def _terminate(self, message, reason: str) -> None:
+        self.engine.counters.bad_payloads += 1
+        metadata = message.metadata
+        logger.error(
+            "bad payload on %s (stream seq %s) terminated, not redelivered: %s",
+            message.subject,
+            metadata.sequence.stream,
+            reason,
+        )
+        await self.nc.publish(message.reply, f"+TERM {reason}".encode()[:1024])
+
+    async def _on_live(self, message) -> None:
+        if not self.engine.rules.intrabar:
+            return
+        try:
+            bar = parse_metrics(message.data, message.subject)
+        except BadPayload as error:
+            self.engine.counters.bad_payloads += 1
+            logger.error("bad payload on %s ignored: %s", message.subject, error)
+            return
+        if bar.final or not self.shard.owns(bar.symbol):
+            return
+        self.engine.counters.live_updates += 1
+        try:
+            payloads = await self.engine.on_bar(bar)
+            for payload in payloads:
+                await self._publish(payload)
+        except (DatabaseError, InterfaceError, OSError, NatsError) as error:
+            # Live updates are at most once; the final bar evaluates intrabar rules again.
+            logger.warning("intrabar alert of %s not stored: %s", bar.symbol, error)
+
+    async def _publish(self, payload: dict) -> None:
+        started = time.monotonic()
+        await self.js.publish(
+            messaging.alert_subject(payload["symbol"]),
+            messaging.encode(payload),
+            headers={"Nats-Msg-Id": payload["id"]},
+        )
+        logger.debug("published %s in %.1f ms", payload["id"], (time.monotonic() - started) * 1000)

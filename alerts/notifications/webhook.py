@@ -1,0 +1,61 @@
+"""Generic webhook: the DESIGN §5 alert payload (or `{v: 1, alerts: [...]}` for a group), signed.
+
+Headers: `Idempotency-Key` (the first delivery id of the group, stable across retries, so a receiver
+can drop the repeat of a send whose answer was lost) and `X-Cryptomon-Signature: sha256=<hex>`, the
+HMAC-SHA256 of the exact body bytes with the channel's signing secret.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+
+from alerts.notifications import safety
+from alerts.notifications.base import Message, http_failure, retry_after_header
+from alerts.notifications.crypto import mask
+
+KIND = "webhook"
+
+
+def clean_config(data: dict) -> dict:
+    url = str(data.get("url") or "").strip()
+    safety.check_syntax(url)
+    secret = str(data.get("secret") or "").strip() or secrets.token_urlsafe(32)
+    if len(secret) < 16:
+        raise ValueError("the signing secret needs at least 16 characters")
+    return {"url": url, "secret": secret}
+
+
+def summary(config: dict) -> str:
+    return f"webhook {mask(config.get('url'))}, secret {mask(config.get('secret'))}"
+
+
+def sign(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def verify(secret: str, body: bytes, signature: str) -> bool:
+    """What a receiver does (also used by the tests)."""
+    return hmac.compare_digest(sign(secret, body), signature)
+
+
+def send(config: dict, message: Message) -> None:
+    body = json.dumps(message.webhook_body(), separators=(",", ":"), ensure_ascii=False).encode()
+    headers = {
+        "Content-Type": "application/json",
+        "X-Cryptomon-Signature": sign(config.get("secret", ""), body),
+    }
+    if message.idempotency_key:
+        headers["Idempotency-Key"] = message.idempotency_key
+    response = safety.post(config["url"], body, headers)
+    if 200 <= response.status < 300:
+        return
+    raise http_failure(
+        "the webhook",
+        response.status,
+        response.text(),
+        retry_after_header(response.headers),
+        permanent={404, 410},
+    )

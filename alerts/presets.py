@@ -1,0 +1,169 @@
+"""The 10 global presets of DESIGN §8 as plain data, for the backtest's `--rules presets` (which needs no
+database) and for tests. Expressions are copied character for character from DESIGN.md."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from types import MappingProxyType
+
+from alerts.decisions import RuleSpec
+from alerts.rule_language import compile_rule
+
+__all__ = ["PRESETS", "PRESETS_BY_SLUG", "Preset", "preset_specs"]
+
+
+@dataclass(frozen=True, slots=True)
+class Preset:
+    """One preset rule: global (no owner), enabled, `bar_close`, cooldown 300 s unless stated."""
+
+    slug: str
+    name: str
+    description: str
+    expression: str
+    severity: str
+    direction: str
+    mode: str = "bar_close"
+    cooldown_seconds: int = 300
+    enabled: bool = True
+
+    def spec(self) -> RuleSpec:
+        """This preset compiled, as the engines and the backtest use it."""
+        return RuleSpec(
+            slug=self.slug,
+            name=self.name,
+            description=self.description,
+            severity=self.severity,
+            direction=self.direction,
+            mode=self.mode,
+            cooldown_seconds=self.cooldown_seconds,
+            owner_id=None,
+            compiled=compile_rule(self.expression),
+        )
+
+
+PRESETS: tuple[Preset, ...] = (
+    Preset(
+        slug="futures_big_bull_60",
+        name="60 Big Bull",
+        description="sustained momentum over multiple timeframes",
+        expression=(
+            "change_1h > 1.6 and change_1d < 15 and change_8h > change_1h and change_1d > change_8h"
+            " and volume_1h > 500_000 and volume_8h > 5_000_000 and 6 * volume_1h > volume_8h"
+            " and 16 * volume_1h > volume_1d"
+        ),
+        severity="warning",
+        direction="bull",
+    ),
+    Preset(
+        slug="futures_big_bear_60",
+        name="60 Big Bear",
+        description="sustained downward momentum",
+        expression=(
+            "change_1h < -1.6 and change_1d > -15 and change_8h < change_1h and change_1d < change_8h"
+            " and volume_1h > 500_000 and volume_8h > 5_000_000 and 6 * volume_1h > volume_8h"
+            " and 16 * volume_1h > volume_1d"
+        ),
+        severity="warning",
+        direction="bear",
+    ),
+    Preset(
+        slug="futures_pioneer_bull",
+        name="Pioneer Bull",
+        description="early bullish trend",
+        expression=(
+            "change_5m > 1 and change_15m > 1 and 3 * change_5m > change_15m and 2 * volume_5m > volume_15m"
+        ),
+        severity="info",
+        direction="bull",
+    ),
+    Preset(
+        slug="futures_pioneer_bear",
+        name="Pioneer Bear",
+        description="early bearish trend",
+        expression=(
+            "change_5m < -1 and change_15m < -1 and 3 * change_5m < change_15m and 2 * volume_5m > volume_15m"
+        ),
+        severity="info",
+        direction="bear",
+    ),
+    Preset(
+        slug="futures_5_big_bull",
+        name="5 Big Bull",
+        description="5-minute bullish spike",
+        expression=(
+            "change_5m > 0.6 and change_1d < 15 and change_15m > change_5m and change_1h > change_15m"
+            " and volume_5m > 100_000 and volume_1h > 1_000_000 and volume_5m > volume_15m / 3"
+            " and volume_5m > volume_1h / 6 and volume_5m > volume_8h / 66"
+        ),
+        severity="info",
+        direction="bull",
+    ),
+    Preset(
+        slug="futures_5_big_bear",
+        name="5 Big Bear",
+        description="5-minute bearish spike",
+        expression=(
+            "change_5m < -0.6 and change_1d > -15 and change_15m < change_5m and change_1h < change_15m"
+            " and volume_5m > 100_000 and volume_1h > 1_000_000 and volume_5m > volume_15m / 3"
+            " and volume_5m > volume_1h / 6 and volume_5m > volume_8h / 66"
+        ),
+        severity="info",
+        direction="bear",
+    ),
+    Preset(
+        slug="futures_15_big_bull",
+        name="15 Big Bull",
+        description="15-minute bullish spike",
+        expression=(
+            "change_15m > 1 and change_1d < 15 and change_1h > change_15m and change_8h > change_1h"
+            " and volume_15m > 400_000 and volume_1h > 1_000_000 and volume_15m > volume_1h / 3"
+            " and volume_15m > volume_8h / 26"
+        ),
+        severity="info",
+        direction="bull",
+    ),
+    Preset(
+        slug="futures_15_big_bear",
+        name="15 Big Bear",
+        description="15-minute bearish spike",
+        expression=(
+            "change_15m < -1 and change_1d > -15 and change_1h < change_15m and change_8h < change_1h"
+            " and volume_15m > 400_000 and volume_1h > 1_000_000 and volume_15m > volume_1h / 3"
+            " and volume_15m > volume_8h / 26"
+        ),
+        severity="info",
+        direction="bear",
+    ),
+    Preset(
+        slug="futures_bottom_hunter",
+        name="Bottom Hunter",
+        description="potential bottom reversal",
+        expression=(
+            "change_1h < -0.7 and change_15m < -0.6 and change_5m > 0.5 and volume_5m > volume_15m / 2"
+            " and volume_5m > volume_1h / 8"
+        ),
+        severity="info",
+        direction="bull",
+    ),
+    Preset(
+        slug="futures_top_hunter",
+        name="Top Hunter",
+        description="potential top reversal",
+        expression=(
+            "change_1h > 0.7 and change_15m > 0.6 and change_5m < -0.5 and volume_5m > volume_15m / 2"
+            " and volume_5m > volume_1h / 8"
+        ),
+        severity="info",
+        direction="bear",
+    ),
+)
+
+PRESETS_BY_SLUG: Mapping[str, Preset] = MappingProxyType({preset.slug: preset for preset in PRESETS})
+
+
+@cache
+def preset_specs() -> tuple[RuleSpec, ...]:
+    """All presets compiled once (shared: RuleSpec and CompiledRule are immutable)."""
+    return tuple(preset.spec() for preset in PRESETS)

@@ -1,0 +1,49 @@
+"""Celery tasks for notifications: thin wrappers over alerts.notifications services."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+from django.conf import settings
+
+import cryptomon.celery  # noqa: F401 - the configured app, so .delay() from web/run_alerts uses its broker
+from alerts.notifications import operator, services
+from alerts.notifications.base import DeliveryError, TransientError
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(name="alerts.tasks.dispatch_outbox_entry", acks_late=True, ignore_result=True)
+def dispatch_outbox_entry(outbox_id: int) -> int:
+    """Fan one outbox row out into deliveries (idempotent); returns deliveries created."""
+    return services.fan_out(outbox_id).created
+
+
+@shared_task(name="alerts.tasks.flush_channel", acks_late=True, ignore_result=True)
+def flush_channel(channel_id: int) -> int:
+    """Send a channel's due deliveries as one message; returns alerts delivered."""
+    return services.flush_channel(channel_id)
+
+
+@shared_task(name="alerts.tasks.requeue_stuck_notifications", ignore_result=True)
+def requeue_stuck_notifications() -> None:
+    services.requeue_stuck()
+
+
+@shared_task(
+    name="alerts.tasks.send_operator_message", bind=True, acks_late=True, ignore_result=True, max_retries=None
+)
+def send_operator_message(self, index: int, key: str, state: str, text: str, since: int) -> None:
+    try:
+        operator.send_to_target(index, key, state, text, since)
+    except TransientError as error:
+        attempt = self.request.retries + 1
+        if attempt >= settings.NOTIFICATIONS_MAX_ATTEMPTS:
+            logger.error(
+                "operator alert [%s] %s not delivered after %d attempts: %s", key, state, attempt, error
+            )
+            return
+        raise self.retry(countdown=services.retry_delay(attempt, error.retry_after)) from None
+    except DeliveryError as error:
+        logger.error("operator alert [%s] %s not delivered: %s", key, state, error)

@@ -1,0 +1,184 @@
+"""End-to-end latency: the emulator sends a minute's final kline → the alert arrives at a browser's socket.
+
+The whole product runs as separate processes on private servers (tests/e2e_system.py), with the emulator
+at Binance's real cadence (speed 1: every symbol updates every 250 ms, 600 symbols = 2,400 frames/s). This
+process is the load generator's other half and the measuring client: it listens to the emulator's kline
+streams like a second collector (so it sees each final kline the moment it is sent, on the host clock) and
+holds a `/ws/alerts/` socket (DESIGN §10). A global rule that is true for about half of the symbols on
+every bar (`change_5m > 0`, cooldown 0) makes each minute close produce a burst of alerts in the same
+second, the worst case for the pipeline. Reported: latency p50/p95/p99/max per alert, CPU seconds and
+peak memory of every process over the measured minutes, the load generators (emulator and this client)
+separately.
+
+    .venv/bin/python benchmarks/bench_end_to_end.py [--symbols 600] [--minutes 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cryptomon.settings")
+
+import websockets  # noqa: E402
+
+from benchmarks.soak import children, rss_mib  # noqa: E402
+from tests.e2e_system import System, wait_until  # noqa: E402
+
+RULE = ("bench-half-market", "change_5m > 0", 0)
+
+
+def cpu_seconds(pid: int) -> float:
+    total = 0.0
+    for candidate in [pid, *children(pid)]:
+        try:
+            fields = Path(f"/proc/{candidate}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+async def watch_finals(system: System, symbols: list[str], finals: dict, stop: asyncio.Event) -> None:
+    """Record when each (symbol, open_time) final kline leaves the emulator, 200 streams a connection."""
+
+    async def one(chunk: list[str]) -> None:
+        streams = "/".join(f"{s.lower()}@kline_1m" for s in chunk)
+        url = f"ws://127.0.0.1:{system.emulator_port}/market/stream?streams={streams}"
+        async with websockets.connect(url, max_size=None, open_timeout=30) as socket:
+            while not stop.is_set():
+                try:
+                    raw = await asyncio.wait_for(socket.recv(), 1)
+                except TimeoutError:
+                    continue
+                received = time.time()
+                kline = json.loads(raw)["data"]["k"]
+                if kline["x"]:
+                    finals.setdefault((kline["s"], kline["t"]), received)
+
+    await asyncio.gather(*(one(symbols[i : i + 200]) for i in range(0, len(symbols), 200)))
+
+
+async def watch_alerts(system: System, arrivals: dict, stop: asyncio.Event) -> None:
+    origin = f"http://127.0.0.1:{system.web_port}"
+    async with websockets.connect(system.ws_url, origin=origin, max_size=None) as socket:
+        while not stop.is_set():
+            try:
+                raw = await asyncio.wait_for(socket.recv(), 1)
+            except TimeoutError:
+                continue
+            received = time.time()
+            frame = json.loads(raw)
+            if frame.get("type") == "alert":
+                alert = frame["alert"]
+                arrivals.setdefault((alert["symbol"], alert["open_time"]), received)
+
+
+async def measure(system: System, symbols: list[str], minutes: float) -> tuple[dict, dict]:
+    finals: dict = {}
+    arrivals: dict = {}
+    stop = asyncio.Event()
+    tasks = [
+        asyncio.create_task(watch_finals(system, symbols, finals, stop)),
+        asyncio.create_task(watch_alerts(system, arrivals, stop)),
+    ]
+    await asyncio.sleep(minutes * 60)
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return finals, arrivals
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--symbols", type=int, default=600)
+    parser.add_argument("--minutes", type=float, default=4)
+    parser.add_argument("--warmup-minutes", type=float, default=3)
+    args = parser.parse_args()
+    symbols = [f"E{i:03d}USDT" for i in range(args.symbols)]
+    system = System(
+        Path(tempfile.mkdtemp(prefix="cryptomon-bench-e2e-")),
+        symbols=symbols,
+        speed=1.0,
+        emulator_args=["--history-minutes", "30"],
+    )
+    try:
+        system.start_servers()
+        slug, expression, cooldown = RULE
+        system.manage(
+            "shell",
+            "-c",
+            "from alerts.models import AlertRule; AlertRule.objects.filter(owner=None).update(enabled=False); "
+            f"AlertRule.objects.create(slug={slug!r}, name={slug!r}, expression={expression!r}, "
+            f"cooldown_seconds={cooldown})",
+        )
+        system.start_all()
+        print(f"warming up {args.warmup_minutes} min (backfill, first bars)...", flush=True)
+        wait_until(lambda: system.sql("SELECT count(*) FROM alert_history")[0][0] > 0, "first alerts", 600, 2)
+        time.sleep(args.warmup_minutes * 60)
+        system.assert_running()
+        pids = {name: p.popen.pid for name, p in system.processes.items()}
+        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        own_before = time.process_time()
+        started = time.monotonic()
+        peak = dict.fromkeys(pids, 0.0)
+
+        async def run() -> tuple[dict, dict]:
+            async def sample() -> None:
+                while True:
+                    for name, pid in pids.items():
+                        peak[name] = max(peak[name], rss_mib(pid))
+                    await asyncio.sleep(5)
+
+            sampler = asyncio.create_task(sample())
+            try:
+                return await measure(system, symbols, args.minutes)
+            finally:
+                sampler.cancel()
+
+        finals, arrivals = asyncio.run(run())
+        elapsed = time.monotonic() - started
+        own_cpu = time.process_time() - own_before
+        cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+        system.assert_running()
+    finally:
+        system.stop()
+    latencies = [
+        (arrivals[key] - finals[key]) * 1000
+        for key in arrivals
+        if key in finals and arrivals[key] >= finals[key]
+    ]
+    print(f"machine: {os.cpu_count()} cores; {args.symbols} symbols at speed 1 (2,400 frames/s at 600)")
+    print(
+        f"measured {elapsed:.0f} s: {len(finals)} final klines, {len(arrivals)} alerts, {len(latencies)} matched"
+    )
+    if latencies:
+        print(
+            "final kline sent -> alert at the socket: "
+            + ", ".join(f"p{q} {percentile(latencies, q):.0f} ms" for q in (50, 95, 99))
+            + f", max {max(latencies):.0f} ms"
+        )
+    print("process      CPU (% of one core)   peak RSS (MiB)")
+    for name in pids:
+        role = " (load generator)" if name == "emulator" else ""
+        print(f"{name:<12} {cpu[name] / elapsed * 100:6.1f}               {peak[name]:7.0f}{role}")
+    print(
+        f"{'client':<12} {own_cpu / elapsed * 100:6.1f}                     - (load generator: this process)"
+    )
+    return 0 if latencies else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,322 @@
+"""Realtime gateway: WebSocket clients held by one machine while 50 alerts arrive in one second and market
+frames flow; delivery ratio and alert latency p50/p99 per client count, for each channel layer.
+
+Starts its own PostgreSQL, NATS and Valkey (embedded, temporary directory), migrates, then for each layer
+(`CHANNEL_LAYER=pubsub` and `core`) runs ONE daphne process and ONE `run_gateway`, opens N anonymous
+clients (`ALLOW_ANONYMOUS_DASHBOARD=true`, each subscribed to the market), and has a separate publisher
+process send `metrics.live` for S symbols every second and 50 alerts evenly over one second on JetStream.
+Latency = client receive wall time − publish wall time (same machine, same clock), so it includes the
+client process's own queueing: all N clients run in one asyncio process.
+
+    .venv/bin/python benchmarks/bench_gateway.py [--clients 100,500,1000] [--layers pubsub,core]
+        [--symbols 100] [--alerts 50] [--drain 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- publisher (its own process, so client load cannot delay publishing) -----------------------------
+
+
+async def publish(symbols: int, alerts: int, warmup: float, after: float) -> None:
+    from cryptomon import messaging
+
+    nc, js = await messaging.connect_jetstream("bench-publisher")
+    names = [f"B{n:04d}USDT" for n in range(symbols)]
+    started = time.time()
+    run = time.time_ns()  # alert ids unique per run: the gateway drops a repeated id
+    tick = 0
+    alerts_sent = False
+    while time.time() - started < warmup + 1 + after:
+        for name in names:
+            payload = {
+                "v": 1,
+                "symbol": name,
+                "open_time": 1_700_000_000_000 + tick * 60_000,
+                "final": False,
+                "late": False,
+                "price": 100.0 + tick,
+                "metrics": {"change_5m": tick / 10, "volume_1h": 1e6, "volume_1d": 1e8, "rsi_14": 50.0},
+            }
+            await nc.publish(f"metrics.live.{name}", messaging.encode(payload))
+        await nc.flush()
+        tick += 1
+        if not alerts_sent and time.time() - started >= warmup:
+            alerts_sent = True
+            for n in range(alerts):
+                name = names[n % len(names)]
+                open_time = 1_800_000_000_000 + n * 60_000
+                payload = {
+                    "v": 1,
+                    "id": f"bench{run}:{name}:{open_time}",
+                    "rule": "bench",
+                    "rule_name": "Bench",
+                    "severity": "info",
+                    "direction": "bull",
+                    "symbol": name,
+                    "open_time": open_time,
+                    "triggered_at": int(time.time() * 1000),
+                    "price": 1.0,
+                    "description": "",
+                    "metrics": {"volume_1d": 1e8},
+                    "owner": None,
+                    "late": False,
+                    "sent": time.time(),
+                }
+                await js.publish(f"alerts.triggered.{name}", messaging.encode(payload))
+                await asyncio.sleep(1.0 / alerts)
+        else:
+            await asyncio.sleep(max(0.0, 1.0 - (time.time() - started) % 1.0))
+    await nc.close()
+
+
+# --- clients -------------------------------------------------------------------------------------------
+
+
+class Client:
+    def __init__(self):
+        self.latencies: list[float] = []
+        self.alert_ids: set[str] = set()
+        self.market_frames = 0
+        self.closed_with: int | None = None
+
+
+async def hold(url: str, origin: str, client: Client, ready: asyncio.Event, stop: asyncio.Event, count):
+    import msgspec
+    from websockets.asyncio.client import connect
+
+    decoder = msgspec.json.Decoder()
+    try:
+        async with connect(url, origin=origin, max_size=None, open_timeout=60, ping_interval=None) as ws:
+            await ws.send('{"type":"subscribe","symbols":null,"rules":null,"market":true}')
+            snapshots = 0
+            while snapshots < 2:  # the connect snapshot, then the subscribe snapshot
+                if (await ws.recv()).startswith('{"type":"snapshot"'):
+                    snapshots += 1
+            count()
+            await ready.wait()
+            while not stop.is_set():
+                try:
+                    text = await asyncio.wait_for(ws.recv(), timeout=0.5)
+                except TimeoutError:
+                    continue
+                now = time.time()
+                if text.startswith('{"type":"market"'):
+                    client.market_frames += 1
+                elif text.startswith('{"type":"alert"'):
+                    alert = decoder.decode(text)["alert"]
+                    if alert["id"] not in client.alert_ids:
+                        client.alert_ids.add(alert["id"])
+                        client.latencies.append((now - alert["sent"]) * 1000)
+    except Exception as error:
+        code = getattr(getattr(error, "rcvd", None), "code", None)
+        client.closed_with = code if code is not None else type(error).__name__
+
+
+async def run_clients(port: int, n: int, args) -> dict:
+    url, origin = f"ws://127.0.0.1:{port}/ws/alerts/", f"http://127.0.0.1:{port}"
+    clients = [Client() for _ in range(n)]
+    ready, stop = asyncio.Event(), asyncio.Event()
+    connected = [0]
+
+    def count():
+        connected[0] += 1
+
+    tasks = []
+    started = time.monotonic()
+    for i, client in enumerate(clients):
+        tasks.append(asyncio.create_task(hold(url, origin, client, ready, stop, count)))
+        if i % args.ramp == args.ramp - 1:  # args.ramp new sockets per 100 ms
+            await asyncio.sleep(0.1)
+    while connected[0] + sum(c.closed_with is not None for c in clients) < n:
+        if time.monotonic() - started > 180:
+            break
+        await asyncio.sleep(0.1)
+    connect_seconds = time.monotonic() - started
+    ready.set()
+    publisher = subprocess.Popen(
+        [sys.executable, __file__, "--publish", str(args.symbols), str(args.alerts)],
+        cwd=ROOT,
+        env=os.environ.copy(),
+    )
+    window_started = time.monotonic()
+    await asyncio.to_thread(publisher.wait)
+    # Let the alerts drain: stop early once everything arrived.
+    deadline = time.monotonic() + args.drain
+    while time.monotonic() < deadline:
+        if sum(len(c.alert_ids) for c in clients) >= n * args.alerts:
+            break
+        await asyncio.sleep(0.2)
+    window = time.monotonic() - window_started
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    latencies = [v for c in clients for v in c.latencies]
+    delivered = sum(len(c.alert_ids) for c in clients)
+    return {
+        "clients": n,
+        "connected": connected[0],
+        "connect_s": connect_seconds,
+        "delivered": delivered,
+        "expected": connected[0] * args.alerts,  # every client that was connected when the alerts came
+        "p50": percentile(latencies, 0.50),
+        "p99": percentile(latencies, 0.99),
+        "max": max(latencies, default=float("nan")),
+        "market_per_client_s": sum(c.market_frames for c in clients) / max(1, n) / window,
+        "closed": sum(c.closed_with is not None for c in clients),
+        "close_codes": dict(Counter(str(c.closed_with) for c in clients if c.closed_with is not None)),
+    }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_port(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", default="100,500,1000")
+    parser.add_argument("--layers", default="pubsub,core")
+    parser.add_argument("--symbols", type=int, default=100, help="symbols with metrics.live every second")
+    parser.add_argument("--alerts", type=int, default=50, help="alerts published over one second")
+    parser.add_argument("--drain", type=float, default=15.0, help="seconds to wait for late deliveries")
+    parser.add_argument("--ramp", type=int, default=20, help="new sockets per 100 ms while connecting")
+    parser.add_argument("--keep-logs", action="store_true", help="keep daphne/run_gateway logs")
+    parser.add_argument("--profile-web", help="write a cProfile of the daphne process to this path")
+    parser.add_argument("--publish", nargs=2, type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.publish:
+        asyncio.run(publish(args.publish[0], args.publish[1], warmup=3.0, after=2.0))
+        return 0
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # still stop the servers below
+    var_dir = Path(tempfile.mkdtemp(prefix="cryptomon-bench-gateway-"))
+    os.environ.update(
+        CRYPTOMON_VAR_DIR=str(var_dir),
+        DJANGO_SETTINGS_MODULE="cryptomon.settings",
+        ALLOW_ANONYMOUS_DASHBOARD="true",
+        LOG_LEVEL="WARNING",
+    )
+    from cryptomon import embedded
+
+    started = embedded.configure_environment(var_dir, durable=False)
+    results = []
+    try:
+        import django
+
+        django.setup()
+        from django.core.management import call_command
+
+        call_command("migrate", verbosity=0)
+        log = (var_dir / "servers.log").open("ab")
+        for layer in args.layers.split(","):
+            env = {**os.environ, "CHANNEL_LAYER": layer}
+            port = free_port()
+            web = subprocess.Popen(
+                [
+                    sys.executable,
+                    *(["-m", "cProfile", "-o", args.profile_web] if args.profile_web else []),
+                    "-m",
+                    "daphne",
+                    "-v",
+                    "0",
+                    "-b",
+                    "127.0.0.1",
+                    "-p",
+                    str(port),
+                    "cryptomon.asgi:application",
+                ],
+                cwd=ROOT,
+                env=env,
+                stderr=log,
+            )
+            gateway = subprocess.Popen(
+                [sys.executable, str(ROOT / "manage.py"), "run_gateway"], cwd=ROOT, env=env, stderr=log
+            )
+            try:
+                wait_port(port)
+                time.sleep(2)
+                for n in (int(x) for x in args.clients.split(",")):
+                    before = cpu_seconds(web.pid), cpu_seconds(gateway.pid), time.process_time()
+                    result = asyncio.run(run_clients(port, n, args)) | {"layer": layer}
+                    result["cpu"] = (
+                        f"daphne {cpu_seconds(web.pid) - before[0]:.0f} s, "
+                        f"run_gateway {cpu_seconds(gateway.pid) - before[1]:.0f} s, "
+                        f"clients {time.process_time() - before[2]:.0f} s"
+                    )
+                    results.append(result)
+                    print(
+                        f"{layer:6} {n:5} clients (connected {result['connected']} in {result['connect_s']:.1f}s): "
+                        f"delivered {result['delivered']}/{result['expected']} "
+                        f"({100 * result['delivered'] / max(1, result['expected']):.1f} %), "
+                        f"p50 {result['p50']:.0f} ms, p99 {result['p99']:.0f} ms, max {result['max']:.0f} ms, "
+                        f"market {result['market_per_client_s']:.2f} frames/client/s, closed {result['closed']} "
+                        f"{result['close_codes'] or ''}; CPU: {result['cpu']}",
+                        flush=True,
+                    )
+            finally:
+                for process in (web, gateway):
+                    process.terminate()
+                    try:
+                        process.wait(15)
+                    except subprocess.TimeoutExpired:
+                        process.kill()
+    finally:
+        embedded.stop_servers(var_dir, started)
+        if args.keep_logs:
+            print(f"logs kept in {var_dir}")
+        else:
+            shutil.rmtree(var_dir, ignore_errors=True)
+    print(
+        "\n| layer | clients | connected (s) | delivered | p50 | p99 | max | market frames/client/s | closed |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        print(
+            f"| {r['layer']} | {r['clients']} | {r['connected']} ({r['connect_s']:.0f} s) "
+            f"| {r['delivered']}/{r['expected']} "
+            f"({100 * r['delivered'] / max(1, r['expected']):.1f} %) | {r['p50']:.0f} ms | {r['p99']:.0f} ms "
+            f"| {r['max']:.0f} ms | {r['market_per_client_s']:.2f} | {r['closed']} {r['close_codes'] or ''} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,297 @@
+"""Binance USDⓈ-M market data, parsed and validated without Django (DESIGN §4).
+
+Compiled msgspec decoders turn a combined-stream frame into one small struct; everything a frame can get
+wrong (bad JSON, wrong types, high < low, times off the minute, an unknown symbol, NaN or negative numbers)
+is reported as a reason string so the caller can count it, log it and drop the frame. Prices and volumes
+stay the venue's decimal strings end to end, so no float rounding ever touches a candle.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Container
+from typing import Literal
+
+import msgspec
+
+MINUTE_MS = 60_000
+# How much older than venue time a REST row's close must be before the row is final (DESIGN §4).
+REST_CLOSED_MARGIN_MS = 5_000
+
+_INFINITIES = (math.inf, -math.inf)
+_DECIMAL = re.compile(r"(?:0|[1-9][0-9]*)(?:\.[0-9]+)?")
+
+
+class Kline(msgspec.Struct, frozen=True):
+    """`k` of a kline event; field names are Binance's."""
+
+    t: int
+    T: int
+    s: str
+    i: str
+    o: str
+    c: str
+    h: str
+    l: str  # noqa: E741 - Binance's name
+    v: str
+    n: int
+    x: bool
+    q: str
+    V: str
+    Q: str
+    f: int = 0
+    L: int = 0
+    B: str = "0"
+
+
+class KlineEvent(msgspec.Struct, frozen=True, tag_field="e", tag="kline"):
+    E: int
+    s: str
+    k: Kline
+
+
+class ContractInfoEvent(msgspec.Struct, frozen=True, tag_field="e", tag="contractInfo"):
+    """`!contractInfo`: a listing, delisting or status change; `cs` is the contract status."""
+
+    E: int
+    s: str
+    cs: str = ""
+    ct: str = ""
+    ps: str = ""
+    ot: int = 0
+    dt: int = 0
+
+
+class Envelope(msgspec.Struct, frozen=True):
+    stream: str
+    data: KlineEvent | ContractInfoEvent
+
+
+class Reply(msgspec.Struct, frozen=True):
+    """The answer to SUBSCRIBE / UNSUBSCRIBE / LIST_SUBSCRIPTIONS."""
+
+    id: int | str | None = None
+    result: object = None
+
+
+# A REST kline row: [open_time, o, h, l, c, v, close_time, q, n, V, Q, ignore]
+RestRow = tuple[int, str, str, str, str, str, int, str, int, str, str, str]
+
+_envelope_decoder = msgspec.json.Decoder(Envelope)
+_reply_decoder = msgspec.json.Decoder(Reply)
+_rows_decoder = msgspec.json.Decoder(list[RestRow])
+_any_decoder = msgspec.json.Decoder()
+
+
+class Candle(msgspec.Struct):
+    """One 1-minute candle on its way to NATS (DESIGN §5), numbers kept as the venue's decimal text."""
+
+    symbol: str
+    open_time: int
+    close_time: int
+    open: str
+    high: str
+    low: str
+    close: str
+    volume: str
+    quote_volume: str
+    trades: int
+    taker_buy_volume: str
+    taker_buy_quote_volume: str
+    event_time: int
+    source: Literal["ws", "rest", "filled"] = "ws"
+
+    @classmethod
+    def from_kline(cls, k: Kline, event_time: int) -> Candle:
+        return cls(k.s, k.t, k.T, k.o, k.h, k.l, k.c, k.v, k.q, k.n, k.V, k.Q, event_time, "ws")
+
+    @classmethod
+    def from_row(cls, symbol: str, row: RestRow, event_time: int) -> Candle:
+        t, o, h, low, c, v, close_time, q, n, taker_v, taker_q, _ = row
+        return cls(symbol, t, close_time, o, h, low, c, v, q, n, taker_v, taker_q, event_time, "rest")
+
+    @classmethod
+    def filled(cls, symbol: str, open_time: int, previous_close: str, event_time: int) -> Candle:
+        """A minute REST confirms has no kline while the symbol trades: flat at the previous close."""
+        p = previous_close
+        return cls(
+            symbol,
+            open_time,
+            open_time + MINUTE_MS - 1,
+            p,
+            p,
+            p,
+            p,
+            "0",
+            "0",
+            0,
+            "0",
+            "0",
+            event_time,
+            "filled",
+        )
+
+    def payload(self, live: bool = False) -> dict:
+        """The §5 payload: numbers as JSON numbers written from the venue's exact decimal text."""
+        body = {
+            "v": 1,
+            "symbol": self.symbol,
+            "open_time": self.open_time,
+            "close_time": self.close_time,
+            "open": _number(self.open),
+            "high": _number(self.high),
+            "low": _number(self.low),
+            "close": _number(self.close),
+            "volume": _number(self.volume),
+            "quote_volume": _number(self.quote_volume),
+            "trades": self.trades,
+            "taker_buy_volume": _number(self.taker_buy_volume),
+            "taker_buy_quote_volume": _number(self.taker_buy_quote_volume),
+            "event_time": self.event_time,
+        }
+        if not live:
+            body["source"] = self.source
+        return body
+
+    def same_market_data(self, other: Candle) -> bool:
+        """Equal as a market fact (source and event time aside)."""
+        return (
+            self.symbol == other.symbol
+            and self.open_time == other.open_time
+            and all(
+                _same_number(getattr(self, name), getattr(other, name))
+                for name in ("open", "high", "low", "close", "volume", "quote_volume")
+            )
+            and self.trades == other.trades
+        )
+
+
+def _same_number(a: str, b: str) -> bool:
+    return a == b or float(a) == float(b)
+
+
+def _number(text: str) -> msgspec.Raw:
+    """A validated decimal string goes out verbatim as a JSON number (exact); anything else as a float."""
+    if _DECIMAL.fullmatch(text):
+        return msgspec.Raw(text.encode())
+    return msgspec.Raw(msgspec.json.encode(float(text)))
+
+
+def check_numbers(
+    o: str, h: str, low: str, c: str, v: str, q: str, taker_v: str, taker_q: str, n: int
+) -> str | None:
+    """The reason a candle's numbers are unusable, or None. float() is the fast path; NaN/inf/negatives fail."""
+    try:
+        fo, fh, fl, fc = float(o), float(h), float(low), float(c)
+        fv, fq, ftv, ftq = float(v), float(q), float(taker_v), float(taker_q)
+    except ValueError:
+        return "bad_number"
+    total = fo + fh + fl + fc + fv + fq + ftv + ftq
+    if total != total or total in _INFINITIES:  # NaN anywhere makes the sum NaN; inf stays inf
+        return "nan_or_infinite"
+    if min(fo, fh, fl, fc, fv, fq, ftv, ftq) < 0 or n < 0:
+        return "negative"
+    if fh < fl:
+        return "high_below_low"
+    if not (fl <= fo <= fh and fl <= fc <= fh):
+        return "ohlc_outside_range"
+    return None
+
+
+def check_times(open_time: int, close_time: int) -> str | None:
+    if open_time % MINUTE_MS or close_time != open_time + MINUTE_MS - 1:
+        return "time_off_minute"
+    return None
+
+
+class Frame(msgspec.Struct):
+    """What one WebSocket frame turned out to be."""
+
+    kind: Literal["kline", "contract", "reply", "invalid"]
+    candle: Candle | None = None
+    final: bool = False
+    contract: ContractInfoEvent | None = None
+    reason: str = ""
+
+
+_REPLY = Frame("reply")
+
+
+def parse_frame(data: bytes | str, symbols: Container[str] | None = None) -> Frame:
+    """Decode and validate one combined-stream frame; `symbols` is the set of symbols we subscribed."""
+    try:
+        envelope = _envelope_decoder.decode(data)
+    except msgspec.ValidationError:
+        return _classify_undecodable(data, "wrong_type")
+    except msgspec.DecodeError:
+        return _classify_undecodable(data, "bad_json")
+    event = envelope.data
+    if type(event) is ContractInfoEvent:
+        return Frame("contract", contract=event)
+    k = event.k
+    if k.s != event.s or k.i != "1m":
+        return Frame("invalid", reason="wrong_stream")
+    if symbols is not None and k.s not in symbols:
+        return Frame("invalid", reason="unknown_symbol")
+    reason = check_times(k.t, k.T) or check_numbers(k.o, k.h, k.l, k.c, k.v, k.q, k.V, k.Q, k.n)
+    if reason:
+        return Frame("invalid", reason=reason)
+    return Frame("kline", candle=Candle.from_kline(k, event.E), final=k.x)
+
+
+def _classify_undecodable(data: bytes | str, reason: str) -> Frame:
+    """A frame that is not a kline/contract envelope: a SUBSCRIBE reply, or garbage with a reason."""
+    try:
+        _reply_decoder.decode(data)
+    except msgspec.DecodeError:
+        pass
+    else:
+        try:
+            value = _any_decoder.decode(data)
+        except msgspec.DecodeError:
+            value = None
+        if isinstance(value, dict) and "id" in value and ("result" in value or "error" in value):
+            return _REPLY
+    if reason == "wrong_type":
+        # A well-formed envelope of an event we do not handle is not an error of the frame.
+        try:
+            value = _any_decoder.decode(data)
+        except msgspec.DecodeError:
+            return Frame("invalid", reason="bad_json")
+        data = value.get("data") if isinstance(value, dict) else None
+        if isinstance(data, dict) and data.get("e") not in ("kline", "contractInfo"):
+            return Frame("invalid", reason="unknown_event")
+    return Frame("invalid", reason=reason)
+
+
+def parse_rest_rows(
+    symbol: str, body: bytes, venue_now_ms: int, event_time: int | None = None
+) -> tuple[list[Candle], list[tuple[int, str]]]:
+    """Closed, valid candles of a /fapi/v1/klines answer, plus (open_time, reason) for rows refused.
+
+    A row is closed only when its close time is more than 5 s before venue time (DESIGN §4); the still-open
+    last row is silently left out (not an error).
+    """
+    rows = _rows_decoder.decode(body)
+    candles: list[Candle] = []
+    refused: list[tuple[int, str]] = []
+    stamp = venue_now_ms if event_time is None else event_time
+    for row in rows:
+        if row[6] >= venue_now_ms - REST_CLOSED_MARGIN_MS:
+            continue
+        t, o, h, low, c, v, close_time, q, n, taker_v, taker_q, _ = row
+        reason = check_times(t, close_time) or check_numbers(o, h, low, c, v, q, taker_v, taker_q, n)
+        if reason:
+            refused.append((t, reason))
+            continue
+        candles.append(Candle.from_row(symbol, row, stamp))
+    return candles, refused
+
+
+def stream_name(symbol: str) -> str:
+    return f"{symbol.lower()}@kline_1m"
+
+
+def encode_request(method: str, params: list[str], request_id: int) -> bytes:
+    return msgspec.json.encode({"method": method, "params": params, "id": request_id})

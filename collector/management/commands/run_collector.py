@@ -1,0 +1,44 @@
+"""`python manage.py run_collector`: every USDⓈ-M perpetual's 1-minute candles into NATS (issue 4)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+from django.core.management.base import BaseCommand, CommandError
+
+from collector.service import Collector, CollectorConfig
+from cryptomon import messaging
+
+
+class Command(BaseCommand):
+    help = "Collect Binance USDⓈ-M 1-minute candles into NATS JetStream (candles.1m.<SYMBOL>)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--symbols", default="", help="only these symbols: SYM,SYM (default: all)")
+        parser.add_argument("--shard", default="0/1", help="k/N: own the symbols with crc32 mod N = k")
+        parser.add_argument(
+            "--clock-rate",
+            type=float,
+            default=None,
+            help="venue clock speed (1 for Binance; default: measured from /fapi/v1/time)",
+        )
+
+    def handle(self, *args, **options):
+        try:
+            shard = messaging.Shard.parse(options["shard"])
+        except ValueError as error:
+            raise CommandError(str(error)) from None
+        symbols = [s.strip() for s in options["symbols"].split(",") if s.strip()] or None
+        config = CollectorConfig.from_settings(symbols=symbols, shard=shard, clock_rate=options["clock_rate"])
+        asyncio.run(self._run(config))
+
+    async def _run(self, config: CollectorConfig) -> None:
+        task = asyncio.create_task(Collector(config).run())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,0 +1,206 @@
+"""Candles into NATS (DESIGN §5): pipelined JetStream publishes, throttled live updates, a bounded buffer.
+
+Final candles go out in the order the sequencer hands them over, many in flight at once (publish_async),
+each with `Nats-Msg-Id: <SYMBOL>:<open_time>` so a retry after a lost acknowledgement is a no-op. While NATS
+is away the buffer fills up to its limit; past it the sequencer is told "no room", counts the candle as
+dropped and backfills it from REST once there is room again, so nothing is silently lost and order holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from collector.binance import Candle
+from collector.metrics_export import Stats
+from cryptomon import messaging
+
+logger = logging.getLogger(__name__)
+
+
+class Publisher:
+    def __init__(
+        self,
+        nc: NATS,
+        js: JetStreamContext,
+        stats: Stats,
+        *,
+        buffer_limit: int = 500_000,
+        batch_size: int = 1000,
+        ack_timeout: float = 5.0,
+        live_interval: float = 1.0,
+        retry_delay: float = 0.5,
+    ):
+        self.nc, self.js, self.stats = nc, js, stats
+        self.buffer_limit = buffer_limit
+        self.batch_size = batch_size
+        self.ack_timeout = ack_timeout
+        self.live_interval = live_interval
+        self.retry_delay = retry_delay
+        self.queue: deque[Candle] = deque()
+        self.in_flight = 0
+        self._wakeup = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self.on_room: Callable[[], None] | None = None
+        self._starved = False
+        self._live_sent: dict[str, float] = {}
+        self._live_waiting: dict[str, Candle] = {}
+        self.newest_published: dict[str, int] = {}
+        self.last_event_time = 0
+        self.last_open_time = 0
+        stats.gauge("collector_buffered_candles", lambda: len(self.queue) + self.in_flight)
+
+    # --- final candles -------------------------------------------------------------------------------------
+    @property
+    def buffered(self) -> int:
+        return len(self.queue) + self.in_flight
+
+    def has_room(self) -> bool:
+        return self.buffered < self.buffer_limit
+
+    def offer(self, candle: Candle) -> bool:
+        """Queue a final candle unless the buffer is full (then the caller counts it and backfills later)."""
+        if not self.has_room():
+            if not self._starved:
+                logger.warning(
+                    "publish buffer full (%d candles, NATS unavailable?): dropping new candles; "
+                    "they are backfilled from REST once NATS accepts again",
+                    self.buffered,
+                )
+            self._starved = True
+            self._room.clear()
+            self.stats.inc("collector_candles_dropped_total")
+            return False
+        self.queue.append(candle)
+        self._wakeup.set()
+        return True
+
+    async def put(self, candle: Candle) -> None:
+        """Queue a final candle, waiting for room (backfill uses this: it can always wait)."""
+        while not self.has_room():
+            self._room.clear()
+            await self._room.wait()
+        self.queue.append(candle)
+        self._wakeup.set()
+
+    def _check_room(self) -> None:
+        if self.buffered <= self.buffer_limit // 2 or self.buffered == 0:
+            self._room.set()
+            if self._starved:
+                self._starved = False
+                logger.info("publish buffer has room again: backfilling what was dropped")
+                if self.on_room is not None:
+                    self.on_room()
+
+    async def run(self) -> None:
+        while True:
+            if not self.queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            batch = [self.queue.popleft() for _ in range(min(self.batch_size, len(self.queue)))]
+            self.in_flight = len(batch)
+            failed_at = await self._publish_batch(batch)
+            self.in_flight = 0
+            if failed_at is not None:
+                # Put the failed candle and everything after it back, in order, and try again shortly.
+                self.queue.extendleft(reversed(batch[failed_at:]))
+                await asyncio.sleep(self.retry_delay)
+            self._check_room()
+
+    async def _publish_batch(self, batch: list[Candle]) -> int | None:
+        """Send the whole batch pipelined, then collect acks; the index of the first failure, or None."""
+        futures: list[asyncio.Future] = []
+        failed_at: int | None = None
+        for index, candle in enumerate(batch):
+            try:
+                future = await self.js.publish_async(
+                    messaging.candle_subject(candle.symbol),
+                    messaging.encode(candle.payload()),
+                    headers={"Nats-Msg-Id": f"{candle.symbol}:{candle.open_time}"},
+                    wait_stall=self.ack_timeout,
+                )
+            except Exception as error:
+                self._failed(error)
+                failed_at = index
+                break
+            futures.append(future)
+        if futures:
+            results = await asyncio.gather(
+                *(asyncio.wait_for(future, self.ack_timeout) for future in futures), return_exceptions=True
+            )
+            for index, result in enumerate(results):
+                if isinstance(result, BaseException):
+                    self._failed(result)
+                    failed_at = index if failed_at is None else min(failed_at, index)
+                    break
+        done = len(futures) if failed_at is None else failed_at
+        for candle in batch[:done]:
+            self._published(candle)
+        return failed_at
+
+    def _failed(self, error: BaseException) -> None:
+        self.stats.inc("collector_publish_failures_total")
+        logger.warning("JetStream publish failed (%s: %s); retrying in order", type(error).__name__, error)
+
+    def _published(self, candle: Candle) -> None:
+        self.stats.inc("collector_candles_published_total", source=candle.source)
+        newest = self.newest_published.get(candle.symbol, -1)
+        if candle.open_time > newest:
+            self.newest_published[candle.symbol] = candle.open_time
+        if candle.open_time >= self.last_open_time:
+            self.last_open_time = candle.open_time
+            self.last_event_time = candle.event_time
+
+    async def drain(self, timeout: float = 10.0) -> bool:
+        """Wait until everything queued is acknowledged (used on shutdown and by tests)."""
+        deadline = time.monotonic() + timeout
+        while self.buffered and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return not self.buffered
+
+    # --- live (open minute) --------------------------------------------------------------------------------
+    def live(self, candle: Candle) -> None:
+        """`candles.live.<SYMBOL>` at most once a second per symbol; the newest update wins."""
+        now = time.monotonic()
+        if now - self._live_sent.get(candle.symbol, 0.0) >= self.live_interval:
+            self._send_live(candle, now)
+        else:
+            self._live_waiting[candle.symbol] = candle
+
+    def _send_live(self, candle: Candle, now: float) -> None:
+        self._live_sent[candle.symbol] = now
+        if not self.nc.is_connected:
+            return
+        asyncio.get_running_loop().create_task(self._publish_live(candle))
+
+    async def _publish_live(self, candle: Candle) -> None:
+        try:  # core NATS: buffered by the client, no round trip
+            await self.nc.publish(
+                messaging.candle_live_subject(candle.symbol), messaging.encode(candle.payload(live=True))
+            )
+        except Exception as error:  # a live update may be lost, never a final candle
+            logger.debug("live publish skipped: %s", error)
+            return
+        self.stats.inc("collector_live_published_total")
+
+    async def run_live(self) -> None:
+        tick = min(0.2, self.live_interval / 4)
+        while True:
+            await asyncio.sleep(tick)
+            if not self._live_waiting:
+                continue
+            now = time.monotonic()
+            for symbol in list(self._live_waiting):
+                if now - self._live_sent.get(symbol, 0.0) >= self.live_interval:
+                    self._send_live(self._live_waiting.pop(symbol), now)
+
+    def forget(self, symbol: str) -> None:
+        self._live_waiting.pop(symbol, None)
+        self._live_sent.pop(symbol, None)

@@ -1,0 +1,65 @@
+"""Writes of the collector: the `symbols` table (first/last seen, trading, current history)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from django.db import transaction
+
+from collector.models import Symbol
+
+
+def _dt(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def record_universe(
+    listed: dict[str, dict],
+    now_ms: int,
+    starts: dict[str, int] | None = None,
+    owns: Callable[[str], bool] = lambda symbol: True,
+) -> dict[str, int]:
+    """Upsert what exchangeInfo says; return each listed symbol's history start (ms).
+
+    `listed` maps symbol → its exchangeInfo entry (only symbols passing the DESIGN §4 filter). A symbol
+    seen for the first time, or back in TRADING after leaving it, starts a new history at `starts[symbol]`
+    (when the change was observed) or now. Symbols this shard `owns` that are no longer listed are marked not
+    trading.
+    """
+    now = _dt(now_ms)
+    starts = starts or {}
+    result: dict[str, int] = {}
+    with transaction.atomic(using="timeseries"):
+        existing = {row.symbol: row for row in Symbol.objects.select_for_update().all()}
+        for symbol, info in listed.items():
+            row = existing.get(symbol)
+            onboard = info.get("onboardDate")
+            onboard_dt = _dt(int(onboard)) if onboard else None
+            if row is None:
+                # Unknown onboard date: the venue's klines themselves tell where history begins.
+                begin = _dt(starts[symbol]) if symbol in starts else (onboard_dt or _dt(0))
+                row = Symbol(symbol=symbol, first_seen=now, history_start=min(begin, now))
+            elif not row.trading:
+                row.history_start = _dt(starts.get(symbol, now_ms))
+            row.status = info.get("status", "TRADING")
+            row.contract_type = info.get("contractType", "")
+            row.base_asset = info.get("baseAsset", "")
+            row.quote_asset = info.get("quoteAsset", "")
+            row.onboard_date = onboard_dt
+            row.last_seen = now
+            row.trading = True
+            row.save(using="timeseries")
+            result[symbol] = int(row.history_start.timestamp() * 1000)
+        gone = [
+            symbol
+            for symbol, row in existing.items()
+            if row.trading and owns(symbol) and symbol not in listed
+        ]
+        if gone:
+            Symbol.objects.filter(symbol__in=gone).update(trading=False, status="NOT_LISTED")
+    return result
+
+
+def mark_not_trading(symbol: str, status: str) -> None:
+    Symbol.objects.filter(symbol=symbol).update(trading=False, status=status[:32])

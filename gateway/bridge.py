@@ -1,0 +1,275 @@
+"""The NATS → Channels bridge behind `run_gateway` (DESIGN §1, §10).
+
+It subscribes (core NATS; the streams are created first, DESIGN §5) to
+
+- ``alerts.triggered.>``: each alert goes at once to the ``alerts`` group; every socket filters it for its
+  own subscription and audience (group names are ASCII and never contain a symbol);
+- ``metrics.live.>``: market rows, coalesced per symbol and sent to the ``market`` group at most once per
+  tick (1 s) as only the rows that changed; the full table is kept in Redis for new subscribers;
+- ``collector.status`` (core NATS, every collector shard every 5 s): the feed status (``gateway.feed``), sent
+  to the ``feed`` group when it changes.
+
+Core subscriptions miss what is published while the bus or Redis is away, so after a NATS reconnect or a
+Redis recovery the bridge sends ``resync`` and every socket takes a fresh snapshot: nothing on screen stays
+silently stale. Frames are encoded once here (``frame``) so a thousand sockets do not encode them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+
+from cryptomon import messaging
+from gateway import feed
+
+logger = logging.getLogger(__name__)
+
+ALERTS_GROUP = "alerts"
+MARKET_GROUP = "market"
+FEED_GROUP = "feed"
+RESYNC_GROUP = "resync"
+MARKET_ROW_MAX_AGE_SECONDS = 3600.0  # rows of symbols silent this long leave the table (delisted)
+STATUS_SUBJECT = "collector.status"  # the collector's feed heartbeat (collector/service.py)
+RECENT_ALERT_IDS = 10_000  # a republished alert (same id, e.g. run_alerts restarted) reaches clients once
+
+
+def alert_message(payload: dict) -> dict:
+    return {"type": "alert.event", "alert": payload, "frame": _text({"type": "alert", "alert": payload})}
+
+
+def market_message(rows: list[dict]) -> dict:
+    return {"type": "market.rows", "rows": rows, "frame": _text({"type": "market", "rows": rows})}
+
+
+def status_message(status: dict) -> dict:
+    return {"type": "feed.status", "feed": status, "frame": _text({"type": "status", "feed": status})}
+
+
+def _text(frame: dict) -> str:
+    return messaging.encode(frame).decode()
+
+
+def valid_alert(payload: dict) -> bool:
+    """Enough of DESIGN §5 for a socket to filter and show it; anything else is dropped with a warning."""
+    return (
+        isinstance(payload.get("id"), str)
+        and isinstance(payload.get("symbol"), str)
+        and isinstance(payload.get("rule"), str)
+        and (payload.get("owner") is None or isinstance(payload.get("owner"), int))
+    )
+
+
+class MarketTable:
+    """Latest row per symbol plus the set changed since the last flush (the coalescing)."""
+
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self.rows: dict[str, dict] = {}
+        self.updated: dict[str, float] = {}
+        self.changed: set[str] = set()
+
+    def update(self, row: dict) -> None:
+        symbol = row["symbol"]
+        self.updated[symbol] = self.clock()
+        if self.rows.get(symbol) != row:
+            self.rows[symbol] = row
+            self.changed.add(symbol)
+
+    def take_changes(self) -> list[dict]:
+        changed = [self.rows[symbol] for symbol in sorted(self.changed)]
+        self.changed.clear()
+        return changed
+
+    def expire(self, max_age: float = MARKET_ROW_MAX_AGE_SECONDS) -> list[str]:
+        horizon = self.clock() - max_age
+        gone = [symbol for symbol, seen in self.updated.items() if seen < horizon]
+        for symbol in gone:
+            del self.rows[symbol], self.updated[symbol]
+            self.changed.discard(symbol)
+        return gone
+
+
+class Bridge:
+    """One bridge per `run_gateway` process. `run()` until `stop` is set."""
+
+    def __init__(
+        self,
+        channel_layer,
+        *,
+        nats_url: str | None = None,
+        tick_seconds: float = 1.0,
+        stale_seconds: float = 15.0,
+        status_ttl_seconds: float = 30.0,
+        redis=None,
+    ):
+        self.layer = channel_layer
+        self.nats_url = nats_url
+        self.tick_seconds = tick_seconds
+        self.status_ttl_seconds = status_ttl_seconds
+        self.redis = redis
+        self.market = MarketTable()
+        self.tracker = feed.FeedTracker(stale_after=stale_seconds)
+        self.published_status: dict | None = None
+        self.resync_wanted = asyncio.Event()
+        self.redis_ok = True
+        self.nc = None
+        self.recent_ids: OrderedDict[str, None] = OrderedDict()
+        self.counters = {
+            "alerts": 0,
+            "live": 0,
+            "heartbeats": 0,
+            "bad": 0,
+            "duplicates": 0,
+            "resyncs": 0,
+            "send_errors": 0,
+        }
+
+    # --- NATS side -------------------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Connect (retrying until it works) and subscribe; subscriptions survive reconnects."""
+        delay = 0.2
+        while True:
+            try:
+                self.nc, _js = await messaging.connect_jetstream(
+                    "gateway",
+                    self.nats_url,
+                    reconnected_cb=self._on_reconnected,
+                    disconnected_cb=self._on_disconnected,
+                )
+                break
+            except Exception as error:  # NATS not up yet: a gateway never gives up on the bus
+                logger.warning("gateway: cannot reach NATS yet (%s); retrying in %.1fs", error, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        await self.nc.subscribe("alerts.triggered.>", cb=self._on_alert)
+        await self.nc.subscribe("metrics.live.>", cb=self._on_live)
+        await self.nc.subscribe(STATUS_SUBJECT, cb=self._on_heartbeat)
+        await self.nc.flush()
+
+    async def _on_disconnected(self) -> None:
+        logger.warning("gateway: NATS disconnected; clients will resync when it is back")
+
+    async def _on_reconnected(self) -> None:
+        logger.info("gateway: NATS reconnected; asking every client to resync")
+        self.resync_wanted.set()
+
+    @staticmethod
+    def _decode(msg) -> dict | None:
+        try:
+            return messaging.decode(msg.data)
+        except ValueError as error:
+            logger.warning("gateway: dropping bad message on %s: %s", msg.subject, error)
+            return None
+
+    async def _on_alert(self, msg) -> None:
+        payload = self._decode(msg)
+        if payload is None or not valid_alert(payload):
+            self.counters["bad"] += 1
+            if payload is not None:
+                logger.warning("gateway: dropping alert without id/symbol/rule on %s", msg.subject)
+            return
+        if payload["id"] in self.recent_ids:
+            self.counters["duplicates"] += 1
+            return
+        self.recent_ids[payload["id"]] = None
+        if len(self.recent_ids) > RECENT_ALERT_IDS:
+            self.recent_ids.popitem(last=False)
+        self.counters["alerts"] += 1
+        await self._group_send(ALERTS_GROUP, alert_message(payload))
+
+    async def _on_live(self, msg) -> None:
+        payload = self._decode(msg)
+        row = None if payload is None else feed.market_row(payload)
+        if row is None:
+            self.counters["bad"] += 1
+            return
+        self.counters["live"] += 1
+        self.market.update(row)
+
+    async def _on_heartbeat(self, msg) -> None:
+        payload = self._decode(msg)
+        if payload is None:
+            self.counters["bad"] += 1
+            return
+        try:
+            beat = feed.Heartbeat.parse(payload)
+        except ValueError as error:
+            self.counters["bad"] += 1
+            logger.warning("gateway: dropping a bad %s heartbeat: %s", STATUS_SUBJECT, error)
+            return
+        self.counters["heartbeats"] += 1
+        self.tracker.saw(beat)
+
+    # --- Channels / Redis side -------------------------------------------------------------------------
+
+    async def _group_send(self, group: str, message: dict) -> bool:
+        try:
+            await asyncio.wait_for(self.layer.group_send(group, message), timeout=5)
+        except Exception as error:
+            self.counters["send_errors"] += 1
+            if self.redis_ok:
+                logger.warning("gateway: channel layer unavailable (%s); will resync when it is back", error)
+            self.redis_ok = False
+            return False
+        return True
+
+    async def tick(self) -> None:
+        """Once a second: market deltas, feed status when changed, Redis copies, resync when due."""
+        redis = self.redis or feed.redis_client()
+        rows = self.market.take_changes()
+        gone = self.market.expire()
+        status = self.tracker.status()
+        try:
+            async with redis.pipeline(transaction=False) as pipe:
+                if rows:
+                    pipe.hset(feed.MARKET_KEY, mapping={r["symbol"]: messaging.encode(r) for r in rows})
+                if gone:
+                    pipe.hdel(feed.MARKET_KEY, *gone)
+                pipe.set(feed.FEED_KEY, messaging.encode(status), ex=max(1, round(self.status_ttl_seconds)))
+                await asyncio.wait_for(pipe.execute(), timeout=5)
+        except Exception as error:
+            if self.redis_ok:
+                logger.warning("gateway: Redis unavailable (%s); will resync when it is back", error)
+            self.redis_ok = False
+            for row in rows:  # keep them for the next tick
+                self.market.changed.add(row["symbol"])
+            return
+        if not self.redis_ok:
+            logger.info("gateway: Redis is back; asking every client to resync")
+            self.redis_ok = True
+            self.resync_wanted.set()
+        if rows and not await self._group_send(MARKET_GROUP, market_message(rows)):
+            return
+        if status != self.published_status and await self._group_send(FEED_GROUP, status_message(status)):
+            self.published_status = status
+        if self.resync_wanted.is_set() and self.redis_ok:
+            self.resync_wanted.clear()
+            if await self._group_send(RESYNC_GROUP, {"type": "resync.event"}):
+                self.counters["resyncs"] += 1
+            else:
+                self.resync_wanted.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.connect()
+        logger.info("gateway: bridging alerts.triggered.>, metrics.live.>, %s", STATUS_SUBJECT)
+        try:
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    await self.tick()
+                except Exception:
+                    logger.exception("gateway: tick failed")
+                remaining = self.tick_seconds - (time.monotonic() - started)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=max(0.0, remaining))
+        finally:
+            if self.nc is not None:
+                try:
+                    await asyncio.wait_for(self.nc.drain(), timeout=5)
+                except Exception as error:  # the bus may be away at shutdown
+                    logger.info("gateway: NATS drain at stop: %s", error)
+                    await self.nc.close()

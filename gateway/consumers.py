@@ -1,0 +1,483 @@
+"""`/ws/alerts/`: the realtime protocol of DESIGN §10.
+
+One :class:`AlertsConsumer` per browser socket. It joins the ASCII groups the bridge (`run_gateway`) feeds
+— ``alerts``, ``feed``, ``resync`` and, while subscribed to the market, ``market`` — and filters every alert
+for its own subscription and audience (:class:`alerts.selectors.AlertAudience`).
+
+Close codes (the server closes after accepting, so browsers see the code):
+
+- ``4401`` anonymous socket while ``ALLOW_ANONYMOUS_DASHBOARD`` is off;
+- ``4429`` the user already has ``WS_MAX_SOCKETS_PER_USER`` sockets open (counted in Redis; each entry
+  expires ``WS_SOCKET_TTL_SECONDS`` after its socket's last heartbeat, so a crashed web process leaks
+  nothing for long);
+- ``4008`` the socket's send buffer (``WS_SEND_BUFFER`` frames) overflowed: the client could not keep up.
+  It gets a fresh snapshot when it reconnects;
+- ``1009`` a frame over 1 MiB (frames over 64 KiB get an ``error`` and the socket stays open);
+- ``1011`` Redis was unreachable while opening the socket.
+
+The foreign-Origin check is ``AllowedHostsOriginValidator`` in ``cryptomon.asgi`` (handshake refused).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from asgiref.sync import async_to_sync
+from channels.consumer import get_handler_name
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import connections
+
+from alerts.selectors import AlertAudience, visible_alerts
+from cryptomon import messaging
+from gateway import feed, flow
+from gateway.bridge import ALERTS_GROUP, FEED_GROUP, MARKET_GROUP, RESYNC_GROUP
+
+logger = logging.getLogger(__name__)
+
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_TOO_MANY_SOCKETS = 4429
+CLOSE_SLOW_CLIENT = 4008
+CLOSE_TOO_BIG = 1009
+CLOSE_SERVER_ERROR = 1011
+MAX_FRAME_BYTES = 64 * 1024
+MAX_CLOSE_FRAME_BYTES = 1024 * 1024
+MAX_SUBSCRIPTION_ITEMS = 5000
+MAX_NAME_LENGTH = 120
+SNAPSHOT_SIZE = 100
+SNAPSHOT_HOURS = 24
+
+
+def user_group(user_id: int) -> str:
+    """Per-user group (ASCII: only the numeric id), for "your settings changed"."""
+    return f"user.{int(user_id)}"
+
+
+def settings_changed(user_id: int) -> None:
+    """Call after a user's settings or personal rules change (on commit): their sockets re-read them and
+    send a fresh snapshot. Safe to call from sync code; a no-op when no socket is open."""
+    layer = get_channel_layer()
+    if layer is not None:
+        async_to_sync(layer.group_send)(user_group(user_id), {"type": "settings.changed"})
+
+
+# --- per-user socket slots (Redis) ---------------------------------------------------------------------
+
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[3])) + 1)
+return 1
+"""
+
+
+def _slots_key(user_id: int) -> str:
+    return f"cryptomon:ws:sockets:{int(user_id)}"
+
+
+async def acquire_slot(user_id: int, socket_id: str) -> bool:
+    """Take (or refresh) one of the user's socket slots; False when all are taken by live sockets."""
+    client = feed.redis_client()
+    taken = await client.eval(
+        _ACQUIRE,
+        1,
+        _slots_key(user_id),
+        socket_id,
+        settings.WS_MAX_SOCKETS_PER_USER,
+        settings.WS_SOCKET_TTL_SECONDS,
+    )
+    return bool(taken)
+
+
+async def release_slot(user_id: int, socket_id: str) -> None:
+    await feed.redis_client().zrem(_slots_key(user_id), socket_id)
+
+
+async def open_sockets(user_id: int) -> int:
+    """How many live sockets the user has (for the admin and tests)."""
+    client = feed.redis_client()
+    await client.zremrangebyscore(_slots_key(user_id), "-inf", time.time())
+    return await client.zcard(_slots_key(user_id))
+
+
+# --- subscription ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """`symbols`/`rules`: None = all, empty = none (DESIGN §10). The initial one: all, all, no market."""
+
+    symbols: frozenset[str] | None = None
+    rules: frozenset[str] | None = None
+    market: bool = False
+
+    def matches(self, alert: dict) -> bool:
+        return (self.symbols is None or alert.get("symbol") in self.symbols) and (
+            self.rules is None or alert.get("rule") in self.rules
+        )
+
+    @classmethod
+    def parse(cls, message: dict) -> Subscription:
+        """Validate a subscribe message; raises ValueError with the text the client gets.
+
+        Missing keys take the initial values (all symbols, all rules, no market); unknown keys are ignored.
+        """
+        return cls(
+            symbols=cls._names(message, "symbols"),
+            rules=cls._names(message, "rules"),
+            market=cls._flag(message, "market"),
+        )
+
+    @staticmethod
+    def _names(message: dict, key: str) -> frozenset[str] | None:
+        value = message.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, list):
+            raise ValueError(f"'{key}' must be a list of strings or null")
+        if len(value) > MAX_SUBSCRIPTION_ITEMS:
+            raise ValueError(f"'{key}' has {len(value)} items; at most {MAX_SUBSCRIPTION_ITEMS}")
+        for item in value:
+            if not isinstance(item, str) or not item or len(item) > MAX_NAME_LENGTH:
+                raise ValueError(
+                    f"'{key}' must hold non-empty strings of at most {MAX_NAME_LENGTH} characters"
+                )
+        return frozenset(value)
+
+    @staticmethod
+    def _flag(message: dict, key: str) -> bool:
+        value = message.get(key, False)
+        if not isinstance(value, bool):
+            raise ValueError(f"'{key}' must be true or false")
+        return value
+
+
+def _text(frame: dict) -> str:
+    return messaging.encode(frame).decode()
+
+
+def _db(function: Callable) -> Callable:
+    """Reads in a worker thread of their own: Channels' default (thread-sensitive) runs every socket's
+    queries one after another in a single thread, which stalls a reconnect storm. The pool thread's
+    connections are closed after each read (they would otherwise stay open, idle, per pool thread)."""
+
+    def read(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        finally:
+            connections.close_all()
+
+    return database_sync_to_async(read, thread_sensitive=False)
+
+
+class AlertsConsumer(AsyncWebsocketConsumer):
+    """The §10 protocol for one socket. Every outgoing frame goes through a bounded buffer (``outbox``)
+    drained by one writer task; when the connection applies back-pressure (``gateway.flow`` under daphne,
+    the server's own ``send`` elsewhere) and the buffer fills, the socket is closed with 4008 instead of
+    buffering without bound."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:  # also when the server cancels the instance without a disconnect
+            for task in getattr(self, "tasks", ()):
+                task.cancel()
+
+    async def dispatch(self, message: dict) -> None:
+        # Channels' default runs close_old_connections in a thread before EVERY message; our events never
+        # touch the database outside database_sync_to_async (which cleans up itself), so skip the hop.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
+    # --- lifecycle ---------------------------------------------------------------------------------------
+
+    async def websocket_connect(self, message: dict) -> None:
+        self.closed = False
+        self.user_id: int | None = None
+        self.slot_taken = False
+        self.flow: flow.TransportFlow | None = None
+        self.joined: set[str] = set()
+        self.tasks: list[asyncio.Task] = []
+        self.outbox: asyncio.Queue[str] = asyncio.Queue(maxsize=settings.WS_SEND_BUFFER)
+        self.subscription = Subscription()
+        self.snapshot_ids: set[str] = set()
+        self.last_status: dict | None = None
+        self.market_interval = settings.GATEWAY_TICK_SECONDS
+        self.market_sent_at = 0.0
+        self.market_pending: dict[str, dict] = {}
+        self.market_flush: asyncio.TimerHandle | None = None
+        self.audience = AlertAudience()
+        self.audience_loaded_at = 0.0
+
+        user = self.scope.get("user")
+        await self.accept()
+        if user is None or not user.is_authenticated:
+            if not settings.ALLOW_ANONYMOUS_DASHBOARD:
+                await self._close(CLOSE_UNAUTHENTICATED)
+                return
+        else:
+            self.user_id = user.pk
+            try:
+                self.slot_taken = await acquire_slot(self.user_id, self.channel_name)
+            except Exception as error:
+                logger.warning("ws: cannot count sockets in Redis (%s); closing", error)
+                await self._close(CLOSE_SERVER_ERROR)
+                return
+            if not self.slot_taken:
+                await self._close(CLOSE_TOO_MANY_SOCKETS)
+                return
+            self.tasks.append(asyncio.create_task(self._heartbeat()))
+        take_flow = self.scope.get(flow.SCOPE_KEY)
+        self.flow = take_flow() if take_flow is not None else None
+        self.tasks.append(asyncio.create_task(self._write()))
+        groups = [ALERTS_GROUP, FEED_GROUP, RESYNC_GROUP]
+        if self.user_id is not None:
+            groups.append(user_group(self.user_id))
+        for group in groups:
+            await self._join(group)
+        await self._load_audience()
+        await self._send_status(await self._read_status())
+        await self._send_snapshot()
+
+    async def disconnect(self, code: int) -> None:
+        await self._cleanup()
+
+    async def _cleanup(self) -> None:
+        if not hasattr(self, "tasks"):
+            return
+        self.closed = True
+        for task in self.tasks:
+            task.cancel()
+        self.tasks = []
+        if self.market_flush is not None:
+            self.market_flush.cancel()
+        for group in list(self.joined):
+            with contextlib.suppress(Exception):
+                await self.channel_layer.group_discard(group, self.channel_name)
+        self.joined.clear()
+        if self.slot_taken:
+            self.slot_taken = False
+            with contextlib.suppress(Exception):
+                await release_slot(self.user_id, self.channel_name)
+
+    async def _close(self, code: int) -> None:
+        if self.closed:
+            return
+        await self._cleanup()
+        await self.close(code)
+
+    async def _join(self, group: str) -> None:
+        await self.channel_layer.group_add(group, self.channel_name)
+        self.joined.add(group)
+
+    async def _leave(self, group: str) -> None:
+        if group in self.joined:
+            self.joined.discard(group)
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def _heartbeat(self) -> None:
+        """Keep this socket's slot alive; the entry expires if this process dies."""
+        while True:
+            await asyncio.sleep(settings.WS_SOCKET_TTL_SECONDS / 3)
+            try:
+                await acquire_slot(self.user_id, self.channel_name)
+            except Exception as error:
+                logger.warning("ws: socket heartbeat failed: %s", error)
+
+    # --- the bounded send buffer ------------------------------------------------------------------------
+
+    async def _write(self) -> None:
+        while True:
+            text = await self.outbox.get()
+            if self.flow is not None:  # daphne: wait while the connection's write buffer is full
+                await self.flow.wait_writable()
+            await self.send(text_data=text)
+
+    async def _enqueue(self, text: str) -> None:
+        if self.closed:
+            return
+        try:
+            self.outbox.put_nowait(text)
+        except asyncio.QueueFull:
+            logger.info("ws: closing a slow client (%d frames waiting)", self.outbox.qsize())
+            await self._close(CLOSE_SLOW_CLIENT)
+
+    # --- client → server ---------------------------------------------------------------------------------
+
+    async def websocket_receive(self, message: dict) -> None:
+        if self.closed:
+            return
+        text = message.get("text")
+        if text is None:
+            data = message.get("bytes") or b""
+            if len(data) > MAX_CLOSE_FRAME_BYTES:
+                await self._close(CLOSE_TOO_BIG)
+            else:
+                await self._error("binary frames are not supported; send JSON text")
+            return
+        size = len(text) if len(text) * 4 <= MAX_FRAME_BYTES else len(text.encode())
+        if size > MAX_CLOSE_FRAME_BYTES:
+            await self._close(CLOSE_TOO_BIG)
+            return
+        if size > MAX_FRAME_BYTES:
+            await self._error(f"frame too large ({size} bytes; at most {MAX_FRAME_BYTES})")
+            return
+        try:
+            request = messaging.decode(text.encode())
+        except ValueError:
+            await self._error("malformed JSON: a message must be a JSON object")
+            return
+        kind = request.get("type")
+        if kind == "ping":
+            await self._enqueue('{"type":"pong"}')
+        elif kind == "subscribe":
+            try:
+                subscription = Subscription.parse(request)
+            except ValueError as error:
+                await self._error(str(error))
+                return
+            await self._subscribe(subscription)
+        else:
+            shown = kind if isinstance(kind, str) and len(kind) <= 40 else "…"
+            await self._error(f"unknown message type {shown!r}; expected subscribe or ping")
+
+    async def _error(self, text: str) -> None:
+        await self._enqueue(_text({"type": "error", "error": text}))
+
+    async def _subscribe(self, subscription: Subscription) -> None:
+        self.subscription = subscription
+        await self._load_audience()
+        await self._send_snapshot()
+        if subscription.market:
+            await self._join(MARKET_GROUP)
+            await self._send_full_market()
+        else:
+            await self._leave(MARKET_GROUP)
+            self._cancel_market_flush()
+            self.market_pending.clear()
+
+    # --- snapshot, status, market -------------------------------------------------------------------------
+
+    async def _load_audience(self) -> None:
+        user = self.scope.get("user")
+        self.audience = await _db(AlertAudience.for_user)(user)
+        self.audience_loaded_at = time.monotonic()
+
+    async def _send_snapshot(self) -> None:
+        if self.closed:
+            return
+        since = round(time.time() * 1000) - SNAPSHOT_HOURS * 3600 * 1000
+        sub = self.subscription
+        alerts = await _db(visible_alerts)(self.audience, sub.symbols, sub.rules, since, SNAPSHOT_SIZE)
+        self.snapshot_ids = {alert["id"] for alert in alerts}
+        await self._enqueue(_text({"type": "snapshot", "alerts": alerts}))
+
+    async def _read_status(self) -> dict:
+        try:
+            return await feed.read_status()
+        except Exception as error:
+            logger.warning("ws: cannot read the feed status: %s", error)
+            return dict(feed.UNKNOWN_STATUS)
+
+    async def _send_status(self, status: dict, frame: str | None = None) -> None:
+        if status == self.last_status:
+            return
+        self.last_status = status
+        await self._enqueue(frame or _text({"type": "status", "feed": status}))
+
+    async def _send_full_market(self) -> None:
+        self._cancel_market_flush()
+        self.market_pending.clear()
+        try:
+            rows = await feed.read_market()
+        except Exception as error:
+            logger.warning("ws: cannot read the market table: %s", error)
+            rows = []
+        self.market_sent_at = time.monotonic()
+        await self._enqueue(_text({"type": "market", "rows": rows}))
+
+    def _cancel_market_flush(self) -> None:
+        if self.market_flush is not None:
+            self.market_flush.cancel()
+            self.market_flush = None
+
+    async def _flush_market(self) -> None:
+        self.market_flush = None
+        if not self.market_pending or self.closed or not self.subscription.market:
+            return
+        rows = [self.market_pending[symbol] for symbol in sorted(self.market_pending)]
+        self.market_pending.clear()
+        self.market_sent_at = time.monotonic()
+        await self._enqueue(_text({"type": "market", "rows": rows}))
+
+    def _later(self, delay: float, coroutine: Callable) -> asyncio.TimerHandle:
+        loop = asyncio.get_running_loop()
+        self.tasks = [task for task in self.tasks if not task.done()]
+        return loop.call_later(delay, lambda: self.tasks.append(loop.create_task(coroutine())))
+
+    # --- events from the bridge ---------------------------------------------------------------------------
+
+    async def alert_event(self, event: dict) -> None:
+        if self.closed:
+            return
+        alert = event["alert"]
+        if not self.subscription.matches(alert) or alert.get("id") in self.snapshot_ids:
+            return
+        if time.monotonic() - self.audience_loaded_at > settings.WS_AUDIENCE_REFRESH_SECONDS:
+            await self._load_audience()
+        if self.audience.is_visible(alert):
+            await self._enqueue(event.get("frame") or _text({"type": "alert", "alert": alert}))
+
+    async def market_rows(self, event: dict) -> None:
+        if self.closed or not self.subscription.market:
+            return
+        now = time.monotonic()
+        if not self.market_pending and now - self.market_sent_at >= self.market_interval:
+            self.market_sent_at = now
+            await self._enqueue(event.get("frame") or _text({"type": "market", "rows": event["rows"]}))
+            return
+        # Too soon after the last frame (e.g. the full table just went out): merge, send when due.
+        for row in event["rows"]:
+            self.market_pending[row["symbol"]] = row
+        if self.market_flush is None:
+            delay = max(0.0, self.market_interval - (now - self.market_sent_at))
+            self.market_flush = self._later(delay, self._flush_market)
+
+    async def feed_status(self, event: dict) -> None:
+        if not self.closed:
+            await self._send_status(event["feed"], event.get("frame"))
+
+    async def resync_event(self, event: dict) -> None:
+        """The bridge lost NATS or Redis for a while: whatever is on screen may be stale."""
+        if self.closed:
+            return
+        jitter = settings.WS_RESYNC_JITTER_SECONDS
+        if jitter > 0:  # spread the snapshot queries of a thousand sockets
+            await asyncio.sleep(random.uniform(0, jitter))
+        await self._load_audience()
+        self.last_status = None
+        await self._send_status(await self._read_status())
+        await self._send_snapshot()
+        if self.subscription.market:
+            await self._send_full_market()
+
+    async def settings_changed(self, event: dict) -> None:
+        if self.closed:
+            return
+        await self._load_audience()
+        await self._send_snapshot()

@@ -1,0 +1,228 @@
+"""Reads behind the dashboard pages and the JSON API (HackSoft: reads here, writes in services).
+
+Which alerts a viewer may see is decided once, in :mod:`alerts.selectors`; this module only narrows that
+query (rule, symbol, direction, time range) and reads symbols, candles and metrics, which every viewer
+may see.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from django.db import connections
+from django.db.models import QuerySet
+
+from alerts.models import AlertHistory, AlertRule, UserSettings
+from alerts.selectors import visible_alerts_queryset
+from collector.models import Symbol
+from metrics.models import TIMEFRAMES, Candle, MetricBar
+
+WINDOW_COLUMNS = ("open", "high", "low", "change", "volume", "volume_ratio", "trades", "taker_buy_ratio")
+INDICATOR_COLUMNS = (
+    "rsi_14",
+    "macd",
+    "macd_signal",
+    "macd_hist",
+    "bb_upper",
+    "bb_middle",
+    "bb_lower",
+    "vcp",
+)
+CANDLE_NUMBERS = (
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "quote_volume",
+    "taker_buy_volume",
+    "taker_buy_quote_volume",
+)
+
+
+def ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def from_ms(value: int) -> datetime:
+    return datetime.fromtimestamp(value / 1000, UTC)
+
+
+@dataclass(frozen=True)
+class AlertFilters:
+    """The history page's and `/api/alerts`' filters; None = no filter. Times compare with the bar's open."""
+
+    rule: str | None = None
+    symbol: str | None = None
+    direction: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+def filtered_alerts(viewer, filters: AlertFilters) -> QuerySet[AlertHistory]:
+    """The viewer's visible alerts narrowed by `filters`, newest first (not sliced: callers paginate)."""
+    queryset = visible_alerts_queryset(
+        viewer,
+        symbols=None if filters.symbol is None else [filters.symbol],
+        rules=None if filters.rule is None else [filters.rule],
+    )
+    if filters.direction is not None:
+        queryset = queryset.filter(direction=filters.direction)
+    if filters.since is not None:
+        queryset = queryset.filter(time__gte=filters.since)
+    if filters.until is not None:
+        queryset = queryset.filter(time__lt=filters.until)
+    return queryset
+
+
+def rule_choices(user) -> list[tuple[str, str]]:
+    """(slug, name) of the global rules and the user's own, for the history filter."""
+    rules = AlertRule.objects.filter(owner__isnull=True)
+    if user is not None and user.is_authenticated:
+        rules = rules | AlertRule.objects.filter(owner_id=user.pk)
+    return list(rules.order_by("name", "slug").values_list("slug", "name"))
+
+
+def symbols() -> list[dict]:
+    """Every known symbol with its newest stored 1-day figures (price, change_1d, volume_1d, open_time)."""
+    with connections["timeseries"].cursor() as cursor:
+        cursor.execute(
+            "SELECT DISTINCT ON (symbol) symbol, time, price, change, volume FROM metrics_calculated "
+            "WHERE timeframe = '1d' ORDER BY symbol, time DESC"
+        )
+        latest = {row[0]: row[1:] for row in cursor.fetchall()}
+    rows = []
+    for symbol in Symbol.objects.order_by("symbol"):
+        time, price, change, volume = latest.get(symbol.symbol, (None, None, None, None))
+        rows.append(
+            {
+                "symbol": symbol.symbol,
+                "status": symbol.status,
+                "trading": symbol.trading,
+                "contract_type": symbol.contract_type,
+                "base_asset": symbol.base_asset,
+                "quote_asset": symbol.quote_asset,
+                "history_start": ms(symbol.history_start),
+                "price": price,
+                "change_1d": change,
+                "volume_1d": volume,
+                "open_time": None if time is None else ms(time),
+            }
+        )
+    return rows
+
+
+def symbol_exists(symbol: str) -> bool:
+    """Known to the collector, or at least has stored candles (e.g. imported history)."""
+    return Symbol.objects.filter(symbol=symbol).exists() or Candle.objects.filter(symbol=symbol).exists()
+
+
+def candles(symbol: str, start: datetime | None, end: datetime | None, limit: int) -> list[dict]:
+    """Stored 1-minute candles of `symbol` in [start, end), oldest first; the newest `limit` of them."""
+    queryset = Candle.objects.filter(symbol=symbol)
+    if start is not None:
+        queryset = queryset.filter(time__gte=start)
+    if end is not None:
+        queryset = queryset.filter(time__lt=end)
+    rows = list(queryset.order_by("-time")[:limit])
+    rows.reverse()
+    return [
+        {
+            "open_time": ms(row.time),
+            **{name: float(getattr(row, name)) for name in CANDLE_NUMBERS},
+            "trades": row.trades,
+            "source": row.source,
+        }
+        for row in rows
+    ]
+
+
+def latest_metrics(symbol: str, at: datetime | None = None) -> dict | None:
+    """The newest stored final bar of `symbol` (at or before `at`): every §7 metric by name, or None.
+
+    Names follow DESIGN §7 (`change_1h`, `rsi_14`, ...); `timeframes` repeats the window metrics per
+    timeframe for tables. A timeframe without a row for that bar has nulls (unknown, never zero)."""
+    bars = MetricBar.objects.filter(symbol=symbol)
+    if at is not None:
+        bars = bars.filter(time__lte=at)
+    newest = bars.order_by("-time").values_list("time", flat=True).first()
+    if newest is None:
+        return None
+    rows = {row.timeframe: row for row in MetricBar.objects.filter(symbol=symbol, time=newest)}
+    metrics: dict[str, float | None] = {}
+    timeframes: dict[str, dict[str, float | None]] = {}
+    for timeframe in TIMEFRAMES:
+        row = rows.get(timeframe)
+        values = {column: getattr(row, column) if row else None for column in WINDOW_COLUMNS}
+        timeframes[timeframe] = values
+        metrics.update({f"{column}_{timeframe}": value for column, value in values.items()})
+    any_row = next(iter(rows.values()))
+    indicators = {column: getattr(any_row, column) for column in INDICATOR_COLUMNS}
+    return {
+        "symbol": symbol,
+        "open_time": ms(newest),
+        "price": any_row.price,
+        "metrics": {"price": any_row.price, **metrics, **indicators},
+        "timeframes": timeframes,
+        "indicators": indicators,
+    }
+
+
+PREVIEW_MAX_SYMBOLS = 25
+
+
+@dataclass(frozen=True)
+class Preview:
+    """What a rule would have fired over stored candles (the backtest engine, DESIGN §9)."""
+
+    symbols_checked: list[str]
+    symbols_stored: int
+    alerts: list[dict]
+
+    def as_json(self) -> dict:
+        by_symbol: dict[str, int] = {}
+        for alert in self.alerts:
+            by_symbol[alert["symbol"]] = by_symbol.get(alert["symbol"], 0) + 1
+        newest = sorted(self.alerts, key=lambda a: a["open_time"], reverse=True)[:10]
+        return {
+            "ok": True,
+            "symbols_checked": len(self.symbols_checked),
+            "symbols_stored": self.symbols_stored,
+            "alerts": len(self.alerts),
+            "by_symbol": by_symbol,
+            "newest": [
+                {"symbol": a["symbol"], "open_time": a["open_time"], "price": a["price"]} for a in newest
+            ],
+        }
+
+
+def backtest_preview(expression: str, cooldown_seconds: int, symbols: list[str] | None) -> Preview:
+    """Replay stored candles through the backtest engine for one rule (RuleError if it does not compile).
+
+    Bounded for a web request: the given symbols (e.g. the user's watchlist), else the first
+    PREVIEW_MAX_SYMBOLS stored ones, at most PREVIEW_MAX_SYMBOLS either way."""
+    from alerts import backtest
+    from alerts.decisions import RuleSpec
+
+    spec = RuleSpec.build("preview", expression, cooldown_seconds=cooldown_seconds)
+    stored = backtest.stored_symbols()
+    wanted = [symbol for symbol in (symbols or stored) if symbol in set(stored)][:PREVIEW_MAX_SYMBOLS]
+    alerts = []
+    for symbol in wanted:
+        alerts.extend(backtest.evaluate(symbol, backtest.stored_candles(symbol), [spec]))
+    return Preview(symbols_checked=wanted, symbols_stored=len(stored), alerts=alerts)
+
+
+def user_settings(user) -> UserSettings:
+    """The user's settings row, or an unsaved default one (nothing is written by reading)."""
+    return UserSettings.objects.filter(user_id=user.pk).first() or UserSettings(user_id=user.pk)
+
+
+def personal_rules(user) -> QuerySet[AlertRule]:
+    return AlertRule.objects.filter(owner_id=user.pk).order_by("name")
+
+
+def personal_rule(user, rule_id: int) -> AlertRule | None:
+    """One of the user's own rules; None for another user's or a global rule (never reveal which)."""
+    return AlertRule.objects.filter(owner_id=user.pk, pk=rule_id).first()

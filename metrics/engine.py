@@ -1,0 +1,510 @@
+"""The `run_metrics` worker: candles in from JetStream, final bars out to NATS and the database (DESIGN §1, §7).
+
+Three inputs, one asyncio loop:
+- `metrics-store-p<k>of<N>` (durable, CANDLES): every candle into `candles_1m` (batched, DO NOTHING), acked
+  once stored; storage never waits for the metrics.
+- `metrics-p<k>of<N>` (durable, CANDLES): final candles through the `BarSequencer` (watermark, missing-minute
+  wait, gap timeout); the bars are published on `metrics.calculated.<SYM>` (`Nats-Msg-Id: <SYM>:<open_time>`)
+  at once, then, in a pipeline that never holds up the next batch, the bars and their candles are committed
+  to `metrics_calculated`/`candles_1m` (one transaction per batch) and only then are the messages acked.
+  A crash after publishing and before the commit loses nothing: the candles were not acked, so on restart
+  the consumer redelivers them first and in order (`messaging.resume_consumer`); they are at or before the
+  watermark (METRICS), so they only complete the state and their bars are stored again, not republished.
+- `candles.live.>` (core NATS): the newest open-minute candle per symbol, previewed at most once a second
+  per symbol into `metrics.live.<SYM>`.
+
+On start (and after any failure to store or publish) the worker rebuilds everything: watermarks from METRICS
+last-by-subject else `metrics_calculated`, state from the newest 2880 stored minutes in one pass, stored
+candles newer than the watermark evaluated before live input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from asgiref.sync import sync_to_async
+from django.db import connections
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from cryptomon import messaging
+from metrics import selectors, services
+from metrics.candles import MINUTE_MS, Candle, decode_payload
+from metrics.ordering import BarSequencer
+from metrics.windows import HISTORY_MINUTES, Bar
+
+logger = logging.getLogger(__name__)
+
+BARS_KIND = "metrics"
+STORE_KIND = "metrics-store"
+LIVE_GRACE_MS = 10_000
+PUBLISH_CHUNK = 50  # candles made into bars and sent before the client may flush them  # venue ms into a minute after which the previous final bar is no longer awaited
+
+
+@dataclass
+class WorkerConfig:
+    shard: messaging.Shard = field(default_factory=messaging.Shard)
+    nats_url: str | None = None
+    gap_timeout_seconds: float = 900.0
+    late_after_seconds: float = 180.0
+    live_interval_seconds: float = 1.0
+    batch_size: int = 1000
+    fetch_timeout_seconds: float = 0.5  # the wait for a batch's first message (a long poll)
+    drain_timeout_seconds: float = 0.02  # the wait for more once one has come
+    commit_queue: int = 8  # published batches whose commit may be pending at once
+    ack_wait_seconds: float = 60.0
+    universe_refresh_seconds: float = 30.0
+    restart_delay_seconds: float = 2.0
+    status_log_seconds: float = 60.0
+    warmup_page: int = 20_000
+
+    @classmethod
+    def from_settings(cls, **changes) -> WorkerConfig:
+        from django.conf import settings
+
+        values = {
+            "gap_timeout_seconds": settings.METRICS_GAP_TIMEOUT_SECONDS,
+            "late_after_seconds": settings.METRICS_LATE_AFTER_SECONDS,
+        }
+        values.update(changes)
+        return cls(**values)
+
+
+async def in_thread(function, *args):
+    """A database call off the event loop; the thread's connection is closed (no leaked sessions)."""
+
+    def call():
+        try:
+            return function(*args)
+        finally:
+            connections.close_all()
+
+    return await sync_to_async(call, thread_sensitive=False)()
+
+
+async def _ack(messages: list) -> None:
+    """Acknowledge in order; each ack is a plain publish (no task per message, as `gather` would make)."""
+    for message in messages:
+        await message.ack()
+
+
+@dataclass
+class Stats:
+    bars_published_total: int = 0
+    candles_stored_total: int = 0
+    bad_messages_total: int = 0
+    refused_rows_total: int = 0
+    live_published_total: int = 0
+    restarts_total: int = 0
+
+
+class MetricsWorker:
+    """One shard of the metrics engine. `run()` until cancelled; `started` is set once live."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.stats = Stats()
+        self.started = asyncio.Event()
+        self.sequencer = self._new_sequencer()
+        self.gaps_forced_total = 0  # across internal restarts
+        self._lock = asyncio.Lock()
+        self._live: dict[str, Candle] = {}
+        self._live_sent: dict[str, float] = {}
+        self._symbols: set[str] = set()
+        self._stopping = False
+        self._commits: asyncio.Queue | None = None
+        self._stored: dict[str, int] = {}  # per symbol the newest bar in metrics_calculated, at start
+        self.nc = self.js = None
+
+    def _new_sequencer(self) -> BarSequencer:
+        return BarSequencer(self.config.gap_timeout_seconds, int(self.config.late_after_seconds * 1000))
+
+    @property
+    def shard(self) -> messaging.Shard:
+        return self.config.shard
+
+    # --- lifecycle ------------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        options = {"reconnect_time_wait": 0.2} if self.config.nats_url else {}
+        self.nc, self.js = await messaging.connect_jetstream(
+            self.shard.consumer_name(BARS_KIND), self.config.nats_url, **options
+        )
+        try:
+            while True:
+                try:
+                    await self._run_once()
+                except (asyncio.CancelledError, KeyboardInterrupt):
+                    raise
+                except Exception:
+                    self.stats.restarts_total += 1
+                    logger.exception("metrics worker failed; rebuilding from storage and JetStream")
+                    await asyncio.sleep(self.config.restart_delay_seconds)
+        finally:
+            with contextlib.suppress(Exception):
+                await self.nc.close()
+
+    async def _run_once(self) -> None:
+        self.gaps_forced_total += self.sequencer.gaps_forced_total
+        self.sequencer = self._new_sequencer()
+        self._commits = asyncio.Queue(self.config.commit_queue)
+        await self._start()
+        self.started.set()
+        tasks = [
+            asyncio.create_task(self._bar_loop()),
+            asyncio.create_task(self._commit_loop()),
+            asyncio.create_task(self._store_loop()),
+            asyncio.create_task(self._tick_loop()),
+        ]
+        live = await self.nc.subscribe("candles.live.>", cb=self._on_live)
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()
+        finally:
+            # Cancelling twice if needed: a cancellation that lands as a fetch completes can be swallowed.
+            self._stopping = True
+            pending = set(tasks)
+            while pending:
+                for task in pending:
+                    task.cancel()
+                _, pending = await asyncio.wait(pending, timeout=1.0)
+            self._stopping = False
+            with contextlib.suppress(Exception):
+                await live.unsubscribe()
+
+    @property
+    def gaps_forced(self) -> int:
+        """`gaps_forced_total`: missing minutes given up on after the safety timeout."""
+        return self.gaps_forced_total + self.sequencer.gaps_forced_total
+
+    # --- start: universe, watermarks, warm-up ---------------------------------------------------------------
+
+    async def _start(self) -> None:
+        js = self.js
+        metric_subjects = await self._stream_subjects("METRICS", "metrics.calculated.>")
+        stored = await in_thread(selectors.newest_metrics)
+        universe = set(stored) | {messaging.symbol_of(s) for s in metric_subjects}
+        if self.shard.count > 1:
+            universe |= set(await in_thread(selectors.known_symbols))
+        self._symbols = {symbol for symbol in universe if self.shard.owns(symbol)}
+        from_stream: dict[str, int] = {}
+        for subject in metric_subjects:
+            symbol = messaging.symbol_of(subject)
+            if self.shard.owns(symbol):
+                payload = await messaging.last_payload(js, "METRICS", subject)
+                if payload is not None:
+                    from_stream[symbol] = int(payload["open_time"])
+        self._stored = stored
+        for symbol in self._symbols:
+            watermark = from_stream.get(symbol, stored.get(symbol))
+            if watermark is not None:
+                self.sequencer.set_watermark(symbol, watermark)
+        await self._ensure_consumers(resume=True)
+        await self._warm_up()
+        logger.info(
+            "metrics %s ready: %d symbols, %d with a watermark",
+            self.shard.consumer_name(BARS_KIND),
+            len(self.sequencer.states),
+            len(self.sequencer.watermarks),
+        )
+
+    async def _stream_subjects(self, stream: str, wildcard: str) -> list[str]:
+        info = await self.js.stream_info(stream, subjects_filter=wildcard)
+        return list((info.state.subjects or {}).keys())
+
+    def _filters(self) -> list[str] | None:
+        if self.shard.count == 1:
+            return ["candles.1m.>"]
+        subjects = self.shard.filter_subjects("candles.1m", self._symbols)
+        return subjects or None
+
+    async def _ensure_consumers(self, resume: bool = False) -> None:
+        """Create or update the two durable consumers; on start (`resume`) a consumer with unacknowledged
+        candles is recreated from its ack floor, so they come first and in order, not after AckWait."""
+        filters = self._filters()
+        if filters is None:
+            return
+        apply = messaging.resume_consumer if resume else messaging.ensure_consumer
+        for kind in (BARS_KIND, STORE_KIND):
+            await apply(
+                self.js,
+                "CANDLES",
+                self.shard.consumer_name(kind),
+                filters,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=self.config.ack_wait_seconds,
+                max_ack_pending=50_000,
+                max_deliver=-1,
+            )
+
+    async def _warm_up(self) -> None:
+        """The newest 2880 stored minutes into the states; stored candles after a watermark are emitted."""
+        newest = await in_thread(selectors.newest_candle_time)
+        if newest is None:
+            return
+        owned = self.sequencer.watermarks
+        oldest = min([newest, *(owned[s] for s in self._symbols if s in owned)])
+        since = oldest - (HISTORY_MINUTES - 1) * MINUTE_MS
+        symbols = None if self.shard.count == 1 else sorted(self._symbols)
+        after: tuple[str, int] | None = None
+        while True:
+            page = await in_thread(selectors.candles_page, since, after, self.config.warmup_page, symbols)
+            if not page:
+                return
+            after = (page[-1].symbol, page[-1].open_time)
+            now = time.monotonic()
+            bars: list[Bar] = []
+            healed: list[Bar] = []  # published, not yet in metrics_calculated (a crash before the commit)
+            for candle in page:
+                if self.shard.count > 1 and not self.shard.owns(candle.symbol):
+                    continue
+                self._symbols.add(candle.symbol)
+                if candle.open_time > self._stored.get(candle.symbol, -1) and (
+                    bar := self.sequencer.heal(candle)
+                ):
+                    healed.append(bar)
+                elif not self.sequencer.warm(candle):
+                    bars += self.sequencer.offer(candle, now)
+            await self._confirm(await self._publish(bars))
+            refused = await in_thread(services.store, [], bars + healed)
+            self.stats.refused_rows_total += len(refused)
+            if len(page) < self.config.warmup_page:
+                return
+
+    # --- the final-bar consumer -----------------------------------------------------------------------------
+
+    async def _pull(self, kind: str):
+        while self._filters() is None:  # a shard without symbols yet waits for the universe
+            await asyncio.sleep(self.config.fetch_timeout_seconds)
+        return await self.js.pull_subscribe_bind(self.shard.consumer_name(kind), "CANDLES")
+
+    async def _fetch(self, subscription) -> list:
+        """What is there, as soon as something is: a long poll for the first message, then what else is
+        available (a single fetch of a whole batch would hold the first message until the batch is full or
+        its timeout expires)."""
+        try:
+            messages = await subscription.fetch(1, timeout=self.config.fetch_timeout_seconds)
+        except (TimeoutError, NatsTimeoutError):
+            return []
+        if self.config.batch_size > 1:
+            with contextlib.suppress(TimeoutError, NatsTimeoutError):
+                messages += await subscription.fetch(
+                    self.config.batch_size - 1, timeout=self.config.drain_timeout_seconds
+                )
+        return messages
+
+    def _parse(self, messages: list, acked: bool = True) -> tuple[list, list[Candle]]:
+        """(messages to ack, candles); a bad message is logged and terminated, never redelivered forever."""
+        good, candles = [], []
+        for message in messages:
+            symbol = messaging.symbol_of(message.subject)
+            try:
+                candle = decode_payload(message.data)
+                if candle.symbol != symbol:
+                    raise ValueError(f"symbol {candle.symbol!r} does not match the subject")
+            except ValueError as error:
+                self.stats.bad_messages_total += 1
+                logger.error("bad candle on %s: %s", message.subject, error)
+                if acked:
+                    asyncio.get_running_loop().create_task(message.term())
+                continue
+            good.append(message)
+            candles.append(candle)
+        return good, candles
+
+    async def _bar_loop(self) -> None:
+        subscription = await self._pull(BARS_KIND)
+        while not self._stopping:
+            messages = await self._fetch(subscription)
+            if not messages:
+                continue
+            published: list[asyncio.Future] = []
+            candles: list[Candle] = []
+            bars: list[Bar] = []
+            acks: list = []
+            # In chunks, yielding in between, so the first bars are on the wire while later ones are made.
+            for start in range(0, len(messages), PUBLISH_CHUNK):
+                good, parsed = self._parse(messages[start : start + PUBLISH_CHUNK])
+                acks += good
+                async with self._lock:
+                    now = time.monotonic()
+                    released: list[Bar] = []
+                    for candle in parsed:
+                        if not self.shard.owns(candle.symbol):
+                            continue
+                        candles.append(candle)
+                        self._symbols.add(candle.symbol)
+                        if ready := self.sequencer.offer(candle, now):
+                            released += ready
+                        elif (bar := self.sequencer.heal(candle)) is not None:
+                            bars.append(bar)  # stored again, not republished
+                    published += await self._publish(released)
+                bars += released
+                await asyncio.sleep(0)
+            # The commit (and then the ack) follows in order in `_commit_loop`; the next batch goes on.
+            await self._commits.put((published, candles, bars, acks))
+
+    async def _commit_loop(self) -> None:
+        """Batches in order: their publications confirmed, then one commit, then the acks."""
+        while True:
+            published, candles, bars, messages = await self._commits.get()
+            await self._confirm(published)
+            refused = await in_thread(services.store, candles, bars)
+            self.stats.refused_rows_total += len(refused)
+            await _ack(messages)
+
+    async def _publish(self, bars: list[Bar]) -> list[asyncio.Future]:
+        """Send the bars to METRICS at once; their confirmations are awaited by `_confirm`."""
+        futures = []
+        for bar in bars:
+            futures.append(
+                await self.js.publish_async(
+                    messaging.metrics_subject(bar.symbol),
+                    messaging.encode(bar.payload()),
+                    headers={"Nats-Msg-Id": f"{bar.symbol}:{bar.open_time}"},
+                )  # no wait_stall: with one, every call waits in a new task, i.e. yields to the loop
+            )
+        return futures
+
+    async def _confirm(self, published: list[asyncio.Future]) -> None:
+        """Wait for JetStream to have stored the published bars; raises (→ rebuild) if one failed."""
+        if published:
+            await asyncio.gather(*(asyncio.wait_for(future, 10.0) for future in published))
+            self.stats.bars_published_total += len(published)
+
+    async def _emit(self, bars: list[Bar], candles: list[Candle]) -> None:
+        """Publish the bars now; their commit joins the pipeline (commits stay in publishing order, so the
+        newest stored bar of a symbol always has every earlier published bar stored too)."""
+        if bars or candles:
+            await self._commits.put((await self._publish(bars), candles, bars, []))
+
+    # --- the storage consumer -------------------------------------------------------------------------------
+
+    async def _store_loop(self) -> None:
+        subscription = await self._pull(STORE_KIND)
+        while not self._stopping:
+            messages = await self._fetch(subscription)
+            if not messages:
+                continue
+            good, candles = [], []
+            for start in range(0, len(messages), PUBLISH_CHUNK):  # let the bar consumer go in between
+                parsed = self._parse(messages[start : start + PUBLISH_CHUNK])
+                good += parsed[0]
+                candles += parsed[1]
+                await asyncio.sleep(0)
+            try:
+                refused = await in_thread(services.store, candles, [])
+            except Exception as error:
+                logger.warning(
+                    "storing %d candles failed (%s); they will be redelivered", len(candles), error
+                )
+                await asyncio.gather(*(message.nak(delay=1.0) for message in good), return_exceptions=True)
+                await asyncio.sleep(1.0)
+                continue
+            self.stats.refused_rows_total += len(refused)
+            self.stats.candles_stored_total += len(candles) - len(refused)
+            await _ack(good)
+
+    # --- live previews, gap timeouts, universe --------------------------------------------------------------
+
+    async def _on_live(self, message) -> None:
+        try:
+            candle = decode_payload(message.data)
+        except ValueError as error:
+            logger.debug("bad live candle on %s: %s", message.subject, error)
+            return
+        if self.shard.owns(candle.symbol):
+            self._live[candle.symbol] = candle
+
+    async def _tick_loop(self) -> None:
+        tick = min(0.2, self.config.live_interval_seconds / 4)
+        next_refresh = time.monotonic() + self.config.universe_refresh_seconds
+        next_log = time.monotonic() + self.config.status_log_seconds
+        while not self._stopping:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            async with self._lock:
+                bars = self.sequencer.expire(now)
+                if bars:
+                    await self._emit(bars, [])
+            await self._publish_live(now)
+            if self.shard.count > 1 and now >= next_refresh:
+                next_refresh = now + self.config.universe_refresh_seconds
+                await self._refresh_universe()
+            if now >= next_log:
+                next_log = now + self.config.status_log_seconds
+                logger.info(
+                    "metrics %s: %s, gaps_forced_total=%d",
+                    self.shard.consumer_name(BARS_KIND),
+                    self.stats,
+                    self.gaps_forced,
+                )
+
+    async def _publish_live(self, now: float) -> None:
+        interval = self.config.live_interval_seconds
+        for symbol, candle in list(self._live.items()):
+            if now - self._live_sent.get(symbol, -interval) < interval:
+                continue
+            state = self.sequencer.states.get(symbol)
+            last = state.last_open_time if state is not None else None
+            event_time = candle.event_time if candle.event_time is not None else int(time.time() * 1000)
+            if (
+                last is not None
+                and candle.open_time - last > MINUTE_MS
+                and event_time < candle.open_time + LIVE_GRACE_MS
+            ):
+                continue  # the previous minute's final bar is due any moment: wait for it
+            del self._live[symbol]
+            bar = self.sequencer.preview(candle)
+            if bar is None:
+                continue
+            self._live_sent[symbol] = now
+            with contextlib.suppress(Exception):  # a live update may be lost, never a final bar
+                await self.nc.publish(messaging.metrics_live_subject(symbol), messaging.encode(bar.payload()))
+                self.stats.live_published_total += 1
+
+    async def _refresh_universe(self) -> None:
+        """A shard's consumers follow the universe; a new symbol's earlier candles are caught up first."""
+        known = await in_thread(selectors.known_symbols)
+        added = {symbol for symbol in known if self.shard.owns(symbol)} - self._symbols
+        if not added:
+            return
+        async with self._lock:
+            self._symbols |= added
+            await self._ensure_consumers()
+            await self._catch_up(sorted(added))
+
+    async def _catch_up(self, symbols: list[str]) -> None:
+        """Candles of newly owned symbols already in the stream (the durable consumer skips them)."""
+        name = f"{self.shard.consumer_name('metrics-catchup')}-{uuid.uuid4().hex[:8]}"
+        await self.js.add_consumer(
+            "CANDLES",
+            ConsumerConfig(
+                name=name,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_policy=AckPolicy.NONE,
+                filter_subjects=[messaging.candle_subject(symbol) for symbol in symbols],
+                inactive_threshold=60.0,
+            ),
+        )
+        subscription = await self.js.pull_subscribe_bind(name, "CANDLES")
+        try:
+            while True:
+                messages = await self._fetch(subscription)
+                if not messages:
+                    break
+                _, candles = self._parse(messages, acked=False)
+                now = time.monotonic()
+                bars = [bar for candle in candles for bar in self.sequencer.offer(candle, now)]
+                await self._emit(bars, candles)
+        finally:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+            with contextlib.suppress(Exception):
+                await self.js.delete_consumer("CANDLES", name)

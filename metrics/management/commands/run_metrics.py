@@ -1,0 +1,37 @@
+"""`python manage.py run_metrics [--shard k/N]`: candles into §7 metrics, stored and published (issue 5)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+from django.core.management.base import BaseCommand, CommandError
+
+from cryptomon import messaging
+from metrics.engine import MetricsWorker, WorkerConfig
+
+
+class Command(BaseCommand):
+    help = "Compute the DESIGN §7 metrics of every final candle (metrics.calculated.<SYMBOL>, metrics_calculated)."
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--shard", default="0/1", help="k/N: own the symbols with crc32(symbol) mod N = k (default 0/1)"
+        )
+
+    def handle(self, *args, **options):
+        try:
+            shard = messaging.Shard.parse(options["shard"])
+        except ValueError as error:
+            raise CommandError(str(error)) from None
+        asyncio.run(self._run(WorkerConfig.from_settings(shard=shard)))
+
+    async def _run(self, config: WorkerConfig) -> None:
+        task = asyncio.create_task(MetricsWorker(config).run())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,0 +1,194 @@
+"""Writes of the metrics worker: `candles_1m` (insert, DO NOTHING) and `metrics_calculated` (upsert), batched.
+
+A batch is one multi-row statement pipeline in one transaction. If the database refuses the batch because of
+its data (a bad value in one row), the batch is written again row by row so the good rows are kept and each
+bad row is reported by the caller (DESIGN §6: a bad row never loses its batch). Connection problems are
+raised: the caller does not acknowledge, and JetStream redelivers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import msgspec
+from django.db import DataError, IntegrityError, connections, transaction
+
+from alerts.rule_language import WINDOWS
+from metrics.candles import Candle, units_text
+from metrics.windows import Bar
+
+logger = logging.getLogger(__name__)
+
+ALIAS = "timeseries"
+
+_CANDLE_SQL = (
+    "INSERT INTO candles_1m (symbol, time, open, high, low, close, volume, quote_volume, trades, "
+    "taker_buy_volume, taker_buy_quote_volume, source, event_time) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
+)
+_STEMS = ("open", "high", "low", "change", "volume", "volume_ratio", "trades", "taker_buy_ratio")
+_EVERY_ROW = (
+    "price",
+    "rsi_14",
+    "macd",
+    "macd_signal",
+    "macd_hist",
+    "bb_upper",
+    "bb_middle",
+    "bb_lower",
+    "vcp",
+)
+_METRIC_COLUMNS = (*_STEMS, *_EVERY_ROW)
+_METRIC_SQL = (
+    f"INSERT INTO metrics_calculated (symbol, timeframe, time, {', '.join(_METRIC_COLUMNS)}) "
+    f"VALUES ({', '.join(['%s'] * (3 + len(_METRIC_COLUMNS)))}) "
+    "ON CONFLICT (symbol, timeframe, time) DO UPDATE SET "
+    + ", ".join(f"{column} = EXCLUDED.{column}" for column in _METRIC_COLUMNS)
+)
+_WINDOW_NAMES = tuple((window, tuple(f"{stem}_{window}" for stem in _STEMS)) for window in WINDOWS)
+
+
+# Whole batches go in as one statement over one JSON array of rows: far faster than a statement per row,
+# and the rows are encoded in C (msgspec) instead of being quoted value by value by the driver. `json`
+# (not `jsonb`) keeps each number's text, so PostgreSQL parses exactly the text a parameter would have.
+def _select(types: tuple[str, ...]) -> str:
+    return ", ".join(
+        f"{_EPOCH} + (r->>{k})::bigint * interval '1 millisecond'" if kind == "ms" else f"(r->>{k})::{kind}"
+        for k, kind in enumerate(types)
+    )
+
+
+_EPOCH = "timestamptz 'epoch'"
+_CANDLE_TYPES = ("text", "ms", *["numeric"] * 6, "bigint", "numeric", "numeric", "text", "ms")
+_CANDLE_BULK = (
+    "INSERT INTO candles_1m (symbol, time, open, high, low, close, volume, quote_volume, trades, "
+    "taker_buy_volume, taker_buy_quote_volume, source, event_time) "
+    f"SELECT {_select(_CANDLE_TYPES)} FROM json_array_elements(%s::json) AS r ON CONFLICT DO NOTHING"
+)
+_METRIC_BULK = (
+    f"INSERT INTO metrics_calculated (symbol, timeframe, time, {', '.join(_METRIC_COLUMNS)}) "
+    f"SELECT {_select(('text', 'text', 'ms', *['float8'] * len(_METRIC_COLUMNS)))} "
+    "FROM json_array_elements(%s::json) AS r "
+    "ON CONFLICT (symbol, timeframe, time) DO UPDATE SET "
+    + ", ".join(f"{column} = EXCLUDED.{column}" for column in _METRIC_COLUMNS)
+)
+
+
+def _price_text(value: float) -> msgspec.Raw:
+    return msgspec.Raw(repr(value).encode())  # the text `Candle.decimal` gives the numeric column
+
+
+def _candle_json(candle: Candle) -> tuple:
+    return (
+        candle.symbol,
+        candle.open_time,
+        _price_text(candle.open),
+        _price_text(candle.high),
+        _price_text(candle.low),
+        _price_text(candle.close),
+        msgspec.Raw(units_text(candle.volume_e8).encode()),
+        msgspec.Raw(units_text(candle.quote_volume_e8).encode()),
+        candle.trades,
+        msgspec.Raw(units_text(candle.taker_buy_volume_e8).encode()),
+        msgspec.Raw(units_text(candle.taker_buy_quote_volume_e8).encode()),
+        candle.source or "",
+        candle.close_time if candle.event_time is None else candle.event_time,
+    )
+
+
+def _metric_json(bar: Bar) -> list[tuple]:
+    metrics = bar.metrics_dict()
+    shared = tuple(metrics[name] for name in _EVERY_ROW)
+    return [
+        (bar.symbol, window, bar.open_time, *(metrics[name] for name in names), *shared)
+        for window, names in _WINDOW_NAMES
+    ]
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def _encode(rows: list) -> str:
+    return _encoder.encode(rows).decode()
+
+
+def _dt(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def candle_row(candle: Candle) -> tuple:
+    """The `candles_1m` row; volumes exact, a missing event time is taken as the close time."""
+    return (
+        candle.symbol,
+        _dt(candle.open_time),
+        candle.decimal("open"),
+        candle.decimal("high"),
+        candle.decimal("low"),
+        candle.decimal("close"),
+        candle.decimal("volume"),
+        candle.decimal("quote_volume"),
+        candle.trades,
+        candle.decimal("taker_buy_volume"),
+        candle.decimal("taker_buy_quote_volume"),
+        candle.source or "",
+        _dt(candle.close_time if candle.event_time is None else candle.event_time),
+    )
+
+
+def metric_rows(bar: Bar) -> list[tuple]:
+    """The 6 `metrics_calculated` rows of a bar (one per timeframe)."""
+    time = _dt(bar.open_time)
+    metrics = bar.metrics_dict()
+    shared = tuple(metrics[name] for name in _EVERY_ROW)
+    return [
+        (bar.symbol, window, time, *(_float(metrics[name]) for name in names), *shared)
+        for window, names in _WINDOW_NAMES
+    ]
+
+
+def _float(value: float | None) -> float | None:
+    """Every metric column is float8 (trades counts are ints in the payload)."""
+    return None if value is None else float(value)
+
+
+def store(candles: Sequence[Candle] = (), bars: Sequence[Bar] = ()) -> list[tuple[object, str]]:
+    """Insert candles (DO NOTHING) and upsert bars in one transaction; returns the refused (item, reason).
+
+    Only rows the database refuses for their data are returned; everything else is committed.
+    """
+    latest = {(bar.symbol, bar.open_time): index for index, bar in enumerate(bars)}
+    bars = [bars[index] for index in sorted(latest.values())]  # one upsert per key and statement
+    try:
+        with transaction.atomic(using=ALIAS), connections[ALIAS].cursor() as cursor:
+            if candles:
+                cursor.execute(_CANDLE_BULK, [_encode([_candle_json(candle) for candle in candles])])
+            if bars:
+                cursor.execute(_METRIC_BULK, [_encode([row for bar in bars for row in _metric_json(bar)])])
+        return []
+    except (DataError, IntegrityError) as error:
+        logger.warning(
+            "a batch of %d candles / %d bars was refused (%s); storing row by row",
+            len(candles),
+            len(bars),
+            error,
+        )
+    candle_rows = [candle_row(candle) for candle in candles]
+    bar_rows = [metric_rows(bar) for bar in bars]
+    refused: list[tuple[object, str]] = []
+    with connections[ALIAS].cursor() as cursor:
+        for item, rows, sql in [
+            *((c, [r], _CANDLE_SQL) for c, r in zip(candles, candle_rows, strict=True)),
+            *((b, r, _METRIC_SQL) for b, r in zip(bars, bar_rows, strict=True)),
+        ]:
+            try:
+                with transaction.atomic(using=ALIAS):
+                    cursor.executemany(sql, rows)
+            except (DataError, IntegrityError) as error:
+                reason = str(error).strip().splitlines()[0]
+                refused.append((item, reason))
+                logger.error(
+                    "refused %s %s at %s: %s", type(item).__name__, item.symbol, item.open_time, reason
+                )
+    return refused

@@ -1,0 +1,569 @@
+"""The §7 window engine: per-symbol state of the last 2880 minutes, O(1) per candle, bars computed lazily.
+
+Framework-free and shared by the live worker (`metrics.engine`) and the offline replay (`metrics.replay`,
+which the backtest builds on), so live bars and backtests are the same numbers: one implementation.
+
+Adding a candle only appends it to the symbol's columns and steps the recursive indicators (RSI, EMAs);
+a `Bar` keeps a reference to the columns and computes a metric when it is first read, per window (so a
+backtest computes only the windows its rules reference; storage and publishing read them all). The columns
+are append-only: a value once written is never changed, and trimming a long run rebinds the state to
+shorter copies instead of cutting the old columns, so a bar stays valid however long it is kept.
+
+How each metric is O(1) (or small) per bar:
+- volumes, taker-buy volumes and trades are running totals appended per minute, so a window sum is one
+  subtraction. Totals are exact integers of 10⁻⁸ kept modulo 2⁶⁴ in machine arrays. A window sum of 2⁶⁴
+  units (1.8·10¹¹ USDT) or more would wrap, so once a run has a minute above 2⁶⁴/2880 units its sums are
+  corrected by the number of wraps, read off float shadow totals (whose error is far below 2⁶⁴);
+- `high_W`/`low_W` combine three maxima: of the window's part of its first 120-minute block (suffix
+  maxima, made once per block when first needed), of the whole blocks in between (appended as each block
+  completes) and of the minutes of its last block;
+- RSI (Wilder) and EMA(12/26/9) are recursive and stepped with every candle; Bollinger bands read the
+  last 20 closes.
+
+A minute without a candle starts a new run (DESIGN §7): windows need their N minutes present (`volume_ratio`
+2N), indicators count closes from the run's start. Runs longer than 2880 minutes keep their recursive
+indicators going; windows never need more than 2880 minutes.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections.abc import Iterator, Mapping
+from itertools import accumulate
+from typing import Any
+
+from alerts.rule_language import INDICATOR_NAMES, METRIC_NAMES, WINDOW_MINUTES, WINDOW_STEMS, WINDOWS
+from metrics.candles import MINUTE_MS, Candle
+
+__all__ = ["HISTORY_MINUTES", "METRIC_NAMES", "WINDOW_SIZES", "Bar", "BarMetrics", "SymbolState"]
+
+HISTORY_MINUTES = 2880  # 1-day windows plus the day before them (volume_ratio_1d)
+WINDOW_SIZES: tuple[int, ...] = tuple(WINDOW_MINUTES[window] for window in WINDOWS)
+_WRAP = 1 << 64
+_MASK = _WRAP - 1
+_BIG_MINUTE = _WRAP // HISTORY_MINUTES  # from this volume per minute on, a window sum may wrap
+_SCALE = 100_000_000
+_BLOCK = 120  # minutes per block of the high/low block extremes
+_TRIM_BY = 12 * _BLOCK  # a run's columns are cut by this many minutes (whole blocks) ...
+_TRIM_AT = HISTORY_MINUTES + _TRIM_BY  # ... when they reach this length, keeping the newest 2880
+_NULL_WINDOW = (None,) * len(WINDOW_STEMS)
+
+# The engine emits values in exactly this order; checked once at import against the rule language.
+_ORDER = ("price", *(f"{stem}_{window}" for window in WINDOWS for stem in WINDOW_STEMS), *INDICATOR_NAMES)
+if _ORDER != METRIC_NAMES:  # pragma: no cover - a change in the rule language must be mirrored here
+    raise ImportError("metrics.windows is out of step with alerts.rule_language.METRIC_NAMES")
+
+# Which group computes a name: per window its sums and its range (high/low, the dearer part), then the
+# recursive indicators, the bands and vcp. A backtest reads only the groups its rules reference.
+_STEMS_CORE = ("open", "change", "volume", "volume_ratio", "trades", "taker_buy_ratio")
+_RANGES = len(WINDOWS)
+_RECURSIVE, _BANDS, _VCP = 2 * _RANGES, 2 * _RANGES + 1, 2 * _RANGES + 2
+_GROUP_NAMES: tuple[tuple[str, ...], ...] = (
+    *(tuple(f"{stem}_{window}" for stem in _STEMS_CORE) for window in WINDOWS),
+    *((f"high_{window}", f"low_{window}") for window in WINDOWS),
+    ("price", "rsi_14", "macd", "macd_signal", "macd_hist"),
+    ("bb_upper", "bb_middle", "bb_lower"),
+    ("vcp",),
+)
+_GROUP_OF: dict[str, int] = {name: group for group, names in enumerate(_GROUP_NAMES) for name in names}
+if WINDOW_STEMS[:3] != ("open", "high", "low") or WINDOW_STEMS[3:] != _STEMS_CORE[1:]:  # pragma: no cover
+    raise ImportError("metrics.windows is out of step with alerts.rule_language.WINDOW_STEMS")
+_UNSET = object()
+
+
+class _Columns:
+    """One run's minutes (or its newest part), append-only; `offset` minutes of the run precede index 0.
+
+    `q`, `tb`, `n` hold the running totals (mod 2⁶⁴) before index 0 and after every minute, so they are
+    one longer than the price columns. `fq`/`ftb` are their float shadows, kept once the run is big."""
+
+    __slots__ = (
+        "bhigh",
+        "blow",
+        "closes",
+        "fq",
+        "ftb",
+        "highs",
+        "lows",
+        "n",
+        "offset",
+        "opens",
+        "q",
+        "shigh",
+        "slow",
+        "tb",
+    )
+
+    def __init__(self) -> None:
+        self.offset = 0
+        self.opens = array("d")
+        self.highs = array("d")
+        self.lows = array("d")
+        self.closes = array("d")
+        self.q = array("Q", (0,))
+        self.tb = array("Q", (0,))
+        self.n = array("Q", (0,))
+        self.fq: array | None = None
+        self.ftb: array | None = None
+        self.bhigh = array("d")  # max high / min low of each completed block of _BLOCK minutes
+        self.blow = array("d")
+        self.shigh: list[tuple | None] = []  # per completed block, its suffix and prefix extremes once made
+        self.slow: list[tuple | None] = []
+
+    def shadow(self) -> None:
+        """Start the float shadows of the volume totals (the per-minute differences are exact)."""
+        for name, shadow_name in (("q", "fq"), ("tb", "ftb")):
+            totals = getattr(self, name)
+            shadow = array("d", (0.0,))
+            running = 0.0
+            previous = totals[0]
+            for total in totals[1:]:
+                running += (total - previous) & _MASK
+                shadow.append(running)
+                previous = total
+            setattr(self, shadow_name, shadow)
+
+    def trimmed(self) -> _Columns:
+        """A copy without the oldest _TRIM_BY minutes (whole blocks); this object is left unchanged."""
+        cut = _TRIM_BY
+        new = _Columns.__new__(_Columns)
+        new.offset = self.offset + cut
+        new.opens, new.highs, new.lows, new.closes = (
+            self.opens[cut:],
+            self.highs[cut:],
+            self.lows[cut:],
+            self.closes[cut:],
+        )
+        new.q, new.tb, new.n = self.q[cut:], self.tb[cut:], self.n[cut:]
+        new.fq = None if self.fq is None else self.fq[cut:]
+        new.ftb = None if self.ftb is None else self.ftb[cut:]
+        blocks = cut // _BLOCK
+        new.bhigh, new.blow = self.bhigh[blocks:], self.blow[blocks:]
+        new.shigh, new.slow = self.shigh[blocks:], self.slow[blocks:]
+        return new
+
+    def truncate(self, length: int, shadowed: bool) -> None:
+        """Forget the minutes from index `length` on (undoing a preview's append)."""
+        for column in (self.opens, self.highs, self.lows, self.closes):
+            del column[length:]
+        for column in (self.q, self.tb, self.n):
+            del column[length + 1 :]
+        if not shadowed:
+            self.fq = self.ftb = None
+        elif self.fq is not None:
+            del self.fq[length + 1 :]
+            del self.ftb[length + 1 :]
+        blocks = length // _BLOCK
+        for blocked in (self.bhigh, self.blow, self.shigh, self.slow):
+            del blocked[blocks:]
+
+    def extremes(self, first: int, last: int) -> tuple[float, float]:
+        """(max high, min low) of the minutes first..last: the end of the first block (suffix extremes),
+        the whole blocks between, the start of the last block (prefix extremes; minutes of the block still
+        filling are read directly)."""
+        highs, lows = self.highs, self.lows
+        head, tail = first // _BLOCK, last // _BLOCK
+        if head == tail:
+            if last - first < 24 or tail >= len(self.bhigh):
+                return max(highs[first : last + 1]), min(lows[first : last + 1])
+            high, low = self._block_extremes(head)
+            start = head * _BLOCK
+            if first == start:
+                return high[1][last - start], low[1][last - start]
+            return max(highs[first : last + 1]), min(lows[first : last + 1])
+        high, low = self._block_extremes(head)
+        offset = first - head * _BLOCK
+        high_value, low_value = high[0][offset], low[0][offset]
+        if tail < len(self.bhigh):
+            high, low = self._block_extremes(tail)
+            offset = last - tail * _BLOCK
+            high_value, low_value = max(high_value, high[1][offset]), min(low_value, low[1][offset])
+        else:
+            start = tail * _BLOCK
+            high_value = max(high_value, max(highs[start : last + 1]))
+            low_value = min(low_value, min(lows[start : last + 1]))
+        if tail - head > 1:
+            high_value = max(high_value, max(self.bhigh[head + 1 : tail]))
+            low_value = min(low_value, min(self.blow[head + 1 : tail]))
+        return high_value, low_value
+
+    def _block_extremes(self, block: int) -> tuple[tuple[array, array], tuple[array, array]]:
+        """((suffix max, prefix max) of highs, (suffix min, prefix min) of lows) of a completed block,
+        made when first needed and kept."""
+        made = self.shigh[block]
+        if made is None:
+            start, end = block * _BLOCK, (block + 1) * _BLOCK
+            made = self.shigh[block] = _ends(self.highs[start:end], max)
+            self.slow[block] = _ends(self.lows[start:end], min)
+        return made, self.slow[block]  # type: ignore[return-value]
+
+
+def _ends(values: array, pick) -> tuple[array, array]:
+    suffix = array("d", accumulate(reversed(values), pick))
+    suffix.reverse()
+    return suffix, array("d", accumulate(values, pick))
+
+
+class BarMetrics(Mapping):
+    """A bar's §7 metrics by name (every name of `METRIC_NAMES`, in that order), computed when read."""
+
+    __slots__ = ("_bar",)
+
+    def __init__(self, bar: Bar) -> None:
+        self._bar = bar
+
+    def __getitem__(self, name: str) -> Any:
+        return self._bar.metric(name)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._bar.metric(name) if name in _GROUP_OF else default
+
+    def __contains__(self, name: object) -> bool:
+        return name in _GROUP_OF
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(METRIC_NAMES)
+
+    def __len__(self) -> int:
+        return len(METRIC_NAMES)
+
+    def __repr__(self) -> str:
+        return f"BarMetrics({self._bar.metrics_dict()!r})"
+
+
+class Bar:
+    """The metrics of one minute of one symbol; `late` is decided by the caller (DESIGN §5).
+
+    `metrics` is a read-only mapping computed on first read of each name; `metrics_dict()` all of them."""
+
+    __slots__ = (
+        "_cache",
+        "_columns",
+        "_index",
+        "_macd",
+        "_rsi",
+        "_signal",
+        "final",
+        "late",
+        "open_time",
+        "price",
+        "symbol",
+    )
+
+    def __init__(
+        self,
+        symbol: str,
+        open_time: int,
+        price: float,
+        columns: _Columns,
+        index: int,
+        rsi: float | None,
+        macd: float | None,
+        signal: float | None,
+    ) -> None:
+        self.symbol = symbol
+        self.open_time = open_time
+        self.price = price
+        self._columns = columns
+        self._index = index
+        self._rsi = rsi
+        self._macd = macd
+        self._signal = signal
+        self._cache: dict[str, Any] | None = None
+        self.final = True
+        self.late = False
+
+    @property
+    def metrics(self) -> BarMetrics:
+        return BarMetrics(self)
+
+    def metric(self, name: str) -> Any:
+        """One §7 metric (KeyError for an unknown name); its group is computed once and kept."""
+        cache = self._cache
+        if cache is None:
+            cache = self._cache = {}
+        else:
+            value = cache.get(name, _UNSET)
+            if value is not _UNSET:
+                return value
+        group = _GROUP_OF[name]
+        cache.update(zip(_GROUP_NAMES[group], self._group(group)))  # noqa: B905
+        return cache[name]
+
+    def metrics_dict(self) -> dict[str, Any]:
+        """Every §7 metric, in `METRIC_NAMES` order (the `metrics` object of §5)."""
+        cache = self._cache
+        if cache is not None and len(cache) == len(METRIC_NAMES):
+            return cache
+        columns, i = self._columns, self._index
+        run = columns.offset + i + 1
+        values: list[Any] = [self.price]
+        high = low = columns.closes[i]  # replaced by the first window (its range holds the close)
+        covered = i + 1  # windows nest (all end at i): each one only adds the minutes before the last
+        for n in WINDOW_SIZES:
+            if run < n:
+                values += _NULL_WINDOW
+                continue
+            first = i - n + 1
+            more_high, more_low = columns.extremes(first, covered - 1)
+            covered = first
+            high, low = (
+                (more_high, more_low) if n == WINDOW_SIZES[0] else (max(high, more_high), min(low, more_low))
+            )
+            o, change, volume, ratio, trades, taker = _sums(columns, i, run, n)
+            values += (o, high, low, change, volume, ratio, trades, taker)
+        macd, signal = self._macd, self._signal
+        values += (self._rsi, macd, signal, None if signal is None else macd - signal)
+        values += self._group(_BANDS)
+        values += self._group(_VCP)
+        cache = self._cache = dict(zip(METRIC_NAMES, values))  # noqa: B905
+        return cache
+
+    def payload(self) -> dict[str, Any]:
+        """The §5 `metrics.calculated` / `metrics.live` payload."""
+        return {
+            "v": 1,
+            "symbol": self.symbol,
+            "open_time": self.open_time,
+            "final": self.final,
+            "late": self.late,
+            "price": self.price,
+            "metrics": self.metrics_dict(),
+        }
+
+    def __repr__(self) -> str:
+        return f"Bar({self.symbol!r}, {self.open_time}, final={self.final}, late={self.late})"
+
+    def _group(self, group: int) -> tuple:
+        columns, i = self._columns, self._index
+        run = columns.offset + i + 1
+        if group < _RANGES:
+            n = WINDOW_SIZES[group]
+            return (None,) * len(_STEMS_CORE) if run < n else _sums(columns, i, run, n)
+        if group < _RECURSIVE:
+            n = WINDOW_SIZES[group - _RANGES]
+            return (None, None) if run < n else columns.extremes(i - n + 1, i)
+        if group == _RECURSIVE:
+            macd, signal = self._macd, self._signal
+            return self.price, self._rsi, macd, signal, None if signal is None else macd - signal
+        closes = columns.closes
+        if group == _BANDS:
+            if run < 20:
+                return None, None, None
+            last = closes[i - 19 : i + 1]
+            middle = sum(last) / 20
+            deviation = math.sqrt(sum([(value - middle) ** 2 for value in last]) / 20)
+            return middle + 2 * deviation, middle, middle - 2 * deviation
+        o, h, lo, x = columns.opens[i], columns.highs[i], columns.lows[i], closes[i]
+        if h != lo and o + x:
+            return ((x / ((o + x) / 2)) * ((x - lo) - (h - x)) / (h - lo),)
+        return (None,)
+
+
+def _sums(columns: _Columns, i: int, run: int, n: int) -> tuple:
+    """open, change, volume, volume_ratio, trades, taker_buy_ratio of the n minutes ending at i."""
+    first = i - n + 1
+    q, tb = columns.q, columns.tb
+    open_w = columns.opens[first]
+    volume = (q[i + 1] - q[first]) & _MASK
+    taker = (tb[i + 1] - tb[first]) & _MASK
+    fq = columns.fq
+    if fq is not None:
+        ftb = columns.ftb
+        volume = _unwrap(volume, fq[i + 1] - fq[first])
+        taker = _unwrap(taker, ftb[i + 1] - ftb[first])  # type: ignore[index]
+    ratio = None
+    if run >= 2 * n:
+        previous = (q[first] - q[first - n]) & _MASK
+        if fq is not None:
+            previous = _unwrap(previous, fq[first] - fq[first - n])
+        if previous:
+            ratio = volume / previous
+    return (
+        open_w,
+        (columns.closes[i] - open_w) / open_w * 100 if open_w else None,
+        volume / _SCALE,
+        ratio,
+        (columns.n[i + 1] - columns.n[first]) & _MASK,
+        taker / volume if volume else None,
+    )
+
+
+_SCALARS = (
+    "_ag",
+    "_al",
+    "_columns",
+    "_e12",
+    "_e26",
+    "_gains",
+    "_losses",
+    "_minute",
+    "_prev_close",
+    "_run",
+    "_s12",
+    "_s26",
+    "_sig",
+    "_ssig",
+)
+
+
+class SymbolState:
+    """One symbol's last 2880 minutes and running indicators. Feed final candles in open-time order."""
+
+    __slots__ = (*_SCALARS, "symbol")
+
+    def __init__(self, symbol: str) -> None:
+        self.symbol = symbol
+        self._minute = -1  # absolute minute number (open_time // 60 000) of the newest final candle
+        self._reset_run()
+
+    def _reset_run(self) -> None:
+        self._columns = _Columns()
+        self._run = 0
+        self._prev_close = 0.0
+        self._gains = self._losses = 0.0
+        self._ag = self._al = 0.0
+        self._s12 = self._s26 = self._ssig = 0.0
+        self._e12 = self._e26 = self._sig = 0.0
+
+    @property
+    def last_open_time(self) -> int | None:
+        """Open time of the newest final candle added, or None."""
+        return None if self._minute < 0 else self._minute * MINUTE_MS
+
+    @property
+    def run_length(self) -> int:
+        """Consecutive present minutes ending at the newest final candle."""
+        return self._run
+
+    def add_final(self, candle: Candle) -> Bar:
+        """Add the next final candle (a missing minute before it starts a new run) and return its bar."""
+        return self._step(candle, True)  # type: ignore[return-value]
+
+    def absorb(self, candle: Candle) -> None:
+        """Like `add_final` without making the bar: the warm-up from stored history."""
+        self._step(candle, False)
+
+    def preview(self, candle: Candle) -> Bar:
+        """The bar the open minute `candle` would give now (`final=False`); this state is not changed.
+
+        The candle is added as if final, the bar's metrics are all computed, and the state is put back
+        (the appended minute is cut off the columns), so a preview equals the final bar of the same
+        candle by construction. After a missing minute the preview starts a new run on its own.
+        """
+        minute = candle.open_time // MINUTE_MS
+        if minute <= self._minute:
+            raise ValueError(
+                f"{self.symbol}: candle {candle.open_time} is not after the newest bar {self.last_open_time}"
+            )
+        if minute != self._minute + 1:  # a new run: nothing of this state is needed (or may be touched)
+            bar = SymbolState(self.symbol).add_final(candle)
+        else:
+            saved = [getattr(self, name) for name in _SCALARS]
+            columns = self._columns
+            length, shadowed = len(columns.closes), columns.fq is not None
+            try:
+                bar = self.add_final(candle)
+                bar.metrics_dict()  # every value now: the columns lose this minute below
+            finally:
+                columns.truncate(length, shadowed)
+                for name, value in zip(_SCALARS, saved, strict=True):
+                    setattr(self, name, value)
+        bar.final = False
+        return bar
+
+    def _step(self, c: Candle, emit: bool) -> Bar | None:
+        m = c.open_time // MINUTE_MS
+        if m != self._minute + 1:
+            if m <= self._minute:
+                raise ValueError(
+                    f"{self.symbol}: candle {c.open_time} is not after the newest bar {self.last_open_time}"
+                )
+            self._reset_run()
+        self._minute = m
+        r = self._run = self._run + 1
+        columns = self._columns
+        closes = columns.closes
+        i = len(closes)
+        if i == _TRIM_AT:
+            columns = self._columns = columns.trimmed()
+            closes = columns.closes
+            i -= _TRIM_BY
+        x = c.close
+        highs, lows = columns.highs, columns.lows
+        columns.opens.append(c.open)
+        highs.append(c.high)
+        lows.append(c.low)
+        closes.append(x)
+        qv, tbq = c.quote_volume_e8, c.taker_buy_quote_volume_e8
+        q, tb, n = columns.q, columns.tb, columns.n
+        q.append((q[i] + qv) & _MASK)
+        tb.append((tb[i] + tbq) & _MASK)
+        n.append((n[i] + c.trades) & _MASK)
+        fq = columns.fq
+        if fq is not None:
+            fq.append(fq[i] + qv)
+            columns.ftb.append(columns.ftb[i] + tbq)  # type: ignore[union-attr]
+        elif qv >= _BIG_MINUTE or tbq >= _BIG_MINUTE:
+            columns.shadow()
+        if i % _BLOCK == _BLOCK - 1:
+            columns.bhigh.append(max(highs[i - _BLOCK + 1 :]))
+            columns.blow.append(min(lows[i - _BLOCK + 1 :]))
+            columns.shigh.append(None)
+            columns.slow.append(None)
+
+        # RSI (Wilder): the k-th change arrives with the (k+1)-th close of the run.
+        rsi = None
+        if r > 15:
+            change = x - self._prev_close
+            if change > 0:
+                ag = self._ag = (self._ag * 13 + change) / 14
+                al = self._al = (self._al * 13) / 14
+            else:
+                ag = self._ag = (self._ag * 13) / 14
+                al = self._al = (self._al * 13 - change) / 14
+            rsi = (100.0 if ag > 0 else 50.0) if al == 0 else 100 - 100 / (1 + ag / al)
+        elif r > 1:
+            change = x - self._prev_close
+            if change > 0:
+                self._gains += change
+            elif change < 0:
+                self._losses -= change
+            if r == 15:
+                ag = self._ag = self._gains / 14
+                al = self._al = self._losses / 14
+                rsi = (100.0 if ag > 0 else 50.0) if al == 0 else 100 - 100 / (1 + ag / al)
+        self._prev_close = x
+
+        # MACD: EMAs seeded by the mean of their first n inputs.
+        macd = signal = None
+        if r > 26:
+            e12 = self._e12 = self._e12 + (x - self._e12) * 2 / 13
+            e26 = self._e26 = self._e26 + (x - self._e26) * 2 / 27
+            macd = e12 - e26
+            if r > 34:
+                signal = self._sig = self._sig + (macd - self._sig) * 2 / 10
+            else:
+                self._ssig += macd
+                if r == 34:
+                    signal = self._sig = self._ssig / 9
+        else:
+            if r <= 12:
+                self._s12 += x
+                if r == 12:
+                    self._e12 = self._s12 / 12
+            else:
+                self._e12 = self._e12 + (x - self._e12) * 2 / 13
+            self._s26 += x
+            if r == 26:
+                self._e26 = self._s26 / 26
+                macd = self._ssig = self._e12 - self._e26
+        if emit:
+            return Bar(self.symbol, c.open_time, x, columns, i, rsi, macd, signal)
+        return None
+
+
+def _unwrap(modular: int, approximate: float) -> int:
+    """The exact sum from its value modulo 2⁶⁴ and a float approximation (error far below 2⁶³)."""
+    return modular + round((approximate - modular) / _WRAP) * _WRAP

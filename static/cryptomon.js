@@ -1,0 +1,415 @@
+// cryptomon dashboard: one small module speaking the realtime protocol of DESIGN §10 over /ws/alerts/.
+// Pages say who they are with <body data-page="live|symbol|settings">; nothing here needs a build step.
+
+const body = document.body;
+const ZONE = body.dataset.zone || "UTC";
+const SIGNED_IN = body.dataset.signedIn === "1";
+const CSRF = body.dataset.csrf || "";
+const MAX_FEED = 200;
+
+// --- formatting -------------------------------------------------------------------------------------------
+
+// sv-SE formats as 2026-01-31 13:05:00, unambiguous everywhere.
+const timeFormat = new Intl.DateTimeFormat("sv-SE", {
+  timeZone: ZONE, year: "numeric", month: "2-digit", day: "2-digit",
+  hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false,
+});
+const shortTime = new Intl.DateTimeFormat("en-GB", {
+  timeZone: ZONE, hour: "2-digit", minute: "2-digit", hour12: false,
+});
+const fmtTime = (ms) => (ms == null ? "–" : timeFormat.format(new Date(ms)));
+const fmtNum = (v, digits = 4) => {
+  if (v == null || Number.isNaN(v)) return "–";  // unknown, never zero (DESIGN §7)
+  const a = Math.abs(v);
+  if (a >= 1e9) return (v / 1e9).toFixed(2) + "B";
+  if (a >= 1e6) return (v / 1e6).toFixed(2) + "M";
+  if (a >= 1e4) return (v / 1e3).toFixed(1) + "k";
+  return a < 1 ? Number(v.toPrecision(digits)).toString() : Number(v.toFixed(digits)).toString();
+};
+const fmtPct = (v) => (v == null ? "–" : (v > 0 ? "+" : "") + v.toFixed(2) + "%");
+const fmtLag = (ms) => (ms == null ? "–" : ms < 1000 ? ms + " ms" : (ms / 1000).toFixed(1) + " s");
+const symbolUrl = (symbol) => "/symbols/" + encodeURIComponent(symbol) + "/";
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key === "class") node.className = value;
+    else if (key === "text") node.textContent = value;
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) node.append(child);
+  return node;
+}
+
+function localTimes(root = document) {
+  for (const node of root.querySelectorAll("time[data-ms]")) node.textContent = fmtTime(Number(node.dataset.ms));
+}
+
+// --- the socket: reconnect with backoff, resubscribe, snapshot ---------------------------------------------
+
+class Feed {
+  constructor(subscription, handlers) {
+    this.subscription = subscription;
+    this.handlers = handlers;
+    this.attempt = 0;
+    this.timer = null;
+    this.connect();
+  }
+
+  connect() {
+    const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+    this.setState("connecting…", "connecting");
+    const ws = new WebSocket(scheme + location.host + (body.dataset.ws || "/ws/alerts/"));
+    this.ws = ws;
+    ws.onopen = () => {
+      this.attempt = 0;
+      this.setState("live", "open");
+      ws.send(JSON.stringify({ type: "subscribe", ...this.subscription }));
+      clearInterval(this.pinger);
+      this.pinger = setInterval(() => ws.readyState === 1 && ws.send('{"type":"ping"}'), 25000);
+    };
+    ws.onmessage = (event) => {
+      let message;
+      try { message = JSON.parse(event.data); } catch { return; }
+      const handler = this.handlers[message.type];
+      if (handler) handler(message);
+    };
+    ws.onclose = (event) => {
+      clearInterval(this.pinger);
+      if (event.code === 4401) { this.setState("sign in to see the live feed", "closed"); return; }
+      if (event.code === 4429) this.setState("too many open tabs", "closed");
+      // Full-jitter exponential backoff, capped at 30 s; the server sends a fresh snapshot on reconnect.
+      const cap = Math.min(30000, 500 * 2 ** this.attempt++);
+      const delay = Math.round(cap / 2 + Math.random() * cap / 2);
+      this.setState(`reconnecting in ${Math.ceil(delay / 1000)} s`, "reconnecting");
+      this.timer = setTimeout(() => this.connect(), delay);
+    };
+  }
+
+  resubscribe(subscription) {
+    this.subscription = subscription;
+    if (this.ws && this.ws.readyState === 1) this.ws.send(JSON.stringify({ type: "subscribe", ...subscription }));
+  }
+
+  setState(text, state) {
+    const conn = document.getElementById("conn");
+    if (conn) { conn.textContent = text; conn.dataset.state = state; }
+  }
+}
+
+function showStatus(feed) {
+  const bar = document.getElementById("status");
+  if (!bar) return;
+  bar.classList.toggle("stale", !!feed.stale);
+  bar.dataset.stale = feed.stale ? "true" : "false";
+  document.getElementById("symbols-live").textContent = feed.symbols_live ?? "–";
+  document.getElementById("lag").textContent = fmtLag(feed.lag_ms);
+  document.getElementById("last-candle").textContent = fmtTime(feed.last_open_time);
+}
+
+// --- alerts: feed list, sound, desktop notifications -------------------------------------------------------
+
+function alertItem(alert) {
+  const li = el("li", { class: `alert dir-${alert.direction} sev-${alert.severity}`, "data-id": alert.id });
+  li.append(
+    el("time", { "data-ms": alert.open_time, text: fmtTime(alert.open_time) }), " ",
+    el("a", { href: symbolUrl(alert.symbol), class: "symbol", text: alert.symbol }), " ",
+    el("b", { class: "rule", text: alert.rule_name || alert.rule }), " ",
+    el("span", { class: "price", text: fmtNum(alert.price, 6) }),
+  );
+  if (alert.owner != null) li.append(" ", el("span", { class: "tag", text: "mine" }));
+  if (alert.late) li.append(" ", el("span", { class: "late", title: "its candle arrived late", text: "late" }));
+  if (alert.description) li.title = alert.description;
+  return li;
+}
+
+class AlertList {
+  constructor(list, empty) {
+    this.list = list;
+    this.empty = empty;
+    this.alerts = new Map();
+  }
+  replace(alerts) {
+    this.alerts = new Map(alerts.map((a) => [a.id, a]));
+    this.render();
+  }
+  add(alert) {
+    if (this.alerts.has(alert.id)) return false;
+    this.alerts.set(alert.id, alert);
+    this.render();
+    return true;
+  }
+  render() {
+    const sorted = [...this.alerts.values()].sort((a, b) => b.open_time - a.open_time || b.triggered_at - a.triggered_at);
+    for (const stale of sorted.slice(MAX_FEED)) this.alerts.delete(stale.id);
+    this.list.replaceChildren(...sorted.slice(0, MAX_FEED).map(alertItem));
+    if (this.empty) this.empty.hidden = sorted.length > 0;
+  }
+}
+
+function toggleSetting(id, key, onEnable) {
+  const box = document.getElementById(id);
+  if (!box) return () => false;
+  box.checked = localStorage.getItem(key) === "1";
+  box.addEventListener("change", async () => {
+    if (box.checked && onEnable && !(await onEnable())) box.checked = false;
+    localStorage.setItem(key, box.checked ? "1" : "0");
+  });
+  return () => box.checked;
+}
+
+let audio = null;
+function beep(direction) {
+  audio = audio || new AudioContext();
+  const osc = audio.createOscillator();
+  const gain = audio.createGain();
+  osc.frequency.value = direction === "bear" ? 440 : 880;
+  gain.gain.setValueAtTime(0.15, audio.currentTime);
+  gain.gain.exponentialRampToValueAtTime(0.001, audio.currentTime + 0.3);
+  osc.connect(gain).connect(audio.destination);
+  osc.start();
+  osc.stop(audio.currentTime + 0.3);
+}
+
+// --- live page: feed + market table ------------------------------------------------------------------------
+
+const MARKET_COLUMNS = [
+  ["price", (v) => fmtNum(v, 6)], ["change_5m", fmtPct], ["change_15m", fmtPct], ["change_1h", fmtPct],
+  ["change_4h", fmtPct], ["change_8h", fmtPct], ["change_1d", fmtPct], ["volume_1h", fmtNum],
+  ["volume_1d", fmtNum], ["rsi_14", (v) => (v == null ? "–" : v.toFixed(1))],
+];
+
+function livePage() {
+  const alerts = new AlertList(document.getElementById("alert-feed"), document.getElementById("feed-empty"));
+  const soundOn = toggleSetting("sound-toggle", "cryptomon.sound");
+  const notifyOn = toggleSetting("notify-toggle", "cryptomon.notify", async () =>
+    "Notification" in window && (await Notification.requestPermission()) === "granted");
+  const watch = new Set(JSON.parse(document.getElementById("watchlist-data")?.textContent || "[]"));
+  const rows = new Map();
+  const table = document.getElementById("market-table");
+  const tbody = table.querySelector("tbody");
+  const filter = document.getElementById("market-filter");
+  const watchOnly = document.getElementById("watchlist-only");
+  const sort = { key: "volume_1d", desc: true };
+  let pending = false;
+
+  const render = () => {
+    pending = false;
+    const needle = filter.value.trim().toUpperCase();
+    const shown = [...rows.values()].filter((r) =>
+      (!needle || r.symbol.toUpperCase().includes(needle)) && (!watchOnly?.checked || watch.has(r.symbol)));
+    shown.sort((a, b) => {
+      const x = a[sort.key], y = b[sort.key];
+      if (x == null && y == null) return a.symbol < b.symbol ? -1 : 1;
+      if (x == null) return 1;  // unknown values sink, whatever the direction
+      if (y == null) return -1;
+      const order = typeof x === "string" ? x.localeCompare(y) : x - y;
+      return sort.desc ? -order : order;
+    });
+    tbody.replaceChildren(...shown.map((r) => {
+      const star = el("button", {
+        type: "button", class: "star" + (watch.has(r.symbol) ? " on" : ""), "data-symbol": r.symbol,
+        "aria-label": `watch ${r.symbol}`, "aria-pressed": watch.has(r.symbol) ? "true" : "false",
+        text: watch.has(r.symbol) ? "★" : "☆",
+      });
+      if (!SIGNED_IN) star.hidden = true;
+      const tr = el("tr", { "data-symbol": r.symbol },
+        el("td", {}, star), el("td", {}, el("a", { href: symbolUrl(r.symbol), text: r.symbol })));
+      for (const [key, format] of MARKET_COLUMNS) {
+        const v = r[key];
+        tr.append(el("td", { class: key.startsWith("change") && v != null ? (v > 0 ? "up" : v < 0 ? "down" : "") : "", "data-key": key, text: format(v) }));
+      }
+      return tr;
+    }));
+    document.getElementById("market-count").textContent = `${shown.length} of ${rows.size}`;
+    for (const th of table.querySelectorAll("th[data-key]")) {
+      th.setAttribute("aria-sort", th.dataset.key === sort.key ? (sort.desc ? "descending" : "ascending") : "none");
+    }
+  };
+  const schedule = () => { if (!pending) { pending = true; requestAnimationFrame(render); } };
+
+  for (const th of table.querySelectorAll("th[data-key]")) {
+    th.addEventListener("click", () => {
+      sort.desc = sort.key === th.dataset.key ? !sort.desc : th.dataset.type !== "text";
+      sort.key = th.dataset.key;
+      schedule();
+    });
+  }
+  filter.addEventListener("input", schedule);
+  watchOnly?.addEventListener("change", schedule);
+  tbody.addEventListener("click", async (event) => {
+    const star = event.target.closest("button.star");
+    if (!star) return;
+    const response = await fetch("/watchlist/toggle", {
+      method: "POST", headers: { "X-CSRFToken": CSRF }, body: new URLSearchParams({ symbol: star.dataset.symbol }),
+    });
+    if (!response.ok) return;
+    const result = await response.json();
+    if (result.starred) watch.add(result.symbol); else watch.delete(result.symbol);
+    schedule();
+  });
+
+  new Feed({ symbols: null, rules: null, market: true }, {
+    snapshot: (m) => alerts.replace(m.alerts),
+    alert: (m) => {
+      if (!alerts.add(m.alert)) return;
+      if (soundOn()) beep(m.alert.direction);
+      if (notifyOn() && "Notification" in window && Notification.permission === "granted") {
+        new Notification(`${m.alert.symbol}: ${m.alert.rule_name}`, { body: `${m.alert.direction} at ${fmtNum(m.alert.price, 6)}`, tag: m.alert.id });
+      }
+    },
+    market: (m) => { for (const row of m.rows) rows.set(row.symbol, row); schedule(); },
+    status: (m) => showStatus(m.feed),
+  });
+}
+
+// --- symbol page: candles aggregated client-side, live updates, alert markers -------------------------------
+
+function symbolPage() {
+  const symbol = document.getElementById("symbol-name").dataset.symbol;
+  const box = document.getElementById("chart");
+  const LWC = window.LightweightCharts;
+  if (!LWC) {  // static/vendor/ is installed by scripts/setup-browser.sh
+    box.textContent = "The chart library is not installed: run scripts/setup-browser.sh --vendor-only.";
+    return;
+  }
+  const chart = LWC.createChart(box, {
+    autoSize: true,
+    layout: { background: { color: "#0f1720" }, textColor: "#c9d4df" },
+    grid: { vertLines: { color: "#1c2733" }, horzLines: { color: "#1c2733" } },
+    timeScale: { timeVisible: true, tickMarkFormatter: (t) => shortTime.format(new Date(t * 1000)) },
+    localization: { timeFormatter: (t) => fmtTime(t * 1000) },
+  });
+  const series = chart.addSeries(LWC.CandlestickSeries, {
+    upColor: "#1fb86a", downColor: "#e5484d", wickUpColor: "#1fb86a", wickDownColor: "#e5484d", borderVisible: false,
+  });
+  const markers = LWC.createSeriesMarkers(series, []);
+  const alerts = JSON.parse(document.getElementById("alert-markers").textContent || "[]");
+  const minutes = [];  // 1m candles, oldest first: {open_time, open, high, low, close}
+  let interval = 1;
+
+  const bucket = (ms) => Math.floor(ms / (interval * 60000)) * interval * 60000;
+  const aggregate = () => {
+    const bars = [];
+    for (const c of minutes) {
+      const t = bucket(c.open_time);
+      const last = bars[bars.length - 1];
+      if (last && last.t === t) {
+        last.high = Math.max(last.high, c.high); last.low = Math.min(last.low, c.low); last.close = c.close;
+      } else bars.push({ t, open: c.open, high: c.high, low: c.low, close: c.close });
+    }
+    return bars.map((b) => ({ time: b.t / 1000, open: b.open, high: b.high, low: b.low, close: b.close }));
+  };
+  const drawMarkers = () => {
+    const list = alerts.map((a) => ({
+      time: bucket(a.open_time) / 1000,
+      position: a.direction === "bear" ? "aboveBar" : "belowBar",
+      color: a.direction === "bull" ? "#1fb86a" : a.direction === "bear" ? "#e5484d" : "#d6a93a",
+      shape: a.direction === "bull" ? "arrowUp" : a.direction === "bear" ? "arrowDown" : "circle",
+      text: a.rule_name + (a.late ? " (late)" : ""),
+    })).sort((x, y) => x.time - y.time);
+    markers.setMarkers(list);
+    box.dataset.markers = String(list.length);
+  };
+  const redraw = () => {
+    const bars = aggregate();
+    series.setData(bars);
+    box.dataset.bars = String(bars.length);
+    drawMarkers();
+  };
+
+  for (const button of document.querySelectorAll("[data-interval]")) {
+    button.addEventListener("click", () => {
+      interval = Number(button.dataset.interval);
+      for (const other of document.querySelectorAll("[data-interval]")) other.setAttribute("aria-pressed", String(other === button));
+      box.dataset.interval = String(interval);
+      redraw();
+      chart.timeScale().fitContent();
+    });
+  }
+
+  const since = Date.now() - 48 * 3600 * 1000;
+  fetch(`${box.dataset.candlesUrl}?start=${since}&limit=2880`, { credentials: "same-origin" })
+    .then((r) => (r.ok ? r.json() : { candles: [] }))
+    .then((data) => {
+      // Live updates may have arrived first: keep those newer than the newest stored candle.
+      const stored = data.candles;
+      const newest = stored.length ? stored[stored.length - 1].open_time : -Infinity;
+      minutes.splice(0, minutes.length, ...stored, ...minutes.filter((m) => m.open_time > newest));
+      redraw();
+      chart.timeScale().fitContent();
+      box.dataset.loaded = "true";
+    });
+
+  const symbolAlerts = document.getElementById("symbol-alerts");
+  new Feed({ symbols: [symbol], rules: null, market: true }, {
+    snapshot: () => {},
+    alert: (m) => {
+      if (m.alert.symbol !== symbol) return;
+      alerts.push({ open_time: m.alert.open_time, direction: m.alert.direction, rule_name: m.alert.rule_name, late: m.alert.late });
+      symbolAlerts.querySelector(".empty")?.remove();
+      symbolAlerts.prepend(alertItem(m.alert));
+      drawMarkers();
+    },
+    market: (m) => {
+      const row = m.rows.find((r) => r.symbol === symbol);
+      if (!row || row.price == null || row.open_time == null) return;
+      document.getElementById("live-price").textContent = fmtNum(row.price, 6);
+      const last = minutes[minutes.length - 1];
+      if (!last || row.open_time > last.open_time) {
+        minutes.push({ open_time: row.open_time, open: last ? last.close : row.price, high: row.price, low: row.price, close: row.price });
+      } else if (row.open_time === last.open_time) {
+        last.high = Math.max(last.high, row.price); last.low = Math.min(last.low, row.price); last.close = row.price;
+      } else return;
+      const bars = aggregate();
+      if (bars.length) series.update(bars[bars.length - 1]);
+      box.dataset.bars = String(bars.length);
+      box.dataset.lastPrice = String(row.price);
+    },
+    status: (m) => showStatus(m.feed),
+  });
+}
+
+// --- rule editor: the rule language's own messages as you type ---------------------------------------------
+
+function ruleEditor() {
+  const form = document.getElementById("rule-form");
+  if (!form) return;
+  const input = form.querySelector("textarea[name=expression]");
+  const output = document.getElementById("expression-check");
+  let timer = null;
+  const check = async () => {
+    const response = await fetch(form.dataset.checkUrl, {
+      method: "POST", headers: { "X-CSRFToken": CSRF }, body: new URLSearchParams({ expression: input.value }),
+    });
+    if (!response.ok) return;
+    const result = await response.json();
+    output.textContent = result.ok ? `valid — uses ${result.metrics.join(", ")}` : result.message;
+    output.className = "check " + (result.ok ? "ok" : "error");
+  };
+  input.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(check, 250); });
+  if (input.value) check();
+
+  const preview = document.getElementById("preview");
+  document.getElementById("preview-button")?.addEventListener("click", async () => {
+    preview.textContent = "running the backtest…";
+    const cooldown = form.querySelector("input[name=cooldown_seconds]")?.value || "300";
+    const response = await fetch(form.dataset.previewUrl, {
+      method: "POST", headers: { "X-CSRFToken": CSRF },
+      body: new URLSearchParams({ expression: input.value, cooldown_seconds: cooldown }),
+    });
+    const result = response.ok ? await response.json() : { ok: false, message: `error ${response.status}` };
+    preview.className = "preview " + (result.ok ? "ok" : "error");
+    if (!result.ok) { preview.textContent = result.message; return; }
+    const symbols = Object.entries(result.by_symbol).sort((a, b) => b[1] - a[1]);
+    preview.replaceChildren(
+      el("p", { text: `${result.alerts} alert${result.alerts === 1 ? "" : "s"} on ${symbols.length} of ${result.symbols_checked} symbols checked (${result.symbols_stored} stored)` }),
+      el("ul", {}, ...symbols.slice(0, 10).map(([s, n]) => el("li", { text: `${s}: ${n}` }))),
+    );
+  });
+}
+
+localTimes();
+if (body.dataset.page === "live") livePage();
+if (body.dataset.page === "symbol") symbolPage();
+if (body.dataset.page === "settings") ruleEditor();

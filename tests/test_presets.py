@@ -1,0 +1,263 @@
+"""The 10 presets of DESIGN §8: exactly as designed, and each one's verdict on hand-built markets."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from alerts.decisions import RuleSpec
+from alerts.presets import PRESETS, PRESETS_BY_SLUG, preset_specs
+from alerts.rule_language import compile_rule
+
+DESIGN = Path(__file__).resolve().parents[2] / "shared" / "DESIGN.md"
+
+# A literal copy of the §8 table, so the check still bites where ../shared is absent.
+EXPECTED = [
+    (
+        "futures_big_bull_60",
+        "60 Big Bull",
+        "sustained momentum over multiple timeframes",
+        "change_1h > 1.6 and change_1d < 15 and change_8h > change_1h and change_1d > change_8h and volume_1h > 500_000 and volume_8h > 5_000_000 and 6 * volume_1h > volume_8h and 16 * volume_1h > volume_1d",
+    ),
+    (
+        "futures_big_bear_60",
+        "60 Big Bear",
+        "sustained downward momentum",
+        "change_1h < -1.6 and change_1d > -15 and change_8h < change_1h and change_1d < change_8h and volume_1h > 500_000 and volume_8h > 5_000_000 and 6 * volume_1h > volume_8h and 16 * volume_1h > volume_1d",
+    ),
+    (
+        "futures_pioneer_bull",
+        "Pioneer Bull",
+        "early bullish trend",
+        "change_5m > 1 and change_15m > 1 and 3 * change_5m > change_15m and 2 * volume_5m > volume_15m",
+    ),
+    (
+        "futures_pioneer_bear",
+        "Pioneer Bear",
+        "early bearish trend",
+        "change_5m < -1 and change_15m < -1 and 3 * change_5m < change_15m and 2 * volume_5m > volume_15m",
+    ),
+    (
+        "futures_5_big_bull",
+        "5 Big Bull",
+        "5-minute bullish spike",
+        "change_5m > 0.6 and change_1d < 15 and change_15m > change_5m and change_1h > change_15m and volume_5m > 100_000 and volume_1h > 1_000_000 and volume_5m > volume_15m / 3 and volume_5m > volume_1h / 6 and volume_5m > volume_8h / 66",
+    ),
+    (
+        "futures_5_big_bear",
+        "5 Big Bear",
+        "5-minute bearish spike",
+        "change_5m < -0.6 and change_1d > -15 and change_15m < change_5m and change_1h < change_15m and volume_5m > 100_000 and volume_1h > 1_000_000 and volume_5m > volume_15m / 3 and volume_5m > volume_1h / 6 and volume_5m > volume_8h / 66",
+    ),
+    (
+        "futures_15_big_bull",
+        "15 Big Bull",
+        "15-minute bullish spike",
+        "change_15m > 1 and change_1d < 15 and change_1h > change_15m and change_8h > change_1h and volume_15m > 400_000 and volume_1h > 1_000_000 and volume_15m > volume_1h / 3 and volume_15m > volume_8h / 26",
+    ),
+    (
+        "futures_15_big_bear",
+        "15 Big Bear",
+        "15-minute bearish spike",
+        "change_15m < -1 and change_1d > -15 and change_1h < change_15m and change_8h < change_1h and volume_15m > 400_000 and volume_1h > 1_000_000 and volume_15m > volume_1h / 3 and volume_15m > volume_8h / 26",
+    ),
+    (
+        "futures_bottom_hunter",
+        "Bottom Hunter",
+        "potential bottom reversal",
+        "change_1h < -0.7 and change_15m < -0.6 and change_5m > 0.5 and volume_5m > volume_15m / 2 and volume_5m > volume_1h / 8",
+    ),
+    (
+        "futures_top_hunter",
+        "Top Hunter",
+        "potential top reversal",
+        "change_1h > 0.7 and change_15m > 0.6 and change_5m < -0.5 and volume_5m > volume_15m / 2 and volume_5m > volume_1h / 8",
+    ),
+]
+
+
+def _design_table() -> list[tuple[str, ...]]:
+    rows = []
+    for line in DESIGN.read_text(encoding="utf-8").splitlines():
+        match = re.match(r"\| `(futures_[a-z0-9_]+)` \| (.+?) — (.+?) \| `(.+)` \|$", line)
+        if match:
+            rows.append(match.groups())
+    return rows
+
+
+def test_the_presets_are_the_ten_rules_of_the_design_character_for_character():
+    actual = [(p.slug, p.name, p.description, p.expression) for p in PRESETS]
+    assert actual == EXPECTED
+
+
+@pytest.mark.skipif(not DESIGN.exists(), reason="DESIGN.md is not beside the repository")
+def test_the_presets_match_the_table_in_design_md():
+    actual = [(p.slug, p.name, p.description, p.expression) for p in PRESETS]
+    assert actual == _design_table()
+
+
+def test_severity_direction_and_the_rest_follow_the_design():
+    for preset in PRESETS:
+        assert preset.severity == ("warning" if preset.name.startswith("60 Big") else "info")
+        bull = "Bull" in preset.name or preset.name == "Bottom Hunter"
+        assert preset.direction == ("bull" if bull else "bear")
+        assert (preset.mode, preset.cooldown_seconds, preset.enabled) == ("bar_close", 300, True)
+    assert [p.slug for p in PRESETS if p.severity == "warning"] == [
+        "futures_big_bull_60",
+        "futures_big_bear_60",
+    ]
+
+
+def test_every_preset_compiles_and_becomes_a_global_rule_spec():
+    specs = preset_specs()
+    assert [s.slug for s in specs] == [p.slug for p in PRESETS]
+    assert preset_specs() is specs  # compiled once
+    for preset, spec in zip(PRESETS, specs, strict=True):
+        assert isinstance(spec, RuleSpec)
+        assert spec.compiled.source == preset.expression == spec.expression
+        assert spec.owner_id is None
+        assert (spec.name, spec.description, spec.severity, spec.direction) == (
+            preset.name,
+            preset.description,
+            preset.severity,
+            preset.direction,
+        )
+        assert (spec.mode, spec.cooldown_seconds) == ("bar_close", 300)
+    assert set(PRESETS_BY_SLUG) == {p.slug for p in PRESETS}
+
+
+# --- verdicts on hand-built metrics --------------------------------------------------------------
+
+FIRING = {
+    "futures_big_bull_60": dict(
+        change_1h=2.0,
+        change_8h=5.0,
+        change_1d=10.0,
+        volume_1h=1_000_000.0,
+        volume_8h=5_500_000.0,
+        volume_1d=15_000_000.0,
+    ),
+    "futures_big_bear_60": dict(
+        change_1h=-2.0,
+        change_8h=-5.0,
+        change_1d=-10.0,
+        volume_1h=1_000_000.0,
+        volume_8h=5_500_000.0,
+        volume_1d=15_000_000.0,
+    ),
+    "futures_pioneer_bull": dict(change_5m=1.2, change_15m=2.0, volume_5m=600_000.0, volume_15m=1_000_000.0),
+    "futures_pioneer_bear": dict(
+        change_5m=-1.2, change_15m=-2.0, volume_5m=600_000.0, volume_15m=1_000_000.0
+    ),
+    "futures_5_big_bull": dict(
+        change_5m=0.8,
+        change_15m=1.0,
+        change_1h=1.5,
+        change_1d=5.0,
+        volume_5m=200_000.0,
+        volume_15m=500_000.0,
+        volume_1h=1_100_000.0,
+        volume_8h=10_000_000.0,
+    ),
+    "futures_5_big_bear": dict(
+        change_5m=-0.8,
+        change_15m=-1.0,
+        change_1h=-1.5,
+        change_1d=-5.0,
+        volume_5m=200_000.0,
+        volume_15m=500_000.0,
+        volume_1h=1_100_000.0,
+        volume_8h=10_000_000.0,
+    ),
+    "futures_15_big_bull": dict(
+        change_15m=1.2,
+        change_1h=1.5,
+        change_8h=3.0,
+        change_1d=5.0,
+        volume_15m=500_000.0,
+        volume_1h=1_200_000.0,
+        volume_8h=12_000_000.0,
+    ),
+    "futures_15_big_bear": dict(
+        change_15m=-1.2,
+        change_1h=-1.5,
+        change_8h=-3.0,
+        change_1d=-5.0,
+        volume_15m=500_000.0,
+        volume_1h=1_200_000.0,
+        volume_8h=12_000_000.0,
+    ),
+    "futures_bottom_hunter": dict(
+        change_1h=-1.0,
+        change_15m=-0.8,
+        change_5m=0.6,
+        volume_5m=300_000.0,
+        volume_15m=500_000.0,
+        volume_1h=2_000_000.0,
+    ),
+    "futures_top_hunter": dict(
+        change_1h=1.0,
+        change_15m=0.8,
+        change_5m=-0.6,
+        volume_5m=300_000.0,
+        volume_15m=500_000.0,
+        volume_1h=2_000_000.0,
+    ),
+}
+
+# A threshold exactly met is not crossed: every comparison in the presets is strict.
+AT_THE_THRESHOLD = {
+    "futures_big_bull_60": {"change_1h": 1.6},
+    "futures_big_bear_60": {"change_1d": -15.0, "change_8h": -5.0},
+    "futures_pioneer_bull": {"volume_5m": 500_000.0},
+    "futures_pioneer_bear": {"change_15m": -3.6},
+    "futures_5_big_bull": {"volume_8h": 13_200_000.0},
+    "futures_5_big_bear": {"change_5m": -0.6},
+    "futures_15_big_bull": {"volume_8h": 13_000_000.0},
+    "futures_15_big_bear": {"change_1h": -1.2},
+    "futures_bottom_hunter": {"volume_1h": 2_400_000.0},
+    "futures_top_hunter": {"change_5m": -0.5},
+}
+
+
+@pytest.mark.parametrize("slug", list(PRESETS_BY_SLUG))
+def test_each_preset_fires_on_its_textbook_market(slug):
+    rule = compile_rule(PRESETS_BY_SLUG[slug].expression)
+    assert set(FIRING[slug]) == rule.names | ({"volume_1d"} & set(FIRING[slug]))
+    assert rule(FIRING[slug]) is True
+
+
+@pytest.mark.parametrize("slug", list(PRESETS_BY_SLUG))
+def test_each_preset_stays_silent_at_its_threshold(slug):
+    rule = compile_rule(PRESETS_BY_SLUG[slug].expression)
+    assert rule({**FIRING[slug], **AT_THE_THRESHOLD[slug]}) is False
+
+
+@pytest.mark.parametrize("slug", list(PRESETS_BY_SLUG))
+def test_each_preset_is_unknown_when_any_metric_it_reads_is_null(slug):
+    rule = compile_rule(PRESETS_BY_SLUG[slug].expression)
+    for name in rule.names:
+        assert rule({**FIRING[slug], name: None}) is None, name
+        missing = {key: value for key, value in FIRING[slug].items() if key != name}
+        assert rule(missing) is None, name
+
+
+@pytest.mark.parametrize("slug", list(PRESETS_BY_SLUG))
+def test_only_the_preset_a_market_was_built_for_fires_on_it(slug):
+    fired = {spec.slug for spec in preset_specs() if spec.compiled(FIRING[slug]) is True}
+    assert fired == {slug}
+
+
+def test_a_quiet_market_fires_nothing():
+    quiet = {
+        **{f"change_{w}": 0.05 for w in ("5m", "15m", "1h", "4h", "8h", "1d")},
+        **{f"volume_{w}": 10_000.0 * m for w, m in (("5m", 5), ("15m", 15), ("1h", 60), ("8h", 480))},
+        "volume_1d": 14_400_000.0,
+    }
+    assert [spec.slug for spec in preset_specs() if spec.compiled(quiet) is not False] == []
+
+
+def test_a_market_with_no_history_fires_nothing():
+    assert [spec.compiled({}) for spec in preset_specs()] == [None] * 10
