@@ -237,6 +237,28 @@ class AlertEngine:
         self.counters.alerts += recorded.created
         return recorded.payloads
 
+    async def record_many(self, bars: list[MetricsBar], decisions: list[list[RuleSpec]]) -> list[dict]:
+        """`record` for a wave of bars in one transaction (a minute's burst costs one commit)."""
+        firing = [(bar, fired) for bar, fired in zip(bars, decisions, strict=True) if fired]
+        if not firing:
+            return []
+        rows = [(fired, b.symbol, b.open_time, b.price, b.metrics, b.late) for b, fired in firing]
+        try:
+            recorded = await _db(services.record_many, rows)
+        except BaseException:
+            self.tracker = None
+            raise
+        payloads: list[dict] = []
+        for (bar, _), result in zip(firing, recorded, strict=True):
+            if result.blocked:
+                logger.info(
+                    "alerts of %s refused by alert_history (cooldown): %s", bar.symbol, result.blocked
+                )
+                self.tracker = None
+            self.counters.alerts += result.created
+            payloads += result.payloads
+        return payloads
+
 
 def waves(items: list[tuple[Any, MetricsBar]]) -> list[list[tuple[Any, MetricsBar]]]:
     """Split a batch into waves of distinct symbols, each symbol's bars in order across the waves."""
@@ -369,10 +391,15 @@ class AlertWorker:
     # --- messages -------------------------------------------------------------------------------
 
     async def _fetch_and_handle(self, subscription, stop: asyncio.Event) -> None:
+        # A long poll for the first message only, then whatever else is there: one fetch of a whole batch
+        # holds the first bar until the batch is full or the poll expires (up to a second per minute close).
         try:
-            messages = await subscription.fetch(self.batch, timeout=1)
+            messages = await subscription.fetch(1, timeout=1)
         except (TimeoutError, NatsTimeoutError):
             return
+        if self.batch > 1:
+            with contextlib.suppress(TimeoutError, NatsTimeoutError):
+                messages += await subscription.fetch(self.batch - 1, timeout=0.02)
         ready: list[tuple[Any, MetricsBar]] = []
         for message in messages:
             try:
@@ -407,6 +434,9 @@ class AlertWorker:
                 logger.exception("numpy decision of %d bars failed; deciding them one by one", len(wave))
                 self.engine.tracker = None
                 decisions = [None] * len(wave)
+        if len(wave) > 1 and all(fired is not None for fired in decisions):
+            await self._handle_decided_wave(wave, decisions, stop)
+            return
         for (message, bar), fired in zip(wave, decisions, strict=True):
             try:
                 self.engine.counters.bars += 1
@@ -427,6 +457,29 @@ class AlertWorker:
                 self.engine.tracker = None
                 with contextlib.suppress(Exception):
                     await message.nak(delay=5)
+
+    async def _handle_decided_wave(self, wave, decisions, stop: asyncio.Event) -> None:
+        """One transaction for the wave's alerts, their publishes in flight together, then the acks:
+        the same order of effects as bar by bar (stored → published → acknowledged), one commit."""
+        messages = [message for message, _ in wave]
+        bars = [bar for _, bar in wave]
+        self.engine.counters.bars += len(wave)
+        try:
+            record = lambda: self.engine.record_many(bars, decisions)  # noqa: E731
+            payloads = await self._retrying(f"storing alerts of {len(bars)} bars", record, messages[0], stop)
+            publish = lambda: asyncio.gather(*(self._publish(p) for p in payloads))  # noqa: E731
+            await self._retrying(f"publishing {len(payloads)} alerts", publish, messages[0], stop)
+        except _Stopping:
+            raise
+        except Exception:  # a bug must not stop the worker: the messages come back later
+            logger.exception("handling a wave of %d bars failed; redelivered in 5 s", len(wave))
+            self.engine.tracker = None
+            for message in messages:
+                with contextlib.suppress(Exception):
+                    await message.nak(delay=5)
+            return
+        for message in messages:
+            await message.ack()
 
     async def _terminate(self, message, reason: str) -> None:
         self.engine.counters.bad_payloads += 1

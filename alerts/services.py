@@ -74,52 +74,73 @@ def record_alerts(
     republished; JetStream drops the duplicate by its Nats-Msg-Id. Late alerts get no outbox row unless
     ALERTS_NOTIFY_LATE is on: they are stored and shown, not notified.
     """
+    with transaction.atomic(using=TS), connections[TS].cursor() as cursor:
+        return _record_bar(cursor, rules, symbol, open_time, price, metrics, late, triggered_at)
+
+
+def record_many(bars: Iterable[tuple], triggered_at: datetime | None = None) -> list[Recorded]:
+    """`record_alerts` for many bars (`(rules, symbol, open_time, price, metrics, late)` each) in ONE
+    transaction: a minute's burst of alerts costs one commit instead of one per bar."""
+    triggered_at = triggered_at or datetime.now(UTC)
+    with transaction.atomic(using=TS), connections[TS].cursor() as cursor:
+        return [_record_bar(cursor, *bar, triggered_at) for bar in bars]
+
+
+def _record_bar(
+    cursor,
+    rules: Iterable[RuleLike],
+    symbol: str,
+    open_time: int,
+    price: float,
+    metrics: Mapping[str, Any],
+    late: bool,
+    triggered_at: datetime | None,
+) -> Recorded:
     triggered_at = triggered_at or datetime.now(UTC)
     notify = not late or settings.ALERTS_NOTIFY_LATE
     payloads: list[dict] = []
     blocked: dict[str, int] = {}
     created = 0
     bar = _dt(open_time)
-    with transaction.atomic(using=TS), connections[TS].cursor() as cursor:
-        for rule in rules:
-            values = {
-                "rule": rule.slug,
-                "rule_name": rule.name,
-                "severity": rule.severity,
-                "direction": rule.direction,
-                "symbol": symbol,
-                "time": bar,
-                "triggered_at": triggered_at,
-                "price": price,
-                "description": rule.description,
-                "metrics": json.dumps(alert_metrics(rule, metrics), allow_nan=False),
-                "owner_id": rule.owner_id,
-                "late": late,
-                "blocked_after": _dt(open_time - max(rule.cooldown_seconds * 1000, 1)),
-            }
-            cursor.execute(_INSERT, values)
-            row = cursor.fetchone()
-            if row is not None:
-                created += 1
-                alert = AlertHistory(
-                    id=row[0],
-                    **{k: v for k, v in values.items() if k not in {"blocked_after", "metrics"}},
-                    metrics=json.loads(values["metrics"]),
-                )
-                if notify:
-                    entry = OutboxEntry.objects.using(TS).create(alert_id=alert.id)
-                    # robust: with the Celery broker down the alert is still published; the notifier's
-                    # stuck-outbox sweep queues it later
-                    transaction.on_commit(lambda e=entry: enqueue_after_commit(e), using=TS, robust=True)
-                payloads.append(alert.to_payload())
-                continue
-            existing = AlertHistory.objects.using(TS).filter(rule=rule.slug, symbol=symbol, time=bar).first()
-            if existing is not None:
-                payloads.append(existing.to_payload())
-            else:
-                newest = last_fired(rule.slug, symbol)
-                if newest is not None:
-                    blocked[rule.slug] = newest
+    for rule in rules:
+        values = {
+            "rule": rule.slug,
+            "rule_name": rule.name,
+            "severity": rule.severity,
+            "direction": rule.direction,
+            "symbol": symbol,
+            "time": bar,
+            "triggered_at": triggered_at,
+            "price": price,
+            "description": rule.description,
+            "metrics": json.dumps(alert_metrics(rule, metrics), allow_nan=False),
+            "owner_id": rule.owner_id,
+            "late": late,
+            "blocked_after": _dt(open_time - max(rule.cooldown_seconds * 1000, 1)),
+        }
+        cursor.execute(_INSERT, values)
+        row = cursor.fetchone()
+        if row is not None:
+            created += 1
+            alert = AlertHistory(
+                id=row[0],
+                **{k: v for k, v in values.items() if k not in {"blocked_after", "metrics"}},
+                metrics=json.loads(values["metrics"]),
+            )
+            if notify:
+                entry = OutboxEntry.objects.using(TS).create(alert_id=alert.id)
+                # robust: with the Celery broker down the alert is still published; the notifier's
+                # stuck-outbox sweep queues it later
+                transaction.on_commit(lambda e=entry: enqueue_after_commit(e), using=TS, robust=True)
+            payloads.append(alert.to_payload())
+            continue
+        existing = AlertHistory.objects.using(TS).filter(rule=rule.slug, symbol=symbol, time=bar).first()
+        if existing is not None:
+            payloads.append(existing.to_payload())
+        else:
+            newest = last_fired(rule.slug, symbol)
+            if newest is not None:
+                blocked[rule.slug] = newest
     return Recorded(payloads=payloads, created=created, blocked=blocked)
 
 

@@ -8,7 +8,7 @@ from celery import shared_task
 from django.conf import settings
 
 import cryptomon.celery  # noqa: F401 - the configured app, so .delay() from web/run_alerts uses its broker
-from alerts.notifications import operator, services
+from alerts.notifications import operator, services, watchdog
 from alerts.notifications.base import DeliveryError, TransientError
 
 logger = logging.getLogger(__name__)
@@ -47,3 +47,9 @@ def send_operator_message(self, index: int, key: str, state: str, text: str, sin
         raise self.retry(countdown=services.retry_delay(attempt, error.retry_after)) from None
     except DeliveryError as error:
         logger.error("operator alert [%s] %s not delivered: %s", key, state, error)
+
+
+@shared_task(name="alerts.tasks.check_operator_conditions", ignore_result=True)
+def check_operator_conditions() -> list[str]:
+    """Raise or resolve the operator alerts (feed stale, consumer lag, REST 418/451, forced gaps)."""
+    return [condition.key for condition in watchdog.check() if condition.problem]

@@ -227,7 +227,8 @@ async def live_latency(symbols: int, warm_minutes: int, measured_minutes: int) -
             await future
             acked[(candle.symbol, candle.open_time)] = time.perf_counter()
         if minute == warm_minutes - 1:
-            await asyncio.wait_for(warm.wait(), 600)  # history in place: now the live closes
+            await asyncio.wait_for(warm.wait(), 600)
+            await asyncio.wait_for(_stored(symbols * warm_minutes), 600)  # history in place: now the closes
         if minute >= warm_minutes:
             await asyncio.sleep(1.0)  # one close per second: each minute's 600 symbols in the same second
     await asyncio.wait_for(done.wait(), 300)
@@ -241,6 +242,19 @@ async def live_latency(symbols: int, warm_minutes: int, measured_minutes: int) -
         "minute_p50_ms": [round(statistics.median(v) * 1000) for _, v in sorted(by_minute.items())],
         "minute_max_ms": [round(max(v) * 1000) for _, v in sorted(by_minute.items())],
     }
+
+
+async def _stored(bars: int) -> None:
+    """Wait until the worker has committed the warm-up's bars (publishing runs ahead of the commits)."""
+    from django.db import connections
+
+    def count() -> int:
+        with connections["timeseries"].cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM metrics_calculated WHERE timeframe = '1d'")
+            return cursor.fetchone()[0]
+
+    while await asyncio.to_thread(count) < bars:
+        await asyncio.sleep(0.2)
 
 
 def bench_live(symbols: int) -> dict:

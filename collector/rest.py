@@ -156,6 +156,8 @@ class RestClient:
         self._session: aiohttp.ClientSession | None = None
         self._samples: list[tuple[float, float]] = []
         self._region_blocked_until = 0.0  # wall clock
+        self.banned_until_ms = 0  # venue time of the last 418 ban's end
+        self.region_blocked = False  # a 451 not yet followed by a successful call
 
     async def __aenter__(self) -> RestClient:
         await self.start()
@@ -178,6 +180,17 @@ class RestClient:
 
     def venue_now_ms(self) -> int:
         return self.clock.now_ms()
+
+    def state(self) -> str:
+        """`ok`, `banned` (418, until `banned_until_ms`) or `region_blocked` (451) for the heartbeat.
+
+        A region block lasts until a call succeeds again, so the operator alert does not flap while the
+        collector waits out its pause."""
+        if self.region_blocked:
+            return "region_blocked"
+        if self.clock.now_ms() < self.banned_until_ms:
+            return "banned"
+        return "ok"
 
     async def sync_time(self) -> None:
         """Anchor the venue clock on /fapi/v1/time (midpoint of the round trip); estimate its rate if unknown."""
@@ -238,6 +251,7 @@ class RestClient:
             self.stats.errors += 1
             raise RestError(f"{path}: {type(error).__name__}: {error}") from None
         if status == 200:
+            self.region_blocked = False
             return body
         text = body[:300].decode(errors="replace")
         if status == 451:
@@ -263,10 +277,12 @@ class RestClient:
             if retry_after and retry_after.isdigit():
                 until = max(until, now + int(retry_after) * 1000)
             self.limiter.block_until(until)
+            self.banned_until_ms = max(self.banned_until_ms, until)
             logger.error("REST 418: IP banned by Binance until venue time %s; REST paused until then", until)
         elif status == 451:
             self.stats.region_blocked += 1
             self._region_blocked_until = time.time() + self.region_block_pause_seconds
+            self.region_blocked = True
             logger.error(
                 "REST 451: Binance blocks this region (%s). The collector cannot backfill from here; "
                 "next REST attempt in %.0f s. Run it from an allowed region.",

@@ -325,6 +325,7 @@ class Collector:
             if state.next_open is not None and state.next_open > fresh_after
         )
         last_open = self.publisher.last_open_time or None
+        rest_state = self.rest.state()
         return {
             "v": 1,
             "shard": f"{self.config.shard.index}/{self.config.shard.count}",
@@ -338,6 +339,8 @@ class Collector:
             "buffered": self.publisher.buffered,
             "backfilling": self.sequencer.backfilling(),
             "venue_time": now,
+            "rest": rest_state,  # ok | banned | region_blocked (operator alerts)
+            "banned_until": self.rest.banned_until_ms if rest_state == "banned" else None,
         }
 
     async def _report_status(self) -> None:

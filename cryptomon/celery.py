@@ -23,4 +23,9 @@ app.conf.beat_schedule = {
         "task": "alerts.tasks.requeue_stuck_notifications",
         "schedule": settings.NOTIFICATIONS_REQUEUE_INTERVAL_SECONDS,
     },
+    "check-operator-conditions": {
+        "task": "alerts.tasks.check_operator_conditions",
+        "schedule": settings.OPERATOR_CHECK_SECONDS,
+        "options": {"expires": settings.OPERATOR_CHECK_SECONDS},  # no pile-up behind a slow check
+    },
 }

@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 BARS_KIND = "metrics"
 STORE_KIND = "metrics-store"
 LIVE_GRACE_MS = 10_000
+BARS_FIRST_SECONDS = 0.2  # how long storage work defers to a batch of bars being made
 PUBLISH_CHUNK = 50  # candles made into bars and sent before the client may flush them  # venue ms into a minute after which the previous final bar is no longer awaited
 
 
@@ -118,6 +119,9 @@ class MetricsWorker:
         self._symbols: set[str] = set()
         self._stopping = False
         self._commits: asyncio.Queue | None = None
+        # Set while the bar consumer has no batch in hand: storage work waits for it, so bars go out first.
+        self._bars_idle = asyncio.Event()
+        self._bars_idle.set()
         self._stored: dict[str, int] = {}  # per symbol the newest bar in metrics_calculated, at start
         self.nc = self.js = None
 
@@ -153,6 +157,7 @@ class MetricsWorker:
         self.gaps_forced_total += self.sequencer.gaps_forced_total
         self.sequencer = self._new_sequencer()
         self._commits = asyncio.Queue(self.config.commit_queue)
+        self._bars_idle.set()
         await self._start()
         self.started.set()
         tasks = [
@@ -268,6 +273,7 @@ class MetricsWorker:
                 if candle.open_time > self._stored.get(candle.symbol, -1) and (
                     bar := self.sequencer.heal(candle)
                 ):
+                    bar.metrics_dict()  # read here, not in the storing thread
                     healed.append(bar)
                 elif not self.sequencer.warm(candle):
                     bars += self.sequencer.offer(candle, now)
@@ -324,40 +330,56 @@ class MetricsWorker:
             messages = await self._fetch(subscription)
             if not messages:
                 continue
-            published: list[asyncio.Future] = []
-            candles: list[Candle] = []
-            bars: list[Bar] = []
-            acks: list = []
-            # In chunks, yielding in between, so the first bars are on the wire while later ones are made.
-            for start in range(0, len(messages), PUBLISH_CHUNK):
-                good, parsed = self._parse(messages[start : start + PUBLISH_CHUNK])
-                acks += good
-                async with self._lock:
-                    now = time.monotonic()
-                    released: list[Bar] = []
-                    for candle in parsed:
-                        if not self.shard.owns(candle.symbol):
-                            continue
-                        candles.append(candle)
-                        self._symbols.add(candle.symbol)
-                        if ready := self.sequencer.offer(candle, now):
-                            released += ready
-                        elif (bar := self.sequencer.heal(candle)) is not None:
-                            bars.append(bar)  # stored again, not republished
-                    published += await self._publish(released)
-                bars += released
-                await asyncio.sleep(0)
+            self._bars_idle.clear()
+            try:
+                published, candles, bars, acks = await self._make_bars(messages)
+            finally:
+                self._bars_idle.set()
             # The commit (and then the ack) follows in order in `_commit_loop`; the next batch goes on.
             await self._commits.put((published, candles, bars, acks))
+
+    async def _make_bars(self, messages: list) -> tuple[list, list[Candle], list[Bar], list]:
+        """Bars of a fetched batch, published in chunks with a yield in between, so the first are on the
+        wire while later ones are made: (publications, owned candles, bars to store, messages to ack)."""
+        published: list[asyncio.Future] = []
+        candles: list[Candle] = []
+        bars: list[Bar] = []
+        acks: list = []
+        for start in range(0, len(messages), PUBLISH_CHUNK):
+            good, parsed = self._parse(messages[start : start + PUBLISH_CHUNK])
+            acks += good
+            async with self._lock:
+                now = time.monotonic()
+                released: list[Bar] = []
+                for candle in parsed:
+                    if not self.shard.owns(candle.symbol):
+                        continue
+                    candles.append(candle)
+                    self._symbols.add(candle.symbol)
+                    if ready := self.sequencer.offer(candle, now):
+                        released += ready
+                    elif (bar := self.sequencer.heal(candle)) is not None:
+                        bar.metrics_dict()  # read here, not in the storing thread while columns grow
+                        bars.append(bar)  # stored again, not republished
+                published += await self._publish(released)
+            bars += released
+            await asyncio.sleep(0)
+        return published, candles, bars, acks
 
     async def _commit_loop(self) -> None:
         """Batches in order: their publications confirmed, then one commit, then the acks."""
         while True:
             published, candles, bars, messages = await self._commits.get()
             await self._confirm(published)
+            await self._after_bars()
             refused = await in_thread(services.store, candles, bars)
             self.stats.refused_rows_total += len(refused)
             await _ack(messages)
+
+    async def _after_bars(self) -> None:
+        """Let the bar consumer's batch in hand go first (bounded: it may itself wait for the queue)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._bars_idle.wait(), BARS_FIRST_SECONDS)
 
     async def _publish(self, bars: list[Bar]) -> list[asyncio.Future]:
         """Send the bars to METRICS at once; their confirmations are awaited by `_confirm`."""
@@ -392,6 +414,7 @@ class MetricsWorker:
             messages = await self._fetch(subscription)
             if not messages:
                 continue
+            await self._after_bars()
             good, candles = [], []
             for start in range(0, len(messages), PUBLISH_CHUNK):  # let the bar consumer go in between
                 parsed = self._parse(messages[start : start + PUBLISH_CHUNK])

@@ -217,6 +217,11 @@ class BarMetrics(Mapping):
         return self._bar.metric(name)
 
     def get(self, name: str, default: Any = None) -> Any:
+        cache = self._bar._cache  # the backtest's hot path: one lookup when the name is known already
+        if cache is not None:
+            value = cache.get(name, _UNSET)
+            if value is not _UNSET:
+                return value
         return self._bar.metric(name) if name in _GROUP_OF else default
 
     def __contains__(self, name: object) -> bool:
@@ -298,21 +303,59 @@ class Bar:
             return cache
         columns, i = self._columns, self._index
         run = columns.offset + i + 1
-        values: list[Any] = [self.price]
-        high = low = columns.closes[i]  # replaced by the first window (its range holds the close)
+        x = self.price
+        values: list[Any] = [x]
+        # The windows' sums as in `_sums`, written out here once: the live path reads every bar whole.
+        opens, q, tb, trades, fq, ftb = (
+            columns.opens,
+            columns.q,
+            columns.tb,
+            columns.n,
+            columns.fq,
+            columns.ftb,
+        )
+        q_end, tb_end, trades_end = q[i + 1], tb[i + 1], trades[i + 1]
+        extremes = columns.extremes
+        high = low = None
         covered = i + 1  # windows nest (all end at i): each one only adds the minutes before the last
         for n in WINDOW_SIZES:
             if run < n:
                 values += _NULL_WINDOW
                 continue
             first = i - n + 1
-            more_high, more_low = columns.extremes(first, covered - 1)
+            more_high, more_low = extremes(first, covered - 1)
             covered = first
-            high, low = (
-                (more_high, more_low) if n == WINDOW_SIZES[0] else (max(high, more_high), min(low, more_low))
+            if high is None:
+                high, low = more_high, more_low
+            else:
+                if more_high > high:
+                    high = more_high
+                if more_low < low:
+                    low = more_low
+            open_w = opens[first]
+            q_first = q[first]
+            volume = (q_end - q_first) & _MASK
+            taker = (tb_end - tb[first]) & _MASK
+            if fq is not None:
+                volume = _unwrap(volume, fq[i + 1] - fq[first])
+                taker = _unwrap(taker, ftb[i + 1] - ftb[first])  # type: ignore[index]
+            ratio = None
+            if run >= 2 * n:
+                previous = (q_first - q[first - n]) & _MASK
+                if fq is not None:
+                    previous = _unwrap(previous, fq[first] - fq[first - n])
+                if previous:
+                    ratio = volume / previous
+            values += (
+                open_w,
+                high,
+                low,
+                (x - open_w) / open_w * 100 if open_w else None,
+                volume / _SCALE,
+                ratio,
+                (trades_end - trades[first]) & _MASK,
+                taker / volume if volume else None,
             )
-            o, change, volume, ratio, trades, taker = _sums(columns, i, run, n)
-            values += (o, high, low, change, volume, ratio, trades, taker)
         macd, signal = self._macd, self._signal
         values += (self._rsi, macd, signal, None if signal is None else macd - signal)
         values += self._group(_BANDS)
@@ -437,13 +480,9 @@ class SymbolState:
         """Consecutive present minutes ending at the newest final candle."""
         return self._run
 
-    def add_final(self, candle: Candle) -> Bar:
-        """Add the next final candle (a missing minute before it starts a new run) and return its bar."""
-        return self._step(candle, True)  # type: ignore[return-value]
-
     def absorb(self, candle: Candle) -> None:
         """Like `add_final` without making the bar: the warm-up from stored history."""
-        self._step(candle, False)
+        self.add_final(candle, False)
 
     def preview(self, candle: Candle) -> Bar:
         """The bar the open minute `candle` would give now (`final=False`); this state is not changed.
@@ -473,7 +512,8 @@ class SymbolState:
         bar.final = False
         return bar
 
-    def _step(self, c: Candle, emit: bool) -> Bar | None:
+    def add_final(self, c: Candle, emit: bool = True) -> Bar:
+        """Add the next final candle (a missing minute before it starts a new run) and return its bar."""
         m = c.open_time // MINUTE_MS
         if m != self._minute + 1:
             if m <= self._minute:
@@ -559,9 +599,7 @@ class SymbolState:
             if r == 26:
                 self._e26 = self._s26 / 26
                 macd = self._ssig = self._e12 - self._e26
-        if emit:
-            return Bar(self.symbol, c.open_time, x, columns, i, rsi, macd, signal)
-        return None
+        return Bar(self.symbol, c.open_time, x, columns, i, rsi, macd, signal) if emit else None  # type: ignore[return-value]
 
 
 def _unwrap(modular: int, approximate: float) -> int:

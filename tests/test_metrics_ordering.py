@@ -114,3 +114,19 @@ def test_a_live_preview_after_the_newest_bar_only():
     assert live is not None and live.final is False and live.metrics["bb_middle"] is not None
     assert sequencer.preview(candle(19)) is None
     assert sequencer.states["BTCUSDT"].last_open_time == T0 + 19 * MINUTE
+
+
+def test_after_a_crash_before_the_commit_the_redelivered_candles_complete_the_state_without_new_bars():
+    # Bars 0..9 were published (watermark 9) but only minutes 0..5 were committed before the crash.
+    sequencer = BarSequencer(gap_timeout=900, late_after_ms=180_000)
+    sequencer.set_watermark("BTCUSDT", T0 + 9 * MINUTE)
+    for minute in range(6):
+        assert sequencer.warm(candle(minute, close=100.0 + minute))
+    healed = [sequencer.heal(candle(minute, close=100.0 + minute)) for minute in range(6, 10)]
+    assert minutes(healed) == [6, 7, 8, 9]  # to be stored again; offer() emits none of them
+    assert sequencer.heal(candle(9)) is None and sequencer.offer(candle(9), now=0) == []
+    after = sequencer.offer(candle(10, close=110.0), now=0)
+    uninterrupted = BarSequencer(gap_timeout=900, late_after_ms=180_000)
+    for minute in range(11):
+        want = uninterrupted.offer(candle(minute, close=100.0 + minute), now=0)
+    assert minutes(after) == [10] and after[0].metrics_dict() == want[0].metrics_dict()

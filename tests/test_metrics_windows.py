@@ -429,3 +429,21 @@ def test_day_windows_of_a_random_walk_equal_a_direct_recomputation():
     for index in indices:
         got = bars[index].metrics
         assert all(got[name] == want[index][name] for name in METRIC_NAMES if name not in INDICATORS), index
+
+
+def test_bars_read_long_after_they_were_made_equal_bars_read_at_once_also_beyond_a_trimmed_run():
+    walk = random.Random(3)
+    candles = [
+        candle(i, close=100.0 + walk.uniform(-5, 5), qv=str(walk.randrange(0, 10**6)), tbq=str(i % 5))
+        for i in range(4700)
+    ]
+    kept = bars_of(candles)  # read only now, after the state has moved on (and cut its columns)
+    state = SymbolState("BTCUSDT")
+    for c, bar in zip(candles, kept, strict=True):
+        now = state.add_final(c).metrics_dict()
+        if c.open_time % (97 * MINUTE) == 0 or c.open_time >= T0 + 4300 * MINUTE:
+            assert dict(bar.metrics) == now, c.open_time
+    want = direct(candles, only={4400, 4699})
+    for index in (4400, 4699):
+        got = kept[index].metrics
+        assert all(got[name] == want[index][name] for name in METRIC_NAMES if name not in INDICATORS), index

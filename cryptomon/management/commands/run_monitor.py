@@ -58,7 +58,9 @@ class Command(BaseCommand):
         if options["demo"]:
             env["ALLOW_ANONYMOUS_DASHBOARD"] = "true"
         children = self._children(options, env)
-        signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
+        # Both stop everything; SIGINT explicitly, since a shell may start us with it ignored.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: self.stopping.set())
         url = f"http://{options['host']}:{options['port']}/"
         try:
             for child in children:
