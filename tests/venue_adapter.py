@@ -1,17 +1,14 @@
 """The collector tests' view of the Binance emulator (`collector/emulator/`, issue 3).
 
 Every venue interaction of tests/test_collector_integration.py goes through this adapter, so the tests
-read as what a user would notice and only this file follows the emulator's API. The integration tests
-skip while `collector.emulator` is not importable.
+read as what a user would notice and only this file follows the emulator's API.
 """
 
 from __future__ import annotations
 
 import contextlib
 
-import pytest
-
-emulator = pytest.importorskip("collector.emulator", reason="the Binance emulator (issue 3) is not there yet")
+from collector import emulator
 
 FIELDS = (
     "open",
