@@ -11,7 +11,6 @@ from django.template.response import TemplateResponse
 
 import alerts.notifications.admin  # noqa: F401  (registers the notification admin)
 from alerts import services
-from alerts.decisions import RuleSpec
 from alerts.models import AlertHistory, AlertRule, UserSettings
 from alerts.rule_language import RuleError
 
@@ -72,15 +71,7 @@ class AlertRuleAdmin(admin.ModelAdmin):
         specs, broken = [], []
         for rule in queryset.order_by("slug"):
             try:
-                specs.append(
-                    RuleSpec.build(
-                        rule.slug,
-                        rule.expression,
-                        name=rule.name,
-                        cooldown_seconds=rule.cooldown_seconds,
-                        mode=rule.mode,
-                    )
-                )
+                specs.append(rule.spec())
             except RuleError as error:
                 broken.append(f"{rule.slug}: {error}")
         for problem in broken:

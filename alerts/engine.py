@@ -105,19 +105,7 @@ class RuleBook:
         specs: list[RuleSpec] = []
         for rule in selectors.enabled_rules():
             try:
-                specs.append(
-                    RuleSpec.build(
-                        rule.slug,
-                        rule.expression,
-                        name=rule.name,
-                        description=rule.description,
-                        severity=rule.severity,
-                        direction=rule.direction,
-                        mode=rule.mode,
-                        cooldown_seconds=rule.cooldown_seconds,
-                        owner_id=rule.owner_id,
-                    )
-                )
+                specs.append(rule.spec())
             except RuleError as error:  # stored without validation (raw SQL, an old version): skip it, loudly
                 logger.error("rule %s skipped: its expression does not compile: %s", rule.slug, error)
         return cls(

@@ -59,6 +59,23 @@ class AlertRule(models.Model):
     def is_global(self) -> bool:
         return self.owner_id is None
 
+    def spec(self):
+        """The compiled, framework-free form the engine, the backtest and the admin evaluate
+        (raises RuleError when the stored expression does not compile)."""
+        from alerts.decisions import RuleSpec
+
+        return RuleSpec.build(
+            self.slug,
+            self.expression,
+            name=self.name,
+            description=self.description,
+            severity=self.severity,
+            direction=self.direction,
+            mode=self.mode,
+            cooldown_seconds=self.cooldown_seconds,
+            owner_id=self.owner_id,
+        )
+
     def clean(self) -> None:
         from alerts.rule_language import RuleError, compile_rule
 

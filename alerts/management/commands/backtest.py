@@ -33,20 +33,7 @@ def select_rules(selection: str) -> list[RuleSpec]:
         unknown = sorted(set(slugs) - {row.slug for row in rows})
         if unknown:
             raise backtest.UsageError(f"--rules: unknown rule slug(s): {', '.join(unknown)}")
-    return [
-        RuleSpec.build(
-            row.slug,
-            row.expression,
-            name=row.name,
-            description=row.description,
-            severity=row.severity,
-            direction=row.direction,
-            mode=row.mode,
-            cooldown_seconds=row.cooldown_seconds,
-            owner_id=row.owner_id,
-        )
-        for row in sorted(rows, key=lambda row: row.slug)
-    ]
+    return [row.spec() for row in sorted(rows, key=lambda row: row.slug)]
 
 
 class Progress:
