@@ -18,6 +18,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connections, transaction
+from django.db.models import Q
 
 from alerts.decisions import RuleLike, alert_metrics
 from alerts.models import AlertHistory, AlertRule, OutboxEntry
@@ -25,19 +26,41 @@ from alerts.notifications.services import enqueue_after_commit
 
 TS = "timeseries"
 
+# One statement per chunk of candidate alerts (columns as arrays): the cooldown check and the insert run in
+# the database, so a minute's burst costs a round trip, not two per alert. A statement does not see its own
+# rows, so a chunk never holds the same (rule, symbol) twice (`_chunks`).
 _INSERT = """
 INSERT INTO alert_history
     (rule, rule_name, severity, direction, symbol, time, triggered_at, price, description, metrics,
      owner_id, late)
-SELECT %(rule)s, %(rule_name)s, %(severity)s, %(direction)s, %(symbol)s, %(time)s, %(triggered_at)s,
-       %(price)s, %(description)s, %(metrics)s::jsonb, %(owner_id)s, %(late)s
+SELECT c.rule, c.rule_name, c.severity, c.direction, c.symbol, c.time, %(triggered_at)s, c.price,
+       c.description, c.metrics::jsonb, c.owner_id, c.late
+FROM unnest(%(rule)s::text[], %(rule_name)s::text[], %(severity)s::text[], %(direction)s::text[],
+            %(symbol)s::text[], %(time)s::timestamptz[], %(price)s::float8[], %(description)s::text[],
+            %(metrics)s::text[], %(owner_id)s::bigint[], %(late)s::boolean[], %(blocked_after)s::timestamptz[])
+    AS c(rule, rule_name, severity, direction, symbol, time, price, description, metrics, owner_id, late,
+         blocked_after)
 WHERE NOT EXISTS (
-    SELECT 1 FROM alert_history
-    WHERE rule = %(rule)s AND symbol = %(symbol)s AND time > %(blocked_after)s AND time <> %(time)s
+    SELECT 1 FROM alert_history h
+    WHERE h.rule = c.rule AND h.symbol = c.symbol AND h.time > c.blocked_after AND h.time <> c.time
 )
 ON CONFLICT (rule, symbol, time) DO NOTHING
-RETURNING id
+RETURNING id, rule, symbol, time
 """
+_COLUMNS = (
+    "rule",
+    "rule_name",
+    "severity",
+    "direction",
+    "symbol",
+    "time",
+    "price",
+    "description",
+    "metrics",
+    "owner_id",
+    "late",
+    "blocked_after",
+)
 
 
 def _dt(ms: int) -> datetime:
@@ -74,74 +97,107 @@ def record_alerts(
     republished; JetStream drops the duplicate by its Nats-Msg-Id. Late alerts get no outbox row unless
     ALERTS_NOTIFY_LATE is on: they are stored and shown, not notified.
     """
-    with transaction.atomic(using=TS), connections[TS].cursor() as cursor:
-        return _record_bar(cursor, rules, symbol, open_time, price, metrics, late, triggered_at)
+    return record_many([(rules, symbol, open_time, price, metrics, late)], triggered_at)[0]
 
 
 def record_many(bars: Iterable[tuple], triggered_at: datetime | None = None) -> list[Recorded]:
     """`record_alerts` for many bars (`(rules, symbol, open_time, price, metrics, late)` each) in ONE
-    transaction: a minute's burst of alerts costs one commit instead of one per bar."""
+    transaction and a few statements: a minute's burst of alerts costs one commit and one round trip."""
     triggered_at = triggered_at or datetime.now(UTC)
+    bars = [(list(rules), *rest) for rules, *rest in bars]
+    candidates = [
+        _candidate(rule, symbol, open_time, price, metrics, late)
+        for rules, symbol, open_time, price, metrics, late in bars
+        for rule in rules
+    ]
     with transaction.atomic(using=TS), connections[TS].cursor() as cursor:
-        return [_record_bar(cursor, *bar, triggered_at) for bar in bars]
+        created: dict[tuple[str, str, datetime], int] = {}
+        for chunk in _chunks(candidates):
+            columns = {name: [row[name] for row in chunk] for name in _COLUMNS}
+            cursor.execute(_INSERT, {**columns, "triggered_at": triggered_at})
+            created.update({(rule, symbol, time): id_ for id_, rule, symbol, time in cursor.fetchall()})
+        missed = [row for row in candidates if (row["rule"], row["symbol"], row["time"]) not in created]
+        stored = _stored_for_bars(missed)
+        notified = [
+            OutboxEntry(alert_id=created[key])
+            for row in candidates
+            if (key := (row["rule"], row["symbol"], row["time"])) in created
+            and (not row["late"] or settings.ALERTS_NOTIFY_LATE)
+        ]
+        if notified:
+            OutboxEntry.objects.using(TS).bulk_create(notified)
+            # robust: with the Celery broker down the alert is still published; the notifier's
+            # stuck-outbox sweep queues it later
+            transaction.on_commit(lambda: enqueue_after_commit(notified), using=TS, robust=True)
+    results: list[Recorded] = []
+    by_bar = iter(candidates)
+    for rules, symbol, *_ in bars:
+        payloads: list[dict] = []
+        blocked: dict[str, int] = {}
+        count = 0
+        for _ in rules:
+            row = next(by_bar)
+            key = (row["rule"], symbol, row["time"])
+            if key in created:
+                count += 1
+                alert = AlertHistory(
+                    id=created[key],
+                    triggered_at=triggered_at,
+                    metrics=json.loads(row["metrics"]),
+                    **{k: row[k] for k in _COLUMNS if k not in {"blocked_after", "metrics"}},
+                )
+                payloads.append(alert.to_payload())
+            elif key in stored:
+                payloads.append(stored[key].to_payload())
+            else:
+                newest = last_fired(row["rule"], symbol)
+                if newest is not None:
+                    blocked[row["rule"]] = newest
+        results.append(Recorded(payloads=payloads, created=count, blocked=blocked))
+    return results
 
 
-def _record_bar(
-    cursor,
-    rules: Iterable[RuleLike],
-    symbol: str,
-    open_time: int,
-    price: float,
-    metrics: Mapping[str, Any],
-    late: bool,
-    triggered_at: datetime | None,
-) -> Recorded:
-    triggered_at = triggered_at or datetime.now(UTC)
-    notify = not late or settings.ALERTS_NOTIFY_LATE
-    payloads: list[dict] = []
-    blocked: dict[str, int] = {}
-    created = 0
-    bar = _dt(open_time)
-    for rule in rules:
-        values = {
-            "rule": rule.slug,
-            "rule_name": rule.name,
-            "severity": rule.severity,
-            "direction": rule.direction,
-            "symbol": symbol,
-            "time": bar,
-            "triggered_at": triggered_at,
-            "price": price,
-            "description": rule.description,
-            "metrics": json.dumps(alert_metrics(rule, metrics), allow_nan=False),
-            "owner_id": rule.owner_id,
-            "late": late,
-            "blocked_after": _dt(open_time - max(rule.cooldown_seconds * 1000, 1)),
-        }
-        cursor.execute(_INSERT, values)
-        row = cursor.fetchone()
-        if row is not None:
-            created += 1
-            alert = AlertHistory(
-                id=row[0],
-                **{k: v for k, v in values.items() if k not in {"blocked_after", "metrics"}},
-                metrics=json.loads(values["metrics"]),
-            )
-            if notify:
-                entry = OutboxEntry.objects.using(TS).create(alert_id=alert.id)
-                # robust: with the Celery broker down the alert is still published; the notifier's
-                # stuck-outbox sweep queues it later
-                transaction.on_commit(lambda e=entry: enqueue_after_commit(e), using=TS, robust=True)
-            payloads.append(alert.to_payload())
-            continue
-        existing = AlertHistory.objects.using(TS).filter(rule=rule.slug, symbol=symbol, time=bar).first()
-        if existing is not None:
-            payloads.append(existing.to_payload())
-        else:
-            newest = last_fired(rule.slug, symbol)
-            if newest is not None:
-                blocked[rule.slug] = newest
-    return Recorded(payloads=payloads, created=created, blocked=blocked)
+def _candidate(
+    rule: RuleLike, symbol: str, open_time: int, price: float, metrics: Mapping[str, Any], late: bool
+) -> dict[str, Any]:
+    return {
+        "rule": rule.slug,
+        "rule_name": rule.name,
+        "severity": rule.severity,
+        "direction": rule.direction,
+        "symbol": symbol,
+        "time": _dt(open_time),
+        "price": price,
+        "description": rule.description,
+        "metrics": json.dumps(alert_metrics(rule, metrics), allow_nan=False),
+        "owner_id": rule.owner_id,
+        "late": late,
+        "blocked_after": _dt(open_time - max(rule.cooldown_seconds * 1000, 1)),
+    }
+
+
+def _chunks(candidates: list[dict]) -> list[list[dict]]:
+    """Consecutive runs in which no (rule, symbol) repeats (a later bar must see the earlier one stored)."""
+    chunks: list[list[dict]] = [[]]
+    seen: set[tuple[str, str]] = set()
+    for row in candidates:
+        pair = (row["rule"], row["symbol"])
+        if pair in seen:
+            chunks.append([])
+            seen = set()
+        chunks[-1].append(row)
+        seen.add(pair)
+    return [chunk for chunk in chunks if chunk]
+
+
+def _stored_for_bars(rows: list[dict]) -> dict[tuple[str, str, datetime], AlertHistory]:
+    """Alerts already stored for exactly these (rule, symbol, bar): a redelivery republishes them."""
+    if not rows:
+        return {}
+    query = Q()
+    for row in rows:
+        query |= Q(rule=row["rule"], symbol=row["symbol"], time=row["time"])
+    return {(a.rule, a.symbol, a.time): a for a in AlertHistory.objects.using(TS).filter(query)}
 
 
 def last_fired(rule: str, symbol: str) -> int | None:

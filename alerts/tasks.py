@@ -14,10 +14,17 @@ from alerts.notifications.base import DeliveryError, TransientError
 logger = logging.getLogger(__name__)
 
 
-@shared_task(name="alerts.tasks.dispatch_outbox_entry", acks_late=True, ignore_result=True)
-def dispatch_outbox_entry(outbox_id: int) -> int:
-    """Fan one outbox row out into deliveries (idempotent); returns deliveries created."""
-    return services.fan_out(outbox_id).created
+@shared_task(name="alerts.tasks.dispatch_outbox_entries", acks_late=True, ignore_result=True)
+def dispatch_outbox_entries(outbox_ids: list[int]) -> int:
+    """Fan outbox rows out into deliveries (idempotent); returns deliveries created. A row that fails
+    is logged and left undispatched, so the stuck-outbox sweep queues it again; the others go on."""
+    created = 0
+    for outbox_id in outbox_ids:
+        try:
+            created += services.fan_out(outbox_id).created
+        except Exception:
+            logger.exception("fan-out of outbox row %s failed; the stuck-outbox sweep retries it", outbox_id)
+    return created
 
 
 @shared_task(name="alerts.tasks.flush_channel", acks_late=True, ignore_result=True)

@@ -10,7 +10,7 @@ second, the worst case for the pipeline. Reported: latency p50/p95/p99/max per a
 peak memory of every process over the measured minutes, the load generators (emulator and this client)
 separately.
 
-    .venv/bin/python benchmarks/bench_end_to_end.py [--symbols 600] [--minutes 4]
+    .venv/bin/python benchmarks/bench_end_to_end.py [--symbols 600] [--minutes 4] [--profile alerts,collector]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +46,17 @@ def cpu_seconds(pid: int) -> float:
         except (OSError, IndexError, ValueError):
             pass
     return total
+
+
+def profile(name: str, pid: int, minutes: float) -> subprocess.Popen:
+    """py-spy on one process for the measured minutes (idle time left out: where the CPU goes)."""
+    out = ROOT / "var" / "profile" / f"{name}.svg"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    py_spy = Path(sys.executable).parent / "py-spy"
+    command = [str(py_spy), "record", "--pid", str(pid), "--duration", str(int(minutes * 60))]
+    command += ["--rate", "250", "--subprocesses", "--output", str(out)]
+    print(f"profiling {name} (pid {pid}) into {out}", flush=True)
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -89,18 +101,43 @@ async def watch_alerts(system: System, arrivals: dict, stop: asyncio.Event) -> N
                 )
 
 
-async def measure(system: System, symbols: list[str], minutes: float) -> tuple[dict, dict]:
+STAGES = ("candles.1m", "metrics.calculated", "alerts.triggered")
+
+
+async def watch_stages(system: System, stages: dict, stop: asyncio.Event) -> None:
+    """When each stage's JetStream publish of (symbol, open_time) is seen, to split the latency by process."""
+    import nats
+
+    nc = await nats.connect(system.servers["nats"]["url"])
+
+    def tap(stage: str):
+        async def on_message(message) -> None:
+            received = time.time()
+            payload = json.loads(message.data)
+            stages[stage].setdefault((payload["symbol"], payload["open_time"]), received)
+
+        return on_message
+
+    for stage in STAGES:
+        await nc.subscribe(f"{stage}.>", cb=tap(stage))
+    await stop.wait()
+    await nc.close()
+
+
+async def measure(system: System, symbols: list[str], minutes: float) -> tuple[dict, dict, dict]:
     finals: dict = {}
     arrivals: dict = {}
+    stages: dict = {stage: {} for stage in STAGES}
     stop = asyncio.Event()
     tasks = [
         asyncio.create_task(watch_finals(system, symbols, finals, stop)),
         asyncio.create_task(watch_alerts(system, arrivals, stop)),
+        asyncio.create_task(watch_stages(system, stages, stop)),
     ]
     await asyncio.sleep(minutes * 60)
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
-    return finals, arrivals
+    return finals, arrivals, stages
 
 
 def main() -> int:
@@ -108,6 +145,12 @@ def main() -> int:
     parser.add_argument("--symbols", type=int, default=600)
     parser.add_argument("--minutes", type=float, default=4)
     parser.add_argument("--warmup-minutes", type=float, default=3)
+    parser.add_argument(
+        "--profile",
+        default="",
+        help="comma-separated processes (collector,metrics,alerts,gateway) to sample with py-spy while "
+        "measuring; flame graphs go to var/profile/<process>.svg",
+    )
     args = parser.parse_args()
     symbols = [f"E{i:03d}USDT" for i in range(args.symbols)]
     system = System(
@@ -115,6 +158,7 @@ def main() -> int:
         symbols=symbols,
         speed=1.0,
         emulator_args=["--history-minutes", "30"],
+        fast_upkeep=False,  # the product's own upkeep intervals, as deployed
     )
     try:
         system.start_servers()
@@ -133,11 +177,14 @@ def main() -> int:
         system.assert_running()
         pids = {name: p.popen.pid for name, p in system.processes.items()}
         cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        profilers = [
+            profile(name, pids[name], args.minutes) for name in filter(None, args.profile.split(","))
+        ]
         own_before = time.process_time()
         started = time.monotonic()
         peak = dict.fromkeys(pids, 0.0)
 
-        async def run() -> tuple[dict, dict]:
+        async def run() -> tuple[dict, dict, dict]:
             async def sample() -> None:
                 while True:
                     for name, pid in pids.items():
@@ -150,11 +197,13 @@ def main() -> int:
             finally:
                 sampler.cancel()
 
-        finals, arrivals = asyncio.run(run())
+        finals, arrivals, stages = asyncio.run(run())
         elapsed = time.monotonic() - started
         own_cpu = time.process_time() - own_before
         cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
         system.assert_running()
+        for profiler in profilers:
+            profiler.wait(60)
     finally:
         system.stop()
     matched = [key for key in arrivals if key in finals and arrivals[key][0] >= finals[key]]
@@ -174,6 +223,17 @@ def main() -> int:
             "  of which final kline sent -> alert decided (collector, metrics, alerts): "
             + ", ".join(f"p{q} {percentile(decided, q):.0f} ms" for q in (50, 95, 99))
         )
+        previous = finals
+        for stage in (*STAGES, "socket"):
+            seen = {key: arrivals[key][0] for key in matched} if stage == "socket" else stages[stage]
+            steps = [(seen[key] - previous[key]) * 1000 for key in matched if key in seen and key in previous]
+            if steps:
+                print(
+                    f"  stage -> {stage:<20} "
+                    + ", ".join(f"p{q} {percentile(steps, q):.0f} ms" for q in (50, 95, 99))
+                    + f" (n={len(steps)})"
+                )
+            previous = seen
     print("process      CPU (% of one core)   peak RSS (MiB)")
     for name in pids:
         role = " (load generator)" if name == "emulator" else ""

@@ -131,7 +131,7 @@ def main() -> int:
                     price=1.0,
                     metrics={"volume_1d": 1e9},
                 )
-                services.enqueue_after_commit(OutboxEntry.objects.create(alert_id=alert.pk))
+                services.enqueue_after_commit([OutboxEntry.objects.create(alert_id=alert.pk)])
             return time.time()
 
         # warm-up: the worker is up and connected

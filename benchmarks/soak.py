@@ -94,7 +94,9 @@ def main() -> int:
     args = parser.parse_args()
     symbols = [f"SOAK{i:03d}USDT" for i in range(args.symbols)]
     OUT.mkdir(parents=True, exist_ok=True)
-    system = System(Path(tempfile.mkdtemp(prefix="cryptomon-soak-")), symbols=symbols, speed=1.0)
+    system = System(
+        Path(tempfile.mkdtemp(prefix="cryptomon-soak-")), symbols=symbols, speed=1.0, fast_upkeep=False
+    )
     rows: list[dict] = []
     try:
         system.start_servers()

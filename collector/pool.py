@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 SEND_INTERVAL = 0.2  # ≤ 5 own messages per second per connection
 STABLE_SECONDS = 30.0  # a connection that lived this long resets the backoff
+YIELD_EVERY_FRAMES = 50  # frames handled before the reader lets other tasks run
 
 
 @dataclass
@@ -224,10 +225,17 @@ class Pool:
             started = time.monotonic()
             await self._reconcile(slot)
             try:
+                unyielded = 0
                 while True:
                     data = await ws.recv(decode=False)
                     slot.last_frame = time.monotonic()
                     self.on_message(data)
+                    unyielded += 1
+                    if unyielded == YIELD_EVERY_FRAMES:
+                        # recv() does not suspend while frames are buffered: let the publisher send the
+                        # finals already handed over instead of after the whole burst is parsed
+                        unyielded = 0
+                        await asyncio.sleep(0)
             except ConnectionClosed as closed:
                 if slot.handover is None and slot.active:
                     logger.warning("connection %s closed (%s)", slot.id, closed.rcvd or "no close frame")

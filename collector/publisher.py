@@ -23,6 +23,8 @@ from cryptomon import messaging
 
 logger = logging.getLogger(__name__)
 
+FLUSH_EVERY = 50  # publishes queued in the client before the loop yields to its flusher
+
 
 class Publisher:
     def __init__(
@@ -131,6 +133,8 @@ class Publisher:
                 failed_at = index
                 break
             futures.append(future)
+            if len(futures) % FLUSH_EVERY == 0:
+                await asyncio.sleep(0)  # the client's flusher writes these out while the rest are queued
         if futures:
             results = await asyncio.gather(
                 *(asyncio.wait_for(future, self.ack_timeout) for future in futures), return_exceptions=True

@@ -44,7 +44,7 @@ BARS_KIND = "metrics"
 STORE_KIND = "metrics-store"
 LIVE_GRACE_MS = 10_000
 BARS_FIRST_SECONDS = 0.2  # how long storage work defers to a batch of bars being made
-PUBLISH_CHUNK = 50  # candles made into bars and sent before the client may flush them  # venue ms into a minute after which the previous final bar is no longer awaited
+PUBLISH_CHUNK = 50  # candles made into bars (or previews) and sent before the loop yields
 
 
 @dataclass
@@ -470,8 +470,18 @@ class MetricsWorker:
                 )
 
     async def _publish_live(self, now: float) -> None:
+        """Previews of the open minute, at most once a second per symbol. Final bars come first: while a
+        batch of them is being made the previews wait (up to BARS_FIRST_SECONDS), and they yield every
+        PUBLISH_CHUNK symbols so a minute's burst of finals is never queued behind 600 previews."""
         interval = self.config.live_interval_seconds
-        for symbol, candle in list(self._live.items()):
+        for count, symbol in enumerate(list(self._live), start=1):
+            if count % PUBLISH_CHUNK == 0:
+                await asyncio.sleep(0)
+            if not self._bars_idle.is_set():
+                await self._after_bars()
+            candle = self._live.get(symbol)  # the newest, should it have changed while we yielded
+            if candle is None:
+                continue
             if now - self._live_sent.get(symbol, -interval) < interval:
                 continue
             state = self.sequencer.states.get(symbol)

@@ -276,6 +276,28 @@ def test_history_and_outbox_are_one_transaction(rules):
     assert recorded.created == 1 and AlertHistory.objects.count() == 1 and OutboxEntry.objects.count() == 1
 
 
+def test_a_burst_recorded_at_once_keeps_each_symbols_cooldown_and_republishes_on_redelivery(rules):
+    from alerts.decisions import RuleSpec
+
+    rule = RuleSpec.build("pump", "change_5m > 1", cooldown_seconds=300)
+    metrics = {"change_5m": 2.0}
+    burst = [
+        ([rule], "BTCUSDT", T0, 1.0, metrics, False),
+        ([rule], "ETHUSDT", T0, 2.0, metrics, False),
+        ([rule], "BTCUSDT", T0 + 60_000, 1.1, metrics, False),  # inside BTC's cooldown: refused
+    ]
+    first = services.record_many(burst)
+    assert [r.created for r in first] == [1, 1, 0]
+    assert [p["id"] for r in first for p in r.payloads] == [f"pump:BTCUSDT:{T0}", f"pump:ETHUSDT:{T0}"]
+    assert first[2].blocked == {"pump": T0}
+    assert OutboxEntry.objects.count() == 2
+
+    again = services.record_many(burst[:2])  # a redelivery after a crash between commit and publish
+    assert [r.created for r in again] == [0, 0]
+    assert [p["id"] for r in again for p in r.payloads] == [f"pump:BTCUSDT:{T0}", f"pump:ETHUSDT:{T0}"]
+    assert AlertHistory.objects.count() == 2 and OutboxEntry.objects.count() == 2
+
+
 async def test_a_failed_write_is_retried_and_the_bar_is_not_lost(jetstream, rules, caplog):
     from django.db import connections
 

@@ -164,7 +164,7 @@ def store_alert(
         )
         entry = OutboxEntry.objects.create(alert_id=alert.pk)
         if enqueue:
-            services.enqueue_after_commit(entry)
+            services.enqueue_after_commit([entry])
     return alert, entry
 
 

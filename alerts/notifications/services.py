@@ -1,8 +1,8 @@
 """Notification writes: channels, fan-out, delivery with retries, the stuck-work sweep, send test.
 
 Flow (docs/notifications.md): run_alerts stores an alert and its outbox row in one transaction and,
-after commit, `enqueue_after_commit` queues `dispatch_outbox_entry`. `fan_out` turns the outbox row
-into unique (alert, channel) deliveries — any number of runs create each delivery once — and
+after commit, `enqueue_after_commit` queues one `dispatch_outbox_entries` for them. `fan_out` turns each
+outbox row into unique (alert, channel) deliveries — any number of runs create each delivery once — and
 schedules one `flush_channel` per channel after the group window. `flush_channel` claims the due
 deliveries, sends them as one message, and records success, a retry (exponential backoff, full
 jitter, or the remote's retry-after) or a failure (a permanent one disables the channel with the
@@ -92,12 +92,13 @@ def _disable_channel(channel_id: int, reason: str) -> None:
 # --- fan-out --------------------------------------------------------------------------------------
 
 
-def enqueue_after_commit(outbox_entry: OutboxEntry) -> None:
-    """For run_alerts: queue the fan-out once the alert's transaction commits (call inside it)."""
-    from alerts.tasks import dispatch_outbox_entry
+def enqueue_after_commit(entries: list[OutboxEntry]) -> None:
+    """For run_alerts: queue the fan-out of a transaction's outbox rows once it commits (call inside it).
+    One task for the batch: a minute's burst is one broker round trip on the alert path, not one each."""
+    from alerts.tasks import dispatch_outbox_entries
 
-    outbox_id = outbox_entry.pk
-    transaction.on_commit(lambda: dispatch_outbox_entry.delay(outbox_id), using=TS)
+    outbox_ids = [entry.pk for entry in entries]
+    transaction.on_commit(lambda: dispatch_outbox_entries.delay(outbox_ids), using=TS)
 
 
 @dataclass
@@ -383,16 +384,19 @@ class Requeued:
 def requeue_stuck(now: datetime | None = None) -> Requeued:
     """Re-queue outbox rows never fanned out, deliveries claimed by a worker that died, and pending
     deliveries whose flush task was lost — everything older than NOTIFICATIONS_STUCK_SECONDS."""
-    from alerts.tasks import dispatch_outbox_entry, flush_channel
+    from alerts.tasks import dispatch_outbox_entries, flush_channel
 
     now = now or _now()
     cutoff = now - timedelta(seconds=settings.NOTIFICATIONS_STUCK_SECONDS)
     result = Requeued()
-    for outbox_id in OutboxEntry.objects.filter(
-        dispatched_at__isnull=True, created_at__lt=cutoff
-    ).values_list("pk", flat=True)[:1000]:
-        dispatch_outbox_entry.delay(outbox_id)
-        result.outbox += 1
+    stuck_outbox = list(
+        OutboxEntry.objects.filter(dispatched_at__isnull=True, created_at__lt=cutoff).values_list(
+            "pk", flat=True
+        )[:1000]
+    )
+    if stuck_outbox:
+        dispatch_outbox_entries.delay(stuck_outbox)
+        result.outbox = len(stuck_outbox)
     stuck = Delivery.objects.filter(status=Delivery.Status.SENDING, claimed_at__lt=cutoff)
     channels = set(stuck.values_list("channel_id", flat=True).distinct())
     result.reclaimed = stuck.update(status=Delivery.Status.PENDING, claimed_at=None, next_attempt_at=now)
