@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -43,6 +42,8 @@ logger = logging.getLogger(__name__)
 METRICS_STREAM = "METRICS"
 REPUBLISH_WINDOW = timedelta(seconds=messaging.DUPLICATE_WINDOW_SECONDS - 60)
 MINUTE_MS = 60_000
+PUBLISH_CHUNK = 1000  # alerts in flight at once (nats-py allows 4,000 unacknowledged)
+PUBLISH_ACK_TIMEOUT = 5.0
 VECTOR_FROM = 16  # bars of distinct symbols from which one numpy pass beats a closure call per rule
 
 
@@ -344,8 +345,7 @@ class AlertWorker:
     async def _republish_recent(self) -> None:
         payloads = await _db(selectors.alerts_triggered_since, datetime.now(UTC) - REPUBLISH_WINDOW)
         owned = [p for p in payloads if self.shard.owns(p["symbol"])]
-        for payload in owned:
-            await self._publish(payload)
+        await self._publish(owned)
         if owned:
             logger.info("republished %d recent alert(s) (duplicates are dropped by JetStream)", len(owned))
 
@@ -434,9 +434,9 @@ class AlertWorker:
                     action = lambda bar=bar, fired=fired: self.engine.record(bar, fired)  # noqa: E731
                 where = f"storing alerts of {bar.symbol} {bar.open_time}"
                 payloads = await self._retrying(where, action, message, stop)
-                for payload in payloads:
-                    publish = lambda p=payload: self._publish(p)  # noqa: E731
-                    await self._retrying(f"publishing {payload['id']}", publish, message, stop)
+                if payloads:
+                    publish = lambda p=payloads: self._publish(p)  # noqa: E731
+                    await self._retrying(f"publishing {len(payloads)} alert(s)", publish, message, stop)
                 await message.ack()
             except _Stopping:
                 raise
@@ -455,7 +455,7 @@ class AlertWorker:
         try:
             record = lambda: self.engine.record_many(bars, decisions)  # noqa: E731
             payloads = await self._retrying(f"storing alerts of {len(bars)} bars", record, messages[0], stop)
-            publish = lambda: asyncio.gather(*(self._publish(p) for p in payloads))  # noqa: E731
+            publish = lambda: self._publish(payloads)  # noqa: E731
             await self._retrying(f"publishing {len(payloads)} alerts", publish, messages[0], stop)
         except _Stopping:
             raise
@@ -493,18 +493,20 @@ class AlertWorker:
             return
         self.engine.counters.live_updates += 1
         try:
-            payloads = await self.engine.on_bar(bar)
-            for payload in payloads:
-                await self._publish(payload)
+            await self._publish(await self.engine.on_bar(bar))
         except (DatabaseError, InterfaceError, OSError, NatsError) as error:
             # Live updates are at most once; the final bar evaluates intrabar rules again.
             logger.warning("intrabar alert of %s not stored: %s", bar.symbol, error)
 
-    async def _publish(self, payload: dict) -> None:
-        started = time.monotonic()
-        await self.js.publish(
-            messaging.alert_subject(payload["symbol"]),
-            messaging.encode(payload),
-            headers={"Nats-Msg-Id": payload["id"]},
-        )
-        logger.debug("published %s in %.1f ms", payload["id"], (time.monotonic() - started) * 1000)
+    async def _publish(self, payloads: list[dict]) -> None:
+        """`alerts.triggered.<SYMBOL>`, pipelined in chunks; raises if JetStream did not store one (the
+        caller retries the lot: duplicates are dropped by their Nats-Msg-Id)."""
+        for start in range(0, len(payloads), PUBLISH_CHUNK):
+            chunk = payloads[start : start + PUBLISH_CHUNK]
+            futures = await messaging.publish_pipelined(
+                self.js,
+                ((messaging.alert_subject(p["symbol"]), messaging.encode(p), p["id"]) for p in chunk),
+            )
+            for error in await messaging.ack_errors(futures, PUBLISH_ACK_TIMEOUT):
+                if error is not None:
+                    raise error

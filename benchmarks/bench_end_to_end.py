@@ -65,7 +65,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def watch_finals(system: System, symbols: list[str], finals: dict, stop: asyncio.Event) -> None:
-    """Record when each (symbol, open_time) final kline leaves the emulator, 200 streams a connection."""
+    """Record when each (symbol, open_time) final kline left the emulator, 200 streams a connection."""
 
     async def one(chunk: list[str]) -> None:
         streams = "/".join(f"{s.lower()}@kline_1m" for s in chunk)
@@ -77,9 +77,12 @@ async def watch_finals(system: System, symbols: list[str], finals: dict, stop: a
                 except TimeoutError:
                     continue
                 received = time.time()
-                kline = json.loads(raw)["data"]["k"]
+                data = json.loads(raw)["data"]
+                kline = data["k"]
                 if kline["x"]:
-                    finals.setdefault((kline["s"], kline["t"]), received)
+                    # E: when the emulator sent it (its clock is the host's at speed 1); the client's own
+                    # receive time is later by however long this process took to get to the frame
+                    finals.setdefault((kline["s"], kline["t"]), (data["E"] / 1000, received))
 
     await asyncio.gather(*(one(symbols[i : i + 200]) for i in range(0, len(symbols), 200)))
 
@@ -101,43 +104,64 @@ async def watch_alerts(system: System, arrivals: dict, stop: asyncio.Event) -> N
                 )
 
 
-STAGES = ("candles.1m", "metrics.calculated", "alerts.triggered")
+STAGES = (("CANDLES", "candles.1m.>"), ("METRICS", "metrics.calculated.>"), ("ALERTS", "alerts.triggered.>"))
 
 
-async def watch_stages(system: System, stages: dict, stop: asyncio.Event) -> None:
-    """When each stage's JetStream publish of (symbol, open_time) is seen, to split the latency by process."""
+STAGE_CLOCKS = {"socket": "", "collector received": ", the candle's event_time"}
+
+
+async def stored_times(system: System, keys: set) -> dict[str, dict]:
+    """When JetStream stored each stage's message of (symbol, open_time) (its own clock, the host's):
+    read back after measuring, so splitting the latency by process adds no load while it is measured."""
     import nats
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
     nc = await nats.connect(system.servers["nats"]["url"])
-
-    def tap(stage: str):
-        async def on_message(message) -> None:
-            received = time.time()
-            payload = json.loads(message.data)
-            stages[stage].setdefault((payload["symbol"], payload["open_time"]), received)
-
-        return on_message
-
-    for stage in STAGES:
-        await nc.subscribe(f"{stage}.>", cb=tap(stage))
-    await stop.wait()
-    await nc.close()
+    stages: dict[str, dict] = {}
+    received: dict = {}
+    sources: dict[str, int] = {}
+    try:
+        js = nc.jetstream()
+        for stream, subject in STAGES:
+            seen: dict = {}
+            config = ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL)
+            subscription = await js.pull_subscribe(subject, stream=stream, config=config)
+            while True:
+                try:
+                    messages = await subscription.fetch(1000, timeout=2)
+                except TimeoutError:
+                    break
+                for message in messages:
+                    payload = json.loads(message.data)
+                    key = (payload["symbol"], payload["open_time"])
+                    if key in keys:
+                        seen.setdefault(key, message.metadata.timestamp.timestamp())
+                        if stream == "CANDLES":  # the collector's receive time (venue clock = host's)
+                            received.setdefault(key, payload["event_time"] / 1000)
+                            sources[payload["source"]] = sources.get(payload["source"], 0) + 1
+            await subscription.unsubscribe()
+            if stream == "CANDLES":
+                stages["collector received"] = received
+            stages[subject.removesuffix(".>")] = seen
+    finally:
+        await nc.close()
+    print(f"measured candles by source: {sources}")
+    return stages
 
 
 async def measure(system: System, symbols: list[str], minutes: float) -> tuple[dict, dict, dict]:
     finals: dict = {}
     arrivals: dict = {}
-    stages: dict = {stage: {} for stage in STAGES}
     stop = asyncio.Event()
     tasks = [
         asyncio.create_task(watch_finals(system, symbols, finals, stop)),
         asyncio.create_task(watch_alerts(system, arrivals, stop)),
-        asyncio.create_task(watch_stages(system, stages, stop)),
     ]
     await asyncio.sleep(minutes * 60)
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
-    return finals, arrivals, stages
+    await asyncio.sleep(5)  # the last minute's alerts are stored before the read-back
+    return finals, arrivals, await stored_times(system, set(arrivals))
 
 
 def main() -> int:
@@ -206,16 +230,18 @@ def main() -> int:
             profiler.wait(60)
     finally:
         system.stop()
-    matched = [key for key in arrivals if key in finals and arrivals[key][0] >= finals[key]]
-    latencies = [(arrivals[key][0] - finals[key]) * 1000 for key in matched]
-    decided = [(arrivals[key][1] - finals[key]) * 1000 for key in matched]  # run_alerts' triggered_at
+    sent = {key: times[0] for key, times in finals.items()}
+    matched = [key for key in arrivals if key in sent and arrivals[key][0] >= sent[key]]
+    latencies = [(arrivals[key][0] - sent[key]) * 1000 for key in matched]
+    decided = [(arrivals[key][1] - sent[key]) * 1000 for key in matched]  # run_alerts' triggered_at
+    client_late = [(finals[key][1] - sent[key]) * 1000 for key in matched]
     print(f"machine: {os.cpu_count()} cores; {args.symbols} symbols at speed 1 (2,400 frames/s at 600)")
     print(
         f"measured {elapsed:.0f} s: {len(finals)} final klines, {len(arrivals)} alerts, {len(latencies)} matched"
     )
     if latencies:
         print(
-            "final kline sent -> alert at the socket: "
+            "final kline sent (E) -> alert at the socket: "
             + ", ".join(f"p{q} {percentile(latencies, q):.0f} ms" for q in (50, 95, 99))
             + f", max {max(latencies):.0f} ms"
         )
@@ -223,15 +249,20 @@ def main() -> int:
             "  of which final kline sent -> alert decided (collector, metrics, alerts): "
             + ", ".join(f"p{q} {percentile(decided, q):.0f} ms" for q in (50, 95, 99))
         )
-        previous = finals
-        for stage in (*STAGES, "socket"):
+        print(
+            "  (the same final reached this client's own kline sockets after "
+            + ", ".join(f"p{q} {percentile(client_late, q):.0f} ms" for q in (50, 95, 99))
+            + ")"
+        )
+        previous = sent
+        for stage in ("collector received", *(subject.removesuffix(".>") for _, subject in STAGES), "socket"):
             seen = {key: arrivals[key][0] for key in matched} if stage == "socket" else stages[stage]
             steps = [(seen[key] - previous[key]) * 1000 for key in matched if key in seen and key in previous]
             if steps:
                 print(
                     f"  stage -> {stage:<20} "
                     + ", ".join(f"p{q} {percentile(steps, q):.0f} ms" for q in (50, 95, 99))
-                    + f" (n={len(steps)})"
+                    + f" (n={len(steps)}{STAGE_CLOCKS.get(stage, ', JetStream stored time')})"
                 )
             previous = seen
     print("process      CPU (% of one core)   peak RSS (MiB)")

@@ -120,30 +120,29 @@ class Publisher:
         """Send the whole batch pipelined, then collect acks; the index of the first failure, or None."""
         futures: list[asyncio.Future] = []
         failed_at: int | None = None
-        for index, candle in enumerate(batch):
+        for start in range(0, len(batch), FLUSH_EVERY):
             try:
-                future = await self.js.publish_async(
-                    messaging.candle_subject(candle.symbol),
-                    messaging.encode(candle.payload()),
-                    headers={"Nats-Msg-Id": f"{candle.symbol}:{candle.open_time}"},
-                    wait_stall=self.ack_timeout,
+                futures += await messaging.publish_pipelined(
+                    self.js,
+                    (
+                        (
+                            messaging.candle_subject(candle.symbol),
+                            messaging.encode(candle.payload()),
+                            f"{candle.symbol}:{candle.open_time}",
+                        )
+                        for candle in batch[start : start + FLUSH_EVERY]
+                    ),
                 )
             except Exception as error:
                 self._failed(error)
-                failed_at = index
+                failed_at = len(futures)  # this chunk goes again from its start (duplicates dropped by id)
                 break
-            futures.append(future)
-            if len(futures) % FLUSH_EVERY == 0:
-                await asyncio.sleep(0)  # the client's flusher writes these out while the rest are queued
-        if futures:
-            results = await asyncio.gather(
-                *(asyncio.wait_for(future, self.ack_timeout) for future in futures), return_exceptions=True
-            )
-            for index, result in enumerate(results):
-                if isinstance(result, BaseException):
-                    self._failed(result)
-                    failed_at = index if failed_at is None else min(failed_at, index)
-                    break
+            await asyncio.sleep(0)  # the client's flusher writes these out while the rest are queued
+        for index, error in enumerate(await messaging.ack_errors(futures, self.ack_timeout)):
+            if error is not None:
+                self._failed(error)
+                failed_at = index if failed_at is None else min(failed_at, index)
+                break
         done = len(futures) if failed_at is None else failed_at
         for candle in batch[:done]:
             self._published(candle)

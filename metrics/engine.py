@@ -383,22 +383,24 @@ class MetricsWorker:
 
     async def _publish(self, bars: list[Bar]) -> list[asyncio.Future]:
         """Send the bars to METRICS at once; their confirmations are awaited by `_confirm`."""
-        futures = []
-        for bar in bars:
-            futures.append(
-                await self.js.publish_async(
+        return await messaging.publish_pipelined(
+            self.js,
+            (
+                (
                     messaging.metrics_subject(bar.symbol),
                     messaging.encode(bar.payload()),
-                    headers={"Nats-Msg-Id": f"{bar.symbol}:{bar.open_time}"},
-                )  # no wait_stall: with one, every call waits in a new task, i.e. yields to the loop
-            )
-        return futures
+                    f"{bar.symbol}:{bar.open_time}",
+                )
+                for bar in bars
+            ),
+        )
 
     async def _confirm(self, published: list[asyncio.Future]) -> None:
         """Wait for JetStream to have stored the published bars; raises (→ rebuild) if one failed."""
-        if published:
-            await asyncio.gather(*(asyncio.wait_for(future, 10.0) for future in published))
-            self.stats.bars_published_total += len(published)
+        for error in await messaging.ack_errors(published, 10.0):
+            if error is not None:
+                raise error
+        self.stats.bars_published_total += len(published)
 
     async def _emit(self, bars: list[Bar], candles: list[Candle]) -> None:
         """Publish the bars now; their commit joins the pipeline (commits stay in publishing order, so the
