@@ -29,7 +29,6 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, connections
 from nats.errors import Error as NatsError
-from nats.errors import TimeoutError as NatsTimeoutError
 
 from alerts import selectors, services
 from alerts.decisions import CooldownTracker, RuleSpec, evaluate_bar
@@ -379,15 +378,7 @@ class AlertWorker:
     # --- messages -------------------------------------------------------------------------------
 
     async def _fetch_and_handle(self, subscription, stop: asyncio.Event) -> None:
-        # A long poll for the first message only, then whatever else is there: one fetch of a whole batch
-        # holds the first bar until the batch is full or the poll expires (up to a second per minute close).
-        try:
-            messages = await subscription.fetch(1, timeout=1)
-        except (TimeoutError, NatsTimeoutError):
-            return
-        if self.batch > 1:
-            with contextlib.suppress(TimeoutError, NatsTimeoutError):
-                messages += await subscription.fetch(self.batch - 1, timeout=0.02)
+        messages = await messaging.fetch_available(subscription, self.batch, poll_seconds=1.0)
         ready: list[tuple[Any, MetricsBar]] = []
         for message in messages:
             try:

@@ -2,8 +2,10 @@
 
 It subscribes (core NATS; the streams are created first, DESIGN §5) to
 
-- ``alerts.triggered.>``: each alert goes at once to the ``alerts`` group; every socket filters it for its
-  own subscription and audience (group names are ASCII and never contain a symbol);
+- ``alerts.triggered.>``: alerts go at once to the ``alerts`` group, those that arrive while the previous
+  group message is being sent together in the next one (a minute's burst of hundreds of alerts is a few
+  channel-layer round trips, not one each); every socket filters each alert for its own subscription and
+  audience (group names are ASCII and never contain a symbol);
 - ``metrics.live.>``: market rows, coalesced per symbol and sent to the ``market`` group at most once per
   tick (1 s) as only the rows that changed; the full table is kept in Redis for new subscribers;
 - ``collector.status`` (core NATS, every collector shard every 5 s): the feed status (``gateway.feed``), sent
@@ -34,10 +36,16 @@ RESYNC_GROUP = "resync"
 MARKET_ROW_MAX_AGE_SECONDS = 3600.0  # rows of symbols silent this long leave the table (delisted)
 STATUS_SUBJECT = "collector.status"  # the collector's feed heartbeat (collector/service.py)
 RECENT_ALERT_IDS = 10_000  # a republished alert (same id, e.g. run_alerts restarted) reaches clients once
+ALERTS_PER_MESSAGE = 100  # alerts in one channel-layer message at most
 
 
-def alert_message(payload: dict) -> dict:
-    return {"type": "alert.event", "alert": payload, "frame": _text({"type": "alert", "alert": payload})}
+def alerts_message(payloads: list[dict]) -> dict:
+    """One group message for several alerts, each with its socket frame encoded once."""
+    return {
+        "type": "alert.batch",
+        "alerts": payloads,
+        "frames": [_text({"type": "alert", "alert": payload}) for payload in payloads],
+    }
 
 
 def market_message(rows: list[dict]) -> dict:
@@ -117,6 +125,8 @@ class Bridge:
         self.redis_ok = True
         self.nc = None
         self.recent_ids: OrderedDict[str, None] = OrderedDict()
+        self.waiting_alerts: list[dict] = []
+        self.alert_sender: asyncio.Task | None = None
         self.counters = {
             "alerts": 0,
             "live": 0,
@@ -179,7 +189,16 @@ class Bridge:
         if len(self.recent_ids) > RECENT_ALERT_IDS:
             self.recent_ids.popitem(last=False)
         self.counters["alerts"] += 1
-        await self._group_send(ALERTS_GROUP, alert_message(payload))
+        self.waiting_alerts.append(payload)
+        if self.alert_sender is None or self.alert_sender.done():
+            self.alert_sender = asyncio.get_running_loop().create_task(self._send_alerts())
+
+    async def _send_alerts(self) -> None:
+        await asyncio.sleep(0)  # alerts read from the same socket buffer go in the first message
+        while self.waiting_alerts:
+            batch = self.waiting_alerts[:ALERTS_PER_MESSAGE]
+            del self.waiting_alerts[:ALERTS_PER_MESSAGE]
+            await self._group_send(ALERTS_GROUP, alerts_message(batch))
 
     async def _on_live(self, msg) -> None:
         payload = self._decode(msg)
@@ -270,6 +289,8 @@ class Bridge:
             if self.nc is not None:
                 try:
                     await asyncio.wait_for(self.nc.drain(), timeout=5)
+                    if self.alert_sender is not None:  # what the drain delivered reaches the sockets
+                        await asyncio.wait_for(self.alert_sender, timeout=5)
                 except Exception as error:  # the bus may be away at shutdown
                     logger.info("gateway: NATS drain at stop: %s", error)
                     await self.nc.close()

@@ -432,16 +432,17 @@ class AlertsConsumer(AsyncWebsocketConsumer):
 
     # --- events from the bridge ---------------------------------------------------------------------------
 
-    async def alert_event(self, event: dict) -> None:
-        if self.closed:
-            return
-        alert = event["alert"]
-        if not self.subscription.matches(alert) or alert.get("id") in self.snapshot_ids:
-            return
-        if time.monotonic() - self.audience_loaded_at > settings.WS_AUDIENCE_REFRESH_SECONDS:
-            await self._load_audience()
-        if self.audience.is_visible(alert):
-            await self._enqueue(event.get("frame") or _text({"type": "alert", "alert": alert}))
+    async def alert_batch(self, event: dict) -> None:
+        """Alerts from the bridge (`alerts_message`): each one this socket subscribed to and may see."""
+        for alert, frame in zip(event["alerts"], event["frames"], strict=True):
+            if self.closed:
+                return
+            if not self.subscription.matches(alert) or alert.get("id") in self.snapshot_ids:
+                continue
+            if time.monotonic() - self.audience_loaded_at > settings.WS_AUDIENCE_REFRESH_SECONDS:
+                await self._load_audience()
+            if self.audience.is_visible(alert):
+                await self._enqueue(frame)
 
     async def market_rows(self, event: dict) -> None:
         if self.closed or not self.subscription.market:

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 
 from asgiref.sync import sync_to_async
 from django.db import connections
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from cryptomon import messaging
@@ -56,7 +55,6 @@ class WorkerConfig:
     live_interval_seconds: float = 1.0
     batch_size: int = 1000
     fetch_timeout_seconds: float = 0.5  # the wait for a batch's first message (a long poll)
-    drain_timeout_seconds: float = 0.02  # the wait for more once one has come
     commit_queue: int = 8  # published batches whose commit may be pending at once
     ack_wait_seconds: float = 60.0
     universe_refresh_seconds: float = 30.0
@@ -291,19 +289,9 @@ class MetricsWorker:
         return await self.js.pull_subscribe_bind(self.shard.consumer_name(kind), "CANDLES")
 
     async def _fetch(self, subscription) -> list:
-        """What is there, as soon as something is: a long poll for the first message, then what else is
-        available (a single fetch of a whole batch would hold the first message until the batch is full or
-        its timeout expires)."""
-        try:
-            messages = await subscription.fetch(1, timeout=self.config.fetch_timeout_seconds)
-        except (TimeoutError, NatsTimeoutError):
-            return []
-        if self.config.batch_size > 1:
-            with contextlib.suppress(TimeoutError, NatsTimeoutError):
-                messages += await subscription.fetch(
-                    self.config.batch_size - 1, timeout=self.config.drain_timeout_seconds
-                )
-        return messages
+        return await messaging.fetch_available(
+            subscription, self.config.batch_size, self.config.fetch_timeout_seconds
+        )
 
     def _parse(self, messages: list, acked: bool = True) -> tuple[list, list[Candle]]:
         """(messages to ack, candles); a bad message is logged and terminated, never redelivered forever."""

@@ -120,9 +120,11 @@ async def test_the_bridge_creates_the_streams_forwards_alerts_and_coalesces_mark
         nc, js = await messaging.connect_jetstream("test-publisher", private_nats.url)
         assert (await js.stream_info("ALERTS")).config.subjects == ["alerts.triggered.>"]
         await js.publish("alerts.triggered.BTCUSDT", messaging.encode(alert()))
-        event = await listener.next("alert.event")
-        assert event["alert"] == alert()
-        assert messaging.decode(event["frame"].encode()) == {"type": "alert", "alert": alert()}
+        event = await listener.next("alert.batch")
+        assert event["alerts"] == [alert()]
+        assert [messaging.decode(f.encode()) for f in event["frames"]] == [
+            {"type": "alert", "alert": alert()}
+        ]
 
         for price in (1.0, 2.0, 3.0):  # three updates inside one tick → one row, the newest
             await nc.publish("metrics.live.BTCUSDT", messaging.encode(live("BTCUSDT", price)))
@@ -153,10 +155,29 @@ async def test_the_bridge_creates_the_streams_forwards_alerts_and_coalesces_mark
         await js.publish("alerts.triggered.BTCUSDT", messaging.encode({"v": 1, "symbol": "BTCUSDT"}))
         await js.publish("alerts.triggered.BTCUSDT", messaging.encode(alert()))  # a duplicate id
         await js.publish("alerts.triggered.ETHUSDT", messaging.encode(alert("ETHUSDT")))
-        event = await listener.next("alert.event")
-        assert event["alert"]["symbol"] == "ETHUSDT"  # bad ones dropped, the duplicate reached nobody
+        event = await listener.next("alert.batch")
+        assert [a["symbol"] for a in event["alerts"]] == ["ETHUSDT"]  # bad ones dropped, the duplicate too
         assert gateway.counters["bad"] == 3 and gateway.counters["duplicates"] == 1
         await nc.close()
+
+
+async def test_a_burst_of_alerts_reaches_the_sockets_complete_in_order_in_few_messages(private_nats):
+    listener = await Listener().join(bridge.ALERTS_GROUP)
+    gateway = bridge.Bridge(get_channel_layer(), nats_url=private_nats.url, tick_seconds=0.2)
+    burst = [alert(f"S{i:03d}USDT") for i in range(250)]
+    async with running(gateway):
+        nc, js = await messaging.connect_jetstream("test-publisher", private_nats.url)
+        futures = await messaging.publish_pipelined(
+            js, ((f"alerts.triggered.{a['symbol']}", messaging.encode(a), a["id"]) for a in burst)
+        )
+        assert await messaging.ack_errors(futures, 10) == [None] * len(burst)
+        messages: list[dict] = []
+        while sum(len(m["alerts"]) for m in messages) < len(burst):
+            messages.append(await listener.next("alert.batch"))
+        await nc.close()
+    assert [a["id"] for m in messages for a in m["alerts"]] == [a["id"] for a in burst]
+    assert all(len(m["alerts"]) == len(m["frames"]) <= bridge.ALERTS_PER_MESSAGE for m in messages)
+    assert len(messages) < len(burst) / 10  # batched, not one channel-layer message per alert
 
 
 @pytest.mark.django_db(transaction=True, databases=["default", "timeseries"])
@@ -225,7 +246,7 @@ async def test_the_bridge_starts_before_nats_and_connects_when_it_comes_up(priva
             await asyncio.sleep(0.05)
     nc, js = await messaging.connect_jetstream("test-publisher", private_nats.url)
     await js.publish("alerts.triggered.BTCUSDT", messaging.encode(alert()))
-    assert (await listener.next("alert.event"))["alert"]["id"] == alert()["id"]
+    assert [a["id"] for a in (await listener.next("alert.batch"))["alerts"]] == [alert()["id"]]
     await nc.close()
     stop.set()
     await asyncio.wait_for(task, 15)
@@ -288,7 +309,7 @@ def test_run_gateway_bridges_until_sigterm(redis_client, jetstream):
                 # a new id each time: the bridge drops a repeated one
                 await js.publish("alerts.triggered.BTCUSDT", messaging.encode(alert(open_time=attempt)))
                 try:
-                    event = await listener.next("alert.event", timeout=0.5)
+                    event = await listener.next("alert.batch", timeout=0.5)
                     break
                 except TimeoutError:
                     continue
@@ -305,7 +326,7 @@ def test_run_gateway_bridges_until_sigterm(redis_client, jetstream):
     )
     try:
         event = asyncio.run(scenario(process))
-        assert event["alert"]["symbol"] == "BTCUSDT"
+        assert [a["symbol"] for a in event["alerts"]] == ["BTCUSDT"]
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=20)
         assert process.returncode == 0, output

@@ -86,7 +86,7 @@ def store(p: dict) -> dict:
 
 async def publish(p: dict) -> None:
     """What the bridge does with an `alerts.triggered` message."""
-    await get_channel_layer().group_send(bridge.ALERTS_GROUP, bridge.alert_message(p))
+    await get_channel_layer().group_send(bridge.ALERTS_GROUP, bridge.alerts_message([p]))
 
 
 async def open_socket(headers, app=application) -> WebsocketCommunicator:

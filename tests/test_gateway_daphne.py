@@ -104,7 +104,7 @@ async def test_under_daphne_a_client_that_stops_reading_is_closed_with_4008(daph
     # 12 MB: more than the kernel buffers on both ends of a loopback connection hold (4 MB each here).
     flood = [payload(symbol=f"S{n}USDT", description="x" * 20_000) for n in range(600)]
     for alert in flood:
-        await layer.group_send(bridge.ALERTS_GROUP, bridge.alert_message(alert))
+        await layer.group_send(bridge.ALERTS_GROUP, bridge.alerts_message([alert]))
     async with asyncio.timeout(60):  # the server gave up on the socket: its slot is released
         while await consumers.open_sockets(me.pk):
             await asyncio.sleep(0.1)
@@ -123,7 +123,7 @@ async def test_under_daphne_a_reading_client_gets_every_alert_and_big_frames_get
     layer = get_channel_layer()
     sent = [payload(symbol=f"S{n}USDT") for n in range(100)]
     for alert in sent:
-        await layer.group_send(bridge.ALERTS_GROUP, bridge.alert_message(alert))
+        await layer.group_send(bridge.ALERTS_GROUP, bridge.alerts_message([alert]))
     got = []
     async with asyncio.timeout(30):
         while len(got) < len(sent):
