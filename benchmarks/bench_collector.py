@@ -130,7 +130,6 @@ async def bench_end_to_end(symbols: int, seconds: float, speed: float) -> dict:
         )
         collector = Collector(config)
         latencies: list[float] = []
-        original = collector.publisher._published if False else None  # noqa: F841
 
         task = asyncio.create_task(collector.run())
         await asyncio.wait_for(collector.started.wait(), 60)

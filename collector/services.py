@@ -30,27 +30,44 @@ def record_universe(
     now = _dt(now_ms)
     starts = starts or {}
     result: dict[str, int] = {}
+    created: list[Symbol] = []
+    changed: list[Symbol] = []
     with transaction.atomic(using="timeseries"):
         existing = {row.symbol: row for row in Symbol.objects.select_for_update().all()}
         for symbol, info in listed.items():
             row = existing.get(symbol)
             onboard = info.get("onboardDate")
             onboard_dt = _dt(int(onboard)) if onboard else None
+            fields = {
+                "status": info.get("status", "TRADING"),
+                "contract_type": info.get("contractType", ""),
+                "base_asset": info.get("baseAsset", ""),
+                "quote_asset": info.get("quoteAsset", ""),
+                "onboard_date": onboard_dt,
+                "trading": True,
+            }
             if row is None:
                 # Unknown onboard date: the venue's klines themselves tell where history begins.
                 begin = _dt(starts[symbol]) if symbol in starts else (onboard_dt or _dt(0))
-                row = Symbol(symbol=symbol, first_seen=now, history_start=min(begin, now))
-            elif not row.trading:
-                row.history_start = _dt(starts.get(symbol, now_ms))
-            row.status = info.get("status", "TRADING")
-            row.contract_type = info.get("contractType", "")
-            row.base_asset = info.get("baseAsset", "")
-            row.quote_asset = info.get("quoteAsset", "")
-            row.onboard_date = onboard_dt
-            row.last_seen = now
-            row.trading = True
-            row.save(using="timeseries")
+                row = Symbol(
+                    symbol=symbol, first_seen=now, last_seen=now, history_start=min(begin, now), **fields
+                )
+                created.append(row)
+            elif not row.trading or any(getattr(row, name) != value for name, value in fields.items()):
+                if not row.trading:
+                    row.history_start = _dt(starts.get(symbol, now_ms))
+                for name, value in fields.items():
+                    setattr(row, name, value)
+                changed.append(row)
             result[symbol] = int(row.history_start.timestamp() * 1000)
+        # A refresh usually changes nothing but last_seen: one statement, not a save per symbol (a save
+        # loop held the collector's event loop for a second at 600 symbols).
+        Symbol.objects.bulk_create(created)
+        for row in changed:
+            row.save(using="timeseries")
+        seen = [symbol for symbol in listed if symbol in existing]
+        if seen:
+            Symbol.objects.filter(symbol__in=seen).update(last_seen=now)
         gone = [
             symbol
             for symbol, row in existing.items()
