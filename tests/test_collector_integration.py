@@ -341,3 +341,35 @@ def _store(model, candles: list[dict]) -> None:
             for c in candles
         ]
     )
+
+
+def test_the_symbols_table_follows_listings_delistings_and_a_return_to_trading():
+    from collector.models import Symbol
+    from collector.services import record_universe
+
+    def info(status: str = "TRADING", onboard: int = 1_600_000_000_000) -> dict:
+        return {
+            "status": status,
+            "contractType": "PERPETUAL",
+            "baseAsset": "X",
+            "quoteAsset": "USDT",
+            "onboardDate": onboard,
+        }
+
+    minute = 60_000
+    t1, t2, t3 = 1_700_000_000_000, 1_700_000_000_000 + 10 * minute, 1_700_000_000_000 + 20 * minute
+    first = record_universe({"AAAUSDT": info(), "BBBUSDT": info()}, t1)
+    assert first == {"AAAUSDT": 1_600_000_000_000, "BBBUSDT": 1_600_000_000_000}  # history from listing
+
+    record_universe({"AAAUSDT": info()}, t2)  # BBB delisted
+    rows = {row.symbol: row for row in Symbol.objects.all()}
+    assert rows["BBBUSDT"].trading is False and rows["BBBUSDT"].status == "NOT_LISTED"
+    assert rows["AAAUSDT"].last_seen == datetime.fromtimestamp(t2 / 1000, UTC)
+    assert rows["AAAUSDT"].first_seen == datetime.fromtimestamp(t1 / 1000, UTC)
+
+    back = record_universe({"AAAUSDT": info(), "BBBUSDT": info()}, t3, starts={"BBBUSDT": t3 - minute})
+    assert back["BBBUSDT"] == t3 - minute  # a new history from when it came back, not its listing
+    assert back["AAAUSDT"] == 1_600_000_000_000
+    returned = Symbol.objects.get(symbol="BBBUSDT")
+    assert returned.trading is True and returned.status == "TRADING"
+    assert returned.last_seen == datetime.fromtimestamp(t3 / 1000, UTC)
