@@ -116,13 +116,13 @@ def record_many(bars: Iterable[tuple], triggered_at: datetime | None = None) -> 
             columns = {name: [row[name] for row in chunk] for name in _COLUMNS}
             cursor.execute(_INSERT, {**columns, "triggered_at": triggered_at})
             created.update({(rule, symbol, time): id_ for id_, rule, symbol, time in cursor.fetchall()})
+        late_by_key = {(row["rule"], row["symbol"], row["time"]): row["late"] for row in candidates}
         missed = [row for row in candidates if (row["rule"], row["symbol"], row["time"]) not in created]
         stored = _stored_for_bars(missed)
         notified = [
-            OutboxEntry(alert_id=created[key])
-            for row in candidates
-            if (key := (row["rule"], row["symbol"], row["time"])) in created
-            and (not row["late"] or settings.ALERTS_NOTIFY_LATE)
+            OutboxEntry(alert_id=alert_id)
+            for key, alert_id in created.items()
+            if not late_by_key[key] or settings.ALERTS_NOTIFY_LATE
         ]
         if notified:
             OutboxEntry.objects.using(TS).bulk_create(notified)
@@ -130,6 +130,7 @@ def record_many(bars: Iterable[tuple], triggered_at: datetime | None = None) -> 
             # stuck-outbox sweep queues it later
             transaction.on_commit(lambda: enqueue_after_commit(notified), using=TS, robust=True)
     results: list[Recorded] = []
+    counted: set[tuple[str, str, datetime]] = set()  # the same bar twice in one call is created once
     by_bar = iter(candidates)
     for rules, symbol, *_ in bars:
         payloads: list[dict] = []
@@ -139,7 +140,8 @@ def record_many(bars: Iterable[tuple], triggered_at: datetime | None = None) -> 
             row = next(by_bar)
             key = (row["rule"], symbol, row["time"])
             if key in created:
-                count += 1
+                count += key not in counted
+                counted.add(key)
                 alert = AlertHistory(
                     id=created[key],
                     triggered_at=triggered_at,

@@ -292,10 +292,14 @@ def test_a_burst_recorded_at_once_keeps_each_symbols_cooldown_and_republishes_on
     assert first[2].blocked == {"pump": T0}
     assert OutboxEntry.objects.count() == 2
 
+    twice = ([rule], "SOLUSDT", T0, 3.0, metrics, False)
+    assert [r.created for r in services.record_many([twice, twice])] == [1, 0]  # one alert, one outbox row
+    assert OutboxEntry.objects.count() == 3
+
     again = services.record_many(burst[:2])  # a redelivery after a crash between commit and publish
     assert [r.created for r in again] == [0, 0]
     assert [p["id"] for r in again for p in r.payloads] == [f"pump:BTCUSDT:{T0}", f"pump:ETHUSDT:{T0}"]
-    assert AlertHistory.objects.count() == 2 and OutboxEntry.objects.count() == 2
+    assert AlertHistory.objects.count() == 3 and OutboxEntry.objects.count() == 3
 
 
 async def test_a_failed_write_is_retried_and_the_bar_is_not_lost(jetstream, rules, caplog):
