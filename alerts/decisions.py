@@ -87,6 +87,22 @@ class RuleSpec:
             compiled=compile_rule(expression),
         )
 
+    @classmethod
+    def of(cls, rule: Any) -> RuleSpec:
+        """A stored `AlertRule` or a `Preset` (anything with the §6 rule fields) compiled; a preset has no
+        owner."""
+        return cls.build(
+            rule.slug,
+            rule.expression,
+            name=rule.name,
+            description=rule.description,
+            severity=rule.severity,
+            direction=rule.direction,
+            mode=rule.mode,
+            cooldown_seconds=rule.cooldown_seconds,
+            owner_id=getattr(rule, "owner_id", None),
+        )
+
 
 class CooldownTracker:
     """Per (rule slug, symbol): the open time (ms) of the newest bar the rule fired on.

@@ -64,17 +64,7 @@ class AlertRule(models.Model):
         (raises RuleError when the stored expression does not compile)."""
         from alerts.decisions import RuleSpec
 
-        return RuleSpec.build(
-            self.slug,
-            self.expression,
-            name=self.name,
-            description=self.description,
-            severity=self.severity,
-            direction=self.direction,
-            mode=self.mode,
-            cooldown_seconds=self.cooldown_seconds,
-            owner_id=self.owner_id,
-        )
+        return RuleSpec.of(self)
 
     def clean(self) -> None:
         from alerts.rule_language import RuleError, compile_rule

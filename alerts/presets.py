@@ -9,7 +9,6 @@ from functools import cache
 from types import MappingProxyType
 
 from alerts.decisions import RuleSpec
-from alerts.rule_language import compile_rule
 
 __all__ = ["PRESETS", "PRESETS_BY_SLUG", "Preset", "preset_specs"]
 
@@ -30,17 +29,7 @@ class Preset:
 
     def spec(self) -> RuleSpec:
         """This preset compiled, as the engines and the backtest use it."""
-        return RuleSpec(
-            slug=self.slug,
-            name=self.name,
-            description=self.description,
-            severity=self.severity,
-            direction=self.direction,
-            mode=self.mode,
-            cooldown_seconds=self.cooldown_seconds,
-            owner_id=None,
-            compiled=compile_rule(self.expression),
-        )
+        return RuleSpec.of(self)
 
 
 PRESETS: tuple[Preset, ...] = (
