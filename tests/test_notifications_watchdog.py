@@ -221,7 +221,8 @@ async def test_an_old_message_of_another_shard_is_not_counted_as_this_shards_lag
     await js.publish("candles.1m.BBBUSDT", b'{"v":1}')
     await asyncio.sleep(1.3)
     await js.publish("candles.1m.CCCUSDT", b'{"v":1}')
-    for _ in range(100):  # the server counts a new message into a consumer's pending a moment after storing it
+    # The server counts a new message into a consumer's pending a moment after storing it.
+    for _ in range(100):
         if (await js.consumer_info("CANDLES", "metrics-p0of2")).num_pending:
             break
         await asyncio.sleep(0.05)
