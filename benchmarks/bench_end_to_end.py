@@ -164,6 +164,24 @@ async def measure(system: System, symbols: list[str], minutes: float) -> tuple[d
     return finals, arrivals, await stored_times(system, set(arrivals))
 
 
+def print_timeline(sent: dict, stages: dict, sockets: dict) -> None:
+    """When each stage had the first, the median and the last message of a minute's burst, counted from the
+    burst's first final kline sent: shows whether the stages overlap (a pipeline) or take turns."""
+    bursts: dict[int, float] = {}
+    for (_, open_time), at in sent.items():
+        bursts[open_time] = min(at, bursts.get(open_time, at))
+    print("  timeline of a burst (ms after its first final was sent; first / median / last, median burst):")
+    for stage, seen in (("final sent", sent), *stages.items(), ("socket", sockets)):
+        marks: list[tuple[float, float, float]] = []
+        for open_time, start in bursts.items():
+            offsets = sorted((at - start) * 1000 for key, at in seen.items() if key[1] == open_time)
+            if len(offsets) > 1:
+                marks.append((offsets[0], offsets[len(offsets) // 2], offsets[-1]))
+        if marks:
+            first, median, last = (sorted(column)[len(column) // 2] for column in zip(*marks, strict=True))
+            print(f"    {stage:<20} {first:6.0f} {median:6.0f} {last:6.0f}  (n={len(marks)} bursts)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--symbols", type=int, default=600)
@@ -265,6 +283,7 @@ def main() -> int:
                     + f" (n={len(steps)}{STAGE_CLOCKS.get(stage, ', JetStream stored time')})"
                 )
             previous = seen
+        print_timeline(sent, stages, {key: arrivals[key][0] for key in matched})
     print("process      CPU (% of one core)   peak RSS (MiB)")
     for name in pids:
         role = " (load generator)" if name == "emulator" else ""
