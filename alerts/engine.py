@@ -34,7 +34,7 @@ from alerts import selectors, services
 from alerts.decisions import CooldownTracker, RuleSpec, evaluate_bar
 from alerts.rule_language import RuleError
 from alerts.vectorized import VectorRule, decide_symbols
-from cryptomon import messaging
+from cryptomon import heap, messaging
 
 logger = logging.getLogger(__name__)
 
@@ -299,6 +299,7 @@ class AlertWorker:
                 asyncio.create_task(
                     self._every(settings.ALERTS_UNIVERSE_REFRESH_SECONDS, self._update_consumer)
                 ),
+                asyncio.create_task(heap.keep_collections_short("run_alerts")),
             ]
             if started:
                 started()

@@ -24,7 +24,7 @@ from collector.publisher import Publisher
 from collector.rest import RestClient, RestError
 from collector.sequencer import Sequencer
 from collector.universe import CONTRACT_STREAM, Universe
-from cryptomon import messaging
+from cryptomon import heap, messaging
 
 logger = logging.getLogger(__name__)
 
@@ -199,6 +199,7 @@ class Collector:
             self.sequencer.run_hole_scan(cfg.hole_scan_seconds),
             rest.run_time_sync(),
             self._report_status(),
+            heap.keep_collections_short("run_collector"),
         ]
         self._tasks = [asyncio.create_task(loop) for loop in loops]
         self.started.set()

@@ -16,6 +16,7 @@ django_application = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 
+from cryptomon.heap import freeze_long_lived  # noqa: E402
 from cryptomon.websocket_routes import websocket_urlpatterns  # noqa: E402
 from gateway.flow import FlowControlMiddleware  # noqa: E402
 
@@ -27,3 +28,4 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+freeze_long_lived()  # Django and the routes stay loaded for the process's life: out of every full collection

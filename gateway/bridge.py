@@ -24,7 +24,7 @@ import logging
 import time
 from collections import OrderedDict
 
-from cryptomon import messaging
+from cryptomon import heap, messaging
 from gateway import feed
 
 logger = logging.getLogger(__name__)
@@ -275,6 +275,7 @@ class Bridge:
     async def run(self, stop: asyncio.Event) -> None:
         await self.connect()
         logger.info("gateway: bridging alerts.triggered.>, metrics.live.>, %s", STATUS_SUBJECT)
+        freezer = asyncio.create_task(heap.keep_collections_short("run_gateway"))
         try:
             while not stop.is_set():
                 started = time.monotonic()
@@ -286,6 +287,7 @@ class Bridge:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=max(0.0, remaining))
         finally:
+            freezer.cancel()
             if self.nc is not None:
                 try:
                     await asyncio.wait_for(self.nc.drain(), timeout=5)

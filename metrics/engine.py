@@ -31,7 +31,7 @@ from asgiref.sync import sync_to_async
 from django.db import connections
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from cryptomon import messaging
+from cryptomon import heap, messaging
 from metrics import selectors, services
 from metrics.candles import MINUTE_MS, Candle, decode_payload
 from metrics.ordering import BarSequencer
@@ -43,6 +43,7 @@ BARS_KIND = "metrics"
 STORE_KIND = "metrics-store"
 LIVE_GRACE_MS = 10_000
 BARS_FIRST_SECONDS = 0.2  # how long storage work defers to a batch of bars being made
+BARS_QUIET_SECONDS = 0.025  # ...and to the next batch of the same burst
 PUBLISH_CHUNK = 50  # candles made into bars (or previews) and sent before the loop yields
 
 
@@ -120,6 +121,8 @@ class MetricsWorker:
         # Set while the bar consumer has no batch in hand: storage work waits for it, so bars go out first.
         self._bars_idle = asyncio.Event()
         self._bars_idle.set()
+        self._bars_done_at = 0.0  # loop time when the bar consumer last finished a batch
+        self._bars_backlogged = False  # its last fetch filled a batch: catching up, not live
         self._stored: dict[str, int] = {}  # per symbol the newest bar in metrics_calculated, at start
         self.nc = self.js = None
 
@@ -163,6 +166,7 @@ class MetricsWorker:
             asyncio.create_task(self._commit_loop()),
             asyncio.create_task(self._store_loop()),
             asyncio.create_task(self._tick_loop()),
+            asyncio.create_task(heap.keep_collections_short("run_metrics")),  # after the warm-up
         ]
         live = await self.nc.subscribe("candles.live.>", cb=self._on_live)
         try:
@@ -318,11 +322,13 @@ class MetricsWorker:
             messages = await self._fetch(subscription)
             if not messages:
                 continue
+            self._bars_backlogged = len(messages) >= self.config.batch_size
             self._bars_idle.clear()
             try:
                 published, candles, bars, acks = await self._make_bars(messages)
             finally:
                 self._bars_idle.set()
+                self._bars_done_at = asyncio.get_running_loop().time()
             # The commit (and then the ack) follows in order in `_commit_loop`; the next batch goes on.
             await self._commits.put((published, candles, bars, acks))
 
@@ -365,9 +371,23 @@ class MetricsWorker:
             await _ack(messages)
 
     async def _after_bars(self) -> None:
-        """Let the bar consumer's batch in hand go first (bounded: it may itself wait for the queue)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._bars_idle.wait(), BARS_FIRST_SECONDS)
+        """Storage waits while bars are being made and, when live, until the bar consumer has been quiet
+        for BARS_QUIET_SECONDS: a minute's burst arrives in several batches, and a storing thread between
+        them takes the GIL from them. Bounded by BARS_FIRST_SECONDS; in a catch-up (full batches) only the
+        batch in hand is waited for, so storage keeps pace."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + BARS_FIRST_SECONDS
+        while (left := deadline - loop.time()) > 0:
+            if not self._bars_idle.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._bars_idle.wait(), left)
+                if self._bars_backlogged:
+                    return
+                continue
+            quiet = self._bars_done_at + BARS_QUIET_SECONDS - loop.time()
+            if self._bars_backlogged or quiet <= 0:
+                return
+            await asyncio.sleep(min(quiet, left))
 
     async def _publish(self, bars: list[Bar]) -> list[asyncio.Future]:
         """Send the bars to METRICS at once; their confirmations are awaited by `_confirm`."""
