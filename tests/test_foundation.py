@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,9 +18,9 @@ from cryptomon import embedded, messaging
 from cryptomon.routers import TimeseriesRouter
 from metrics.models import Candle, MetricBar
 from tests.conftest import ROOT, run_manage
+from tests.contract_docs import kline_presets
 
 BOTH = ["default", "timeseries"]
-DESIGN = ROOT.parent / "shared" / "DESIGN.md"
 
 
 def _tables(alias: str) -> set[str]:
@@ -75,15 +74,6 @@ def test_the_composite_keys_refuse_a_second_candle_for_the_same_minute():
     assert Candle.objects.filter(symbol="我踏马来了USDT").count() == 1
 
 
-def _design_presets() -> list[tuple[str, ...]]:
-    rows = []
-    for line in DESIGN.read_text().splitlines():
-        match = re.match(r"\| `(futures_[a-z0-9_]+)` \| (.+?) — (.+?) \| `(.+)` \|$", line)
-        if match:
-            rows.append(match.groups())
-    return rows
-
-
 @pytest.mark.django_db
 def test_the_ten_presets_exist_exactly_as_designed():
     from importlib import import_module
@@ -91,8 +81,9 @@ def test_the_ten_presets_exist_exactly_as_designed():
     frozen = import_module("alerts.migrations.0002_presets").PRESETS
     rules = {rule.slug: rule for rule in AlertRule.objects.filter(owner=None)}
     assert len(rules) == 10
-    expected = _design_presets() if DESIGN.exists() else [(s, n, d, e) for s, n, d, e, *_ in frozen]
+    expected = kline_presets()
     assert len(expected) == 10
+    assert expected == [(s, n, d, e) for s, n, d, e, *_ in frozen]
     for slug, name, description, expression in expected:
         rule = rules[slug]
         assert (rule.name, rule.description, rule.expression) == (name, description, expression)

@@ -1,19 +1,15 @@
-"""The 10 presets of DESIGN §8: exactly as designed, and each one's verdict on hand-built markets."""
+"""The 10 presets of docs/contract.md §8: exactly as designed, and each one's verdict on hand-built markets."""
 
 from __future__ import annotations
-
-import re
-from pathlib import Path
 
 import pytest
 
 from alerts.decisions import RuleSpec
 from alerts.presets import PRESETS, PRESETS_BY_SLUG, preset_specs
 from alerts.rule_language import compile_rule
+from tests.contract_docs import kline_presets
 
-DESIGN = Path(__file__).resolve().parents[2] / "shared" / "DESIGN.md"
-
-# A literal copy of the §8 table, so the check still bites where ../shared is absent.
+# A literal copy of the §8 table: the presets, the docs and this list must all agree.
 EXPECTED = [
     (
         "futures_big_bull_60",
@@ -78,24 +74,14 @@ EXPECTED = [
 ]
 
 
-def _design_table() -> list[tuple[str, ...]]:
-    rows = []
-    for line in DESIGN.read_text(encoding="utf-8").splitlines():
-        match = re.match(r"\| `(futures_[a-z0-9_]+)` \| (.+?) — (.+?) \| `(.+)` \|$", line)
-        if match:
-            rows.append(match.groups())
-    return rows
-
-
 def test_the_presets_are_the_ten_rules_of_the_design_character_for_character():
     actual = [(p.slug, p.name, p.description, p.expression) for p in PRESETS]
     assert actual == EXPECTED
 
 
-@pytest.mark.skipif(not DESIGN.exists(), reason="DESIGN.md is not beside the repository")
-def test_the_presets_match_the_table_in_design_md():
+def test_the_presets_match_the_table_in_the_contract_docs():
     actual = [(p.slug, p.name, p.description, p.expression) for p in PRESETS]
-    assert actual == _design_table()
+    assert actual == kline_presets()
 
 
 def test_severity_direction_and_the_rest_follow_the_design():
