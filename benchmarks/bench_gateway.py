@@ -36,12 +36,6 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # --- publisher (its own process, so client load cannot delay publishing) -----------------------------
 
 
@@ -248,7 +242,7 @@ def main() -> int:
         log = (var_dir / "servers.log").open("ab")
         for layer in args.layers.split(","):
             env = {**os.environ, "CHANNEL_LAYER": layer}
-            port = free_port()
+            port = embedded.free_port()
             web = subprocess.Popen(
                 [
                     sys.executable,

@@ -25,6 +25,7 @@ _HELP = {
     "collector_age_replacements_total": ("counter", "connections replaced before their 24 h close"),
     "collector_publish_failures_total": ("counter", "JetStream publishes that failed and were retried"),
     "collector_live_published_total": ("counter", "candles.live messages sent"),
+    "collector_live_dropped_total": ("counter", "candles.live messages dropped while NATS was away"),
     "collector_connections": ("gauge", "open WebSocket connections"),
     "collector_streams": ("gauge", "kline streams subscribed"),
     "collector_symbols": ("gauge", "symbols in the universe of this shard"),

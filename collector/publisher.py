@@ -54,6 +54,7 @@ class Publisher:
         self._starved = False
         self._live_sent: dict[str, float] = {}
         self._live_waiting: dict[str, Candle] = {}
+        self.live_frames = messaging.LiveFrames(nc, "collector")
         self.newest_published: dict[str, int] = {}
         self.last_event_time = 0
         self.last_open_time = 0
@@ -179,19 +180,15 @@ class Publisher:
 
     def _send_live(self, candle: Candle, now: float) -> None:
         self._live_sent[candle.symbol] = now
-        if not self.nc.is_connected:
-            return
         asyncio.get_running_loop().create_task(self._publish_live(candle))
 
     async def _publish_live(self, candle: Candle) -> None:
-        try:  # core NATS: buffered by the client, no round trip
-            await self.nc.publish(
-                messaging.candle_live_subject(candle.symbol), messaging.encode(candle.payload(live=True))
-            )
-        except Exception as error:  # a live update may be lost, never a final candle
-            logger.debug("live publish skipped: %s", error)
-            return
-        self.stats.inc("collector_live_published_total")
+        """Core NATS, no round trip; a live update may be lost (counted), never a final candle."""
+        subject = messaging.candle_live_subject(candle.symbol)
+        if await self.live_frames.publish(subject, messaging.encode(candle.payload(live=True))):
+            self.stats.inc("collector_live_published_total")
+        else:
+            self.stats.inc("collector_live_dropped_total")
 
     async def run_live(self) -> None:
         tick = min(0.2, self.live_interval / 4)

@@ -356,7 +356,7 @@ class Collector:
                 last_log = time.monotonic()
                 logger.info(
                     "feed: %d/%d symbols live, %d connections, lag %s ms, %d buffered, %d backfilling, "
-                    "%d frames, %d invalid, REST weight %d",
+                    "%d frames, %d invalid, %d live dropped, REST weight %d",
                     status["symbols_live"],
                     status["symbols"],
                     status["connections"],
@@ -365,6 +365,7 @@ class Collector:
                     status["backfilling"],
                     self.stats.total("collector_frames_total"),
                     self.stats.total("collector_invalid_frames_total"),
+                    self.stats.total("collector_live_dropped_total"),
                     self.rest.limiter.used,
                 )
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -40,8 +41,36 @@ def default_var_dir() -> Path:
     return Path(os.environ.get("CRYPTOMON_VAR_DIR") or BASE_DIR / "var")
 
 
+LOWEST_PICKED_PORT = 10_000
+
+
+def _ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range for the local ends of outgoing connections (Linux; the usual default elsewhere)."""
+    try:
+        low, high = (int(part) for part in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
+
+
 def free_port() -> int:
-    """A free loopback port, so servers already on the machine's standard ports never matter."""
+    """A free loopback port for a server we start, and may restart at the same address.
+
+    Not from bind(0): that port lies in the ephemeral range, which the kernel also hands out as the local
+    end of any outgoing connection on the machine, so between this pick and the server's bind (or while a
+    server is down for a restart) another process could take it. A port below that range is taken only by
+    an explicit bind; it is picked at random (parallel jobs rarely pick the same) and checked free. Servers
+    already on the machine's standard ports never matter."""
+    low, _ = _ephemeral_ports()
+    candidates = low - LOWEST_PICKED_PORT
+    for _ in range(100 if candidates > 1000 else 0):
+        port = LOWEST_PICKED_PORT + secrets.randbelow(candidates)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

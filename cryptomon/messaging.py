@@ -15,7 +15,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy, DiscardPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +188,51 @@ async def connect_jetstream(name: str, url: str | None = None, **options) -> tup
     return nc, js
 
 
+class LiveFrames:
+    """Core-NATS publishes of live frames (`candles.live`, `metrics.live`): best effort by design.
+
+    While the client is not connected a frame is dropped, not buffered: nats-py's pending buffer is shared
+    with the JetStream publishes of final candles and bars (a long outage would fill it with previews and
+    then refuse those), and previews replayed after a reconnect are stale anyway. Every drop is counted
+    (`dropped_total`, in the worker's status line) and each outage is logged once when the first frame is
+    dropped and once when frames flow again, with how many were lost."""
+
+    def __init__(self, nc: NATS, name: str):
+        self.nc = nc
+        self.name = name
+        self.published_total = 0
+        self.dropped_total = 0
+        self._outage_dropped: int | None = None  # frames dropped in the current outage, None = none
+
+    async def publish(self, subject: str, payload: bytes) -> bool:
+        if self.nc.is_connected:
+            try:
+                await self.nc.publish(subject, payload)
+            except Exception as error:  # e.g. the connection dropped between the check and the write
+                self._drop(error)
+                return False
+            self.published_total += 1
+            if self._outage_dropped is not None:
+                logger.info(
+                    "%s: live frames flow again; %d dropped while NATS was away",
+                    self.name,
+                    self._outage_dropped,
+                )
+                self._outage_dropped = None
+            return True
+        self._drop("not connected")
+        return False
+
+    def _drop(self, why: object) -> None:
+        self.dropped_total += 1
+        if self._outage_dropped is None:
+            logger.warning("%s: dropping live frames until NATS is back (%s)", self.name, why)
+            self._outage_dropped = 0
+        self._outage_dropped += 1
+
+
 AVAILABLE_WAIT_SECONDS = 0.002
+UNAVAILABLE_PAUSE_SECONDS = 0.5
 
 
 async def fetch_available(subscription, batch: int, poll_seconds: float) -> list:
@@ -198,13 +242,22 @@ async def fetch_available(subscription, batch: int, poll_seconds: float) -> list
     One fetch of a whole batch would hold the first message until the batch is full or the poll expires.
     The second fetch expires after AVAILABLE_WAIT_SECONDS: nats-py asks for no_wait together with the
     expiry, which the server takes as a lingering pull, so its timeout is how long every batch waits once
-    the stored messages have come (it was 20 ms per batch, several batches per minute close)."""
+    the stored messages have come (it was 20 ms per batch, several batches per minute close).
+
+    A server that shuts down (or whose JetStream is not up yet) answers a waiting pull with status 503,
+    which nats-py raises as ServiceUnavailableError: that is an outage like any other, so it means "nothing
+    now" (after a short pause, not to spin) and the caller polls again once the client has reconnected.
+    Raised, it used to end run_alerts and restart run_metrics at every NATS restart."""
     try:
         messages = await subscription.fetch(1, timeout=poll_seconds)
     except (TimeoutError, NatsTimeoutError):
         return []
+    except ServiceUnavailableError:
+        logger.info("JetStream unavailable (503) while waiting for messages; polling again")
+        await asyncio.sleep(min(poll_seconds, UNAVAILABLE_PAUSE_SECONDS))
+        return []
     if batch > 1:
-        with contextlib.suppress(TimeoutError, NatsTimeoutError):
+        with contextlib.suppress(TimeoutError, NatsTimeoutError, ServiceUnavailableError):
             messages += await subscription.fetch(batch - 1, timeout=AVAILABLE_WAIT_SECONDS)
     return messages
 

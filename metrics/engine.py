@@ -100,6 +100,7 @@ class Stats:
     bad_messages_total: int = 0
     refused_rows_total: int = 0
     live_published_total: int = 0
+    live_dropped_total: int = 0
     restarts_total: int = 0
 
 
@@ -125,6 +126,7 @@ class MetricsWorker:
         self._bars_backlogged = False  # its last fetch filled a batch: catching up, not live
         self._stored: dict[str, int] = {}  # per symbol the newest bar in metrics_calculated, at start
         self.nc = self.js = None
+        self.live_frames: messaging.LiveFrames | None = None
 
     def _new_sequencer(self) -> BarSequencer:
         return BarSequencer(self.config.gap_timeout_seconds, int(self.config.late_after_seconds * 1000))
@@ -140,6 +142,7 @@ class MetricsWorker:
         self.nc, self.js = await messaging.connect_jetstream(
             self.shard.consumer_name(BARS_KIND), self.config.nats_url, **options
         )
+        self.live_frames = messaging.LiveFrames(self.nc, self.shard.consumer_name(BARS_KIND))
         try:
             while True:
                 try:
@@ -508,9 +511,13 @@ class MetricsWorker:
             if bar is None:
                 continue
             self._live_sent[symbol] = now
-            with contextlib.suppress(Exception):  # a live update may be lost, never a final bar
-                await self.nc.publish(messaging.metrics_live_subject(symbol), messaging.encode(bar.payload()))
+            # A live update may be lost (counted), never a final bar.
+            if await self.live_frames.publish(
+                messaging.metrics_live_subject(symbol), messaging.encode(bar.payload())
+            ):
                 self.stats.live_published_total += 1
+            else:
+                self.stats.live_dropped_total += 1
 
     async def _refresh_universe(self) -> None:
         """A shard's consumers follow the universe; a new symbol's earlier candles are caught up first."""

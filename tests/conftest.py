@@ -54,27 +54,9 @@ class PrivateNats:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        if self.port is None:
-            self.state = self.server.start(self.var_dir, durable=False)
-            self.port = self.state["port"]
-        else:  # same port and store, as after a real server restart
-            proc = embedded._spawn(
-                [
-                    str(Path(sys.executable).parent / "nats-server"),
-                    "-a",
-                    "127.0.0.1",
-                    "-p",
-                    str(self.port),
-                    "-js",
-                    "-sd",
-                    str(self.var_dir / "nats"),
-                ],
-                self.var_dir / "logs" / "nats.log",
-            )
-            embedded._wait_for(
-                lambda: embedded._port_open(self.port), "NATS", self.var_dir / "logs" / "nats.log"
-            )
-            self.state["pid"] = proc.pid
+        """Start, or start again on the same port with the same store (as after a real server restart)."""
+        self.state = self.server.start(self.var_dir, durable=False, port=self.port)
+        self.port = self.state["port"]
 
     def stop(self) -> None:
         self.server.stop(self.state)

@@ -104,6 +104,15 @@ class System:
         server = next(s for s in embedded.SERVERS if s.name == name)
         self.servers[name] = server.restart(self.var_dir, self.servers[name], durable=False)
 
+    def stop_server(self, name: str) -> None:
+        """Take a server down (its state is kept for `start_server`, at the same address)."""
+        server = next(s for s in embedded.SERVERS if s.name == name)
+        server.stop(self.servers[name])
+
+    def start_server(self, name: str) -> None:
+        server = next(s for s in embedded.SERVERS if s.name == name)
+        self.servers[name] = server.start(self.var_dir, durable=False, port=self.servers[name].get("port"))
+
     def stop(self) -> None:
         for process in reversed(list(self.processes.values())):
             if process.popen and process.popen.poll() is None:
@@ -193,6 +202,24 @@ class System:
             if name not in self.stopped and p.popen.poll() is not None
         }
         assert not dead, f"processes exited: {dead}\n{self.logs(*dead)}"
+
+    def wait_until(self, check, what: str, timeout: float):
+        """Like `wait_until`, but a worker that exits fails at once, and a timeout shows every log's tail."""
+
+        def running_and_checked():
+            self.assert_running()
+            return check()
+
+        try:
+            return wait_until(running_and_checked, what, timeout)
+        except AssertionError as error:
+            raise AssertionError(f"{error}\nlogs under {self.var_dir / 'logs'}:\n{self.logs()}") from None
+
+    def log_count(self, name: str, text: str) -> int:
+        """How many lines of a process's log contain `text`."""
+        with contextlib.suppress(OSError):
+            return self.processes[name].log.read_text(errors="replace").count(text)
+        return 0
 
     def logs(self, *names: str, tail: int = 60) -> str:
         out = []
@@ -314,10 +341,15 @@ class FeedClient:
             except (OSError, TimeoutError, websockets.WebSocketException):
                 await asyncio.sleep(0.3)
 
-    def wait_for_new(self, kind: str, what: str, timeout: float = 60) -> None:
-        """Until a frame of that kind arrives after now."""
+    def wait_for_new(self, kind: str, what: str, system: System, timeout: float = 60) -> dict:
+        """Until a frame of that kind arrives after now; the frame. A timeout shows the system's logs."""
         seen = len(self.of_type(kind))
-        wait_until(lambda: len(self.of_type(kind)) > seen, what, timeout)
+        system.wait_until(lambda: len(self.of_type(kind)) > seen, what, timeout)
+        return self.of_type(kind)[seen]
+
+    def newest_market_time(self) -> int:
+        """The newest open_time in any market row received so far (0 before the first)."""
+        return max((row["open_time"] for frame in self.of_type("market") for row in frame["rows"]), default=0)
 
     def of_type(self, kind: str) -> list[dict]:
         return [frame for frame in list(self.frames) if frame.get("type") == kind]

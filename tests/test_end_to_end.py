@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from tests.e2e_system import FeedClient, System, wait_until
+from tests.e2e_system import FeedClient, System
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -71,14 +72,15 @@ def add_rules(system: System) -> None:
 def connect_client(system: System) -> FeedClient:
     client = FeedClient(system.ws_url, origin=f"http://127.0.0.1:{system.web_port}")
     client.start()
-    wait_until(lambda: client.of_type("snapshot"), "the first snapshot", 60)
+    system.wait_until(lambda: client.of_type("snapshot"), "the first snapshot", 60)
     return client
 
 
 def let_market_run(system: System, minutes: int) -> None:
     target = system.venue_time() + minutes * 60_000
-    wait_until(lambda: system.venue_time() >= target, f"{minutes} market minutes", minutes * 60 / SPEED + 60)
-    system.assert_running()
+    system.wait_until(
+        lambda: system.venue_time() >= target, f"{minutes} market minutes", minutes * 60 / SPEED + 60
+    )
 
 
 def stop_collecting_and_drain(system: System) -> None:
@@ -139,7 +141,9 @@ def test_a_scenario_reaches_the_browser_and_history_equals_the_backtest(system):
     client = connect_client(system)
     try:
         let_market_run(system, 40)
-        wait_until(lambda: any(not a.get("late") for a in client.alerts()), "a live alert on the socket", 120)
+        system.wait_until(
+            lambda: any(not a.get("late") for a in client.alerts()), "a live alert on the socket", 120
+        )
         assert client.of_type("status"), "the feed status never reached the client"
         stop_collecting_and_drain(system)
         assert_candles_equal_venue(system)
@@ -162,24 +166,24 @@ def test_the_pipeline_survives_every_fault_and_loses_nothing(system):
     client = connect_client(system)
     try:
         let_market_run(system, 10)
-        client.wait_for_new("market", "market frames on the socket")
+        client.wait_for_new("market", "market frames on the socket", system)
         for worker in ("collector", "metrics", "alerts", "gateway"):
             system.kill(worker)
             let_market_run(system, 2)
             system.start(worker)
             let_market_run(system, 3)
-            client.wait_for_new("market", f"market frames again after kill -9 of {worker}")
+            client.wait_for_new("market", f"market frames again after kill -9 of {worker}", system)
         for server in ("nats", "postgres", "valkey"):
             system.restart_server(server)
             if server in ("nats", "valkey"):  # the bridge's own connections: clients must resync
-                client.wait_for_new("snapshot", f"a fresh snapshot after the {server} restart")
+                client.wait_for_new("snapshot", f"a fresh snapshot after the {server} restart", system)
             let_market_run(system, 5)
-            client.wait_for_new("market", f"market frames again after the {server} restart")
+            client.wait_for_new("market", f"market frames again after the {server} restart", system)
         for fault in ("drop", "stall"):
             control(system, fault)
             let_market_run(system, 5)
         let_market_run(system, 10)
-        client.wait_for_new("market", "market frames after the venue faults")
+        client.wait_for_new("market", "market frames after the venue faults", system)
         stop_collecting_and_drain(system)
         assert_candles_equal_venue(system)
         alerts = assert_history_equals_backtest(system)
@@ -187,6 +191,49 @@ def test_the_pipeline_survives_every_fault_and_loses_nothing(system):
         print(f"survived every fault: {alerts} alerts; forced gaps: {forced_gaps(system)}")
     finally:
         client.close()
+
+
+LONG_OUTAGE_SECONDS = 15.0  # past the 10 s in which bars sent before an outage must be acknowledged
+
+
+def test_the_live_market_resumes_after_every_nats_restart_short_or_long(system):
+    """The dashboard's market table keeps updating across NATS outages of any length: every live path
+    (candles.live, metrics.live, the bridge's subscriptions) resumes, and no worker exits."""
+    client = connect_client(system)
+    try:
+        let_market_run(system, 3)
+        client.wait_for_new("market", "market frames before any outage", system)
+        for number, long in enumerate((False, True, False, False, True), start=1):
+            nats_outage(system, client, f"outage {number} ({'long' if long else 'short'})", long)
+        for name in ("collector", "metrics"):
+            assert system.log_count(name, "live frames flow again") >= 2, f"{name} never logged its drops"
+        system.assert_running()
+    finally:
+        client.close()
+
+
+def nats_outage(system: System, client: FeedClient, what: str, long: bool) -> None:
+    """NATS down and up again; a long outage lasts until every live publisher drops (never buffers) its
+    frames, and at least LONG_OUTAGE_SECONDS. Then the market rows on the socket move on."""
+    before = client.newest_market_time()
+    publishers = ("collector", "metrics")
+    drops = {name: system.log_count(name, "dropping live frames") for name in publishers}
+    system.stop_server("nats")
+    if long:
+        over = time.monotonic() + LONG_OUTAGE_SECONDS
+        system.wait_until(
+            lambda: (
+                time.monotonic() >= over
+                and all(system.log_count(name, "dropping live frames") > drops[name] for name in publishers)
+            ),
+            f"{what}: both live publishers dropping frames",
+            LONG_OUTAGE_SECONDS + 60,
+        )
+    system.start_server("nats")
+    client.wait_for_new("snapshot", f"{what}: a fresh snapshot once NATS is back", system)
+    system.wait_until(
+        lambda: client.newest_market_time() > before, f"{what}: market rows newer than before it", 60
+    )
 
 
 def control(system: System, fault: str) -> None:

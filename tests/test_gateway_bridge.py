@@ -15,6 +15,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
 from cryptomon import messaging
+from cryptomon.embedded import free_port
 from gateway import bridge, feed
 
 from .conftest import ROOT
@@ -222,14 +223,6 @@ async def test_after_a_redis_outage_the_bridge_tells_every_client_to_resync(priv
     assert (await listener.next("market.rows"))["rows"][0]["symbol"] == "BTCUSDT"
     await listener.next("resync.event")
     await gone.aclose()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def test_the_bridge_starts_before_nats_and_connects_when_it_comes_up(private_nats):

@@ -17,18 +17,13 @@ from django.db import connections
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from cryptomon.embedded import free_port
 from gateway import bridge, consumers
 
 from .conftest import ROOT
 from .test_gateway_consumer import cookie_headers, make_user, payload
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "timeseries"])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def database_url(variable: str, alias: str) -> str:

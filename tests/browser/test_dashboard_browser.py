@@ -26,6 +26,7 @@ from django.db import connections
 from playwright import sync_api as playwright_api
 
 from cryptomon import messaging
+from cryptomon.embedded import free_port
 from gateway.selectors import ms
 from tests import dashboard_data as data
 
@@ -35,12 +36,6 @@ SCREENSHOTS = ROOT / "var" / "screenshots"
 PASSWORD = "pw-trader-123456"
 
 pytestmark = pytest.mark.django_db(databases=["default", "timeseries"], transaction=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _test_database_url(variable: str, alias: str) -> str:
@@ -66,7 +61,7 @@ def _wait_port(port: int, process: subprocess.Popen, log: Path, timeout: float =
 def servers(django_db_setup, tmp_path_factory):
     """daphne (web + WebSocket) and run_gateway (NATS → Channels) on the test databases."""
     logs = tmp_path_factory.mktemp("browser-logs")
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "DATABASE_URL": _test_database_url("DATABASE_URL", "default"),
