@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 _session: dict = {}
+_basetemp: dict = {}
 
 
 @pytest.hookimpl(wrapper=True)
@@ -53,6 +54,29 @@ def _libpq(url: str) -> str:
 
     db = database_from_url("DATABASE_URL", url)
     return f"host={db['HOST']} port={db['PORT']} user={db['USER']} dbname={db['NAME']}"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    """Each session's tmp_path directories under a root of its own.
+
+    pytest's default root (/tmp/pytest-of-<user>) is shared by every session of the user and each one
+    deletes all but the newest three numbered directories: a session running beside others (CI beside a
+    developer, several jobs on one machine) had its servers' data directories deleted under it."""
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        config.option.basetemp = tempfile.mkdtemp(prefix="cryptomon-pytest-")
+        _basetemp.update(path=Path(config.option.basetemp))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Keep a failed session's directories (the end-to-end tests' process logs are there); else remove."""
+    path = _basetemp.pop("path", None)
+    if path is None:
+        return
+    if exitstatus == 0:
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        session.config.get_terminal_writer().line(f"cryptomon: test directories and logs kept in {path}")
 
 
 def pytest_unconfigure(config):
