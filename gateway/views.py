@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import re
 from collections.abc import Callable
 from functools import wraps
 from zoneinfo import ZoneInfo
@@ -34,6 +35,13 @@ from metrics.models import TIMEFRAMES
 HISTORY_PAGE_SIZE = 50
 CSV_MAX_ROWS = 100_000
 SYMBOL_PAGE_ALERTS = 50
+# ASCII digits only: str.isdigit() accepts "²", which int() refuses, and int() refuses 4,300+ digits.
+WHOLE_NUMBER = re.compile(r"[0-9]{1,12}")
+
+
+def _whole_number(raw: str | None) -> int | None:
+    """`raw` as an int if it is 1-12 ASCII digits, else None."""
+    return int(raw) if raw is not None and WHOLE_NUMBER.fullmatch(raw) else None
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -144,10 +152,15 @@ def history(request: HttpRequest) -> HttpResponse:
             since=data["since"],
             until=data["until"],
         )
+    raw_page = request.GET.get("page") or None
+    if raw_page is not None and _whole_number(raw_page) is None:
+        return HttpResponse(
+            "page: must be a whole number (digits 0-9, at most 12)", status=400, content_type="text/plain"
+        )
     queryset = selectors.filtered_alerts(request.user, filters)
     if request.GET.get("format") == "csv":
         return _csv(queryset, request.zone_name)
-    page = Paginator(queryset, HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
+    page = Paginator(queryset, HISTORY_PAGE_SIZE).get_page(raw_page)
     query = request.GET.copy()
     query.pop("page", None)
     context = _page_context(request, "history", form=form, page_obj=page, query=query.urlencode())
@@ -352,12 +365,13 @@ def rule_check(request: HttpRequest) -> JsonResponse:
 @require_POST
 def rule_preview(request: HttpRequest) -> JsonResponse:
     """Backtest preview of the rule being edited over stored candles (the watchlist's symbols, if any)."""
-    raw_cooldown = request.POST.get("cooldown_seconds") or "300"
-    if not raw_cooldown.isdigit():
-        return JsonResponse({"ok": False, "message": "cooldown_seconds must be a whole number of seconds"})
+    cooldown = _whole_number(request.POST.get("cooldown_seconds") or "300")
+    if cooldown is None:
+        message = "cooldown_seconds: must be a whole number of seconds (digits 0-9, at most 12)"
+        return JsonResponse({"ok": False, "message": message, "parameter": "cooldown_seconds"}, status=400)
     watchlist = list(selectors.user_settings(request.user).watchlist or []) or None
     try:
-        preview = selectors.backtest_preview(request.POST.get("expression", ""), int(raw_cooldown), watchlist)
+        preview = selectors.backtest_preview(request.POST.get("expression", ""), cooldown, watchlist)
     except RuleError as error:
         return JsonResponse({"ok": False, "message": str(error), "column": error.column})
     return JsonResponse(preview.as_json())
