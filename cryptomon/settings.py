@@ -267,6 +267,11 @@ API_RATE_LIMIT_PER_MINUTE = env_int("API_RATE_LIMIT_PER_MINUTE", 120, minimum=1)
 API_MAX_PAGE_SIZE = env_int("API_MAX_PAGE_SIZE", 500, minimum=1)
 API_MAX_CANDLES = env_int("API_MAX_CANDLES", 5000, minimum=1)
 
+# --- /readyz (cryptomon/health.py; docs/security.md): status only unless staff or this bearer token
+READYZ_TOKEN = os.environ.get("READYZ_TOKEN", "")
+READYZ_CACHE_SECONDS = env_float("READYZ_CACHE_SECONDS", 5.0, minimum=0)
+READYZ_RATE_LIMIT_PER_MINUTE = env_int("READYZ_RATE_LIMIT_PER_MINUTE", 120, minimum=1)
+
 SESSION_COOKIE_HTTPONLY = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
 

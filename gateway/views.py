@@ -1,4 +1,4 @@
-"""Web views: health probes and the dashboard pages (thin: reads in selectors, writes in services).
+"""Web views: the liveness probe and the dashboard pages (thin: reads in selectors, writes in services).
 
 Pages need a signed-in user unless ``ALLOW_ANONYMOUS_DASHBOARD`` is on; the settings pages always do.
 Times are shown in the viewer's time zone (their settings; UTC for anonymous viewers).
@@ -6,7 +6,6 @@ Times are shown in the viewer's time zone (their settings; UTC for anonymous vie
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import json
 import re
@@ -27,7 +26,6 @@ from django.views.decorators.http import require_POST
 
 from alerts import services as alert_services
 from alerts.rule_language import RuleError, compile_rule
-from cryptomon import health
 from gateway import selectors, services
 from gateway.forms import HistoryFilterForm, MuteForm, PersonalRuleForm, PreferencesForm
 from metrics.models import TIMEFRAMES
@@ -47,15 +45,6 @@ def _whole_number(raw: str | None) -> int | None:
 def healthz(request: HttpRequest) -> JsonResponse:
     """The process is up (for liveness probes)."""
     return JsonResponse({"status": "ok"})
-
-
-def readyz(request: HttpRequest) -> JsonResponse:
-    """Databases, NATS and Redis are reachable (for readiness probes); 503 names what is not."""
-    checks = [health.check_timeseries_database(), health.check_metadata_database(), health.check_redis()]
-    checks += asyncio.run(health.check_nats())
-    body = {"status": "ok" if all(c.ok for c in checks) else "unavailable"}
-    body["checks"] = {c.name: {"ok": c.ok, "detail": c.detail} for c in checks}
-    return JsonResponse(body, status=200 if body["status"] == "ok" else 503)
 
 
 # --- access and time zone ----------------------------------------------------------------------------------
