@@ -58,6 +58,7 @@ def _secret_key() -> str:
 
 SECRET_KEY = _secret_key()
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+# The public origin(s) behind the TLS proxy, e.g. https://cryptomon.example.com (logins fail CSRF without)
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
@@ -274,6 +275,25 @@ READYZ_RATE_LIMIT_PER_MINUTE = env_int("READYZ_RATE_LIMIT_PER_MINUTE", 120, mini
 
 SESSION_COOKIE_HTTPONLY = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
+
+# --- transport (issue 16 item 4; docs/security.md). Production-safe unless the embedded servers (or DEBUG)
+# are in use: the embedded/demo mode and the test harnesses serve plain HTTP on 127.0.0.1. Production runs
+# behind the documented TLS proxy, which sets X-Forwarded-Proto. Each value can be overridden.
+PLAIN_HTTP_DEFAULTS = EMBEDDED or DEBUG
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not PLAIN_HTTP_DEFAULTS)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]  # probes reach the process directly, without TLS
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not PLAIN_HTTP_DEFAULTS)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not PLAIN_HTTP_DEFAULTS)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if PLAIN_HTTP_DEFAULTS else 31_536_000, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", not PLAIN_HTTP_DEFAULTS)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", not PLAIN_HTTP_DEFAULTS)
+# The header the TLS proxy sets (it must overwrite a client's own); "none" trusts no header.
+_proxy_ssl_header = env_str("SECURE_PROXY_SSL_HEADER", "" if PLAIN_HTTP_DEFAULTS else "X-Forwarded-Proto")
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_" + _proxy_ssl_header.upper().replace("-", "_"), "https")
+    if _proxy_ssl_header.strip().lower() not in {"", "none", "false", "off"}
+    else None
+)
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
 LOGGING = {
