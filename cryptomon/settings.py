@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import warnings
+from datetime import timedelta
 from pathlib import Path
 
 from cryptomon.config import (
@@ -75,6 +76,7 @@ INSTALLED_APPS = [
     "metrics",
     "alerts",
     "gateway",
+    "axes",  # failed sign-in throttling (issue 16 item 3)
 ]
 
 MIDDLEWARE = [
@@ -86,6 +88,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # turns a lockout into cryptomon.lockout's 429
 ]
 
 ROOT_URLCONF = "cryptomon.urls"
@@ -247,6 +250,24 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
+# --- sign-in throttling (issue 16 item 3; docs/security.md): django-axes checks before the password is, on
+# /login/, /admin/login/ and the API's Basic auth; failures are counted in the `default` database, per
+# client address and per user name separately. REMOTE_ADDR is the address: behind the TLS proxy, daphne
+# runs with --proxy-headers and the proxy must overwrite X-Forwarded-For (docs/security.md).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_ENABLED = env_bool("LOGIN_THROTTLE_ENABLED", True)
+AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_float("LOGIN_COOLOFF_MINUTES", 15.0, minimum=0.1))
+AXES_LOCKOUT_PARAMETERS = ["ip_address", "username"]
+AXES_RESET_ON_SUCCESS = True
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = True  # backoff: guessing while locked extends the lock
+AXES_LOCKOUT_CALLABLE = "cryptomon.lockout.lockout_response"
+AXES_IPWARE_META_PRECEDENCE_ORDER = ("REMOTE_ADDR",)
+
 LOGIN_URL = "/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/"
@@ -302,5 +323,9 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"nats": {"level": "WARNING"}, "asyncio": {"level": "WARNING"}},
+    "loggers": {
+        "nats": {"level": "WARNING"},
+        "asyncio": {"level": "WARNING"},
+        "axes": {"level": "WARNING"},  # failures and lockouts; user names and addresses masked
+    },
 }
