@@ -154,8 +154,8 @@ def _one_line(error: Exception) -> str:
     return mask_urls_in(" ".join(str(error).split()))[:300]
 
 
-def _error_text(error: BaseException) -> str:
-    return _one_line(error) or type(error).__name__  # type: ignore[arg-type]
+def _error_text(error: Exception) -> str:
+    return _one_line(error) or type(error).__name__
 
 
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^\s/@:]*)(?::[^\s/@]*)?@")
@@ -212,16 +212,16 @@ async def probe_nats(timeout: float = 2.0) -> Check:
             ),
             timeout,
         )
-    except BaseException as error:
-        if isinstance(error, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
-            raise
+    except Exception as error:
         return Check("NATS", False, f"{mask_url(url)}: {_error_text(error)}")
     try:
         await nc.flush(timeout=timeout)
-        info = nc._server_info or {}
-        if not info.get("jetstream"):
+        # The INFO the server sent on connect (nats-py has no public accessor for its `jetstream` flag).
+        if not getattr(nc, "_server_info", {}).get("jetstream"):
             return Check("NATS", False, f"{mask_url(url)}: JetStream is not enabled")
-        return Check("NATS", True, f"{mask_url(url)} (server {info.get('version', '?')}, JetStream on)")
+        version = nc.connected_server_version
+        server = f"{version.major}.{version.minor}.{version.patch}"
+        return Check("NATS", True, f"{mask_url(url)} (server {server}, JetStream on)")
     except Exception as error:
         return Check("NATS", False, f"{mask_url(url)}: {_error_text(error)}")
     finally:
