@@ -1,13 +1,29 @@
-"""Reachability checks shared by `check_infra` and `/readyz`: one function per dependency."""
+"""Reachability checks: the thorough ones behind `manage.py check_infra`, and the cheap read-only ones
+behind `/readyz` (issue 16 item 2; docs/security.md).
+
+`/readyz` is safe on a public address: anonymous callers get ``{"status": ...}`` only; staff users, or a
+caller with ``Authorization: Bearer <READYZ_TOKEN>``, also get each check with every URL masked. The checks
+are ``SELECT 1`` on each database alias, a NATS connect + flush (never a stream call) and a Redis PING;
+one result serves every caller for ``READYZ_CACHE_SECONDS``, and each client address may ask
+``READYZ_RATE_LIMIT_PER_MINUTE`` times a minute (429 with ``Retry-After`` beyond).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hmac
+import math
+import re
+import threading
 import time
+from collections import OrderedDict, deque
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
+import nats
 from django.conf import settings
 from django.db import connections
+from django.http import HttpRequest, JsonResponse
 
 from cryptomon import messaging
 
@@ -67,12 +83,14 @@ async def check_nats(timeout: float = 3.0) -> list[Check]:
             timeout,
         )
     except Exception as error:
-        return [Check("NATS", False, f"{settings.NATS_URL}: {_one_line(error) or type(error).__name__}")]
+        return [Check("NATS", False, f"{mask_url(settings.NATS_URL)}: {_error_text(error)}")]
     try:
         version = nc.connected_server_version
         checks.append(
             Check(
-                "NATS", True, f"{settings.NATS_URL} (server {version.major}.{version.minor}.{version.patch})"
+                "NATS",
+                True,
+                f"{mask_url(settings.NATS_URL)} (server {version.major}.{version.minor}.{version.patch})",
             )
         )
         js = nc.jetstream()
@@ -117,11 +135,11 @@ def check_redis() -> Check:
     try:
         info = client.info("server")
     except Exception as error:
-        return Check("Redis", False, f"{_safe_url(settings.REDIS_URL)}: {_one_line(error)}")
+        return Check("Redis", False, f"{mask_url(settings.REDIS_URL)}: {_one_line(error)}")
     finally:
         client.close()
     version = info.get("valkey_version") or info.get("redis_version")
-    return Check("Redis", True, f"{_safe_url(settings.REDIS_URL)} (version {version})")
+    return Check("Redis", True, f"{mask_url(settings.REDIS_URL)} (version {version})")
 
 
 def run_all() -> list[Check]:
@@ -132,14 +150,171 @@ def run_all() -> list[Check]:
 
 
 def _one_line(error: Exception) -> str:
-    return " ".join(str(error).split())[:300]
+    """An error on one line, any credentials in URLs it quotes masked."""
+    return mask_urls_in(" ".join(str(error).split()))[:300]
 
 
-def _safe_url(url: str) -> str:
-    """A URL without its password, for messages and logs."""
-    from urllib.parse import urlsplit
+def _error_text(error: Exception) -> str:
+    return _one_line(error) or type(error).__name__
 
+
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^\s/@:]*)(?::[^\s/@]*)?@")
+
+
+def mask_url(url: str) -> str:
+    """A URL fit for a message: ``nats://user:***@host:port``; a lone user part (a NATS or Redis token) is
+    masked whole."""
     parts = urlsplit(url)
-    if parts.password:
-        return url.replace(f":{parts.password}@", ":***@")
-    return url
+    if "@" not in parts.netloc:
+        return url
+    credentials, host = parts.netloc.rsplit("@", 1)
+    user = f"{parts.username}:***" if parts.password is not None else "***"
+    return parts._replace(netloc=f"{user}@{host}").geturl() if credentials else url
+
+
+def mask_urls_in(text: str) -> str:
+    """`text` with the password (or token) of every URL in it masked, e.g. in a driver's error message."""
+
+    def masked(match: re.Match) -> str:
+        has_password = ":" in match.group(0)[len(match.group("scheme")) :]
+        user = f"{match.group('user')}:***" if has_password else "***"
+        return f"{match.group('scheme')}{user}@"
+
+    return _URL_CREDENTIALS.sub(masked, text)
+
+
+# --- /readyz: cheap, read-only, cached, rate limited -----------------------------------------------------
+
+
+def probe_database(alias: str, name: str) -> Check:
+    try:
+        with connections[alias].cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+    except Exception as error:
+        return Check(name, False, f"{alias}: {_error_text(error)}")
+    return Check(name, True, f"{alias}: SELECT 1 answered")
+
+
+async def probe_nats(timeout: float = 2.0) -> Check:
+    """Connect, flush and read the server's INFO: proves the server answers without touching a stream."""
+    url = settings.NATS_URL
+    try:
+        nc = await asyncio.wait_for(
+            nats.connect(
+                servers=[url],
+                name="cryptomon-readyz",
+                allow_reconnect=False,
+                max_reconnect_attempts=0,
+                connect_timeout=timeout,
+                disconnected_cb=_quiet,
+                error_cb=_quiet,
+            ),
+            timeout,
+        )
+    except Exception as error:
+        return Check("NATS", False, f"{mask_url(url)}: {_error_text(error)}")
+    try:
+        await nc.flush(timeout=timeout)
+        # The INFO the server sent on connect (nats-py has no public accessor for its `jetstream` flag).
+        if not getattr(nc, "_server_info", {}).get("jetstream"):
+            return Check("NATS", False, f"{mask_url(url)}: JetStream is not enabled")
+        version = nc.connected_server_version
+        server = f"{version.major}.{version.minor}.{version.patch}"
+        return Check("NATS", True, f"{mask_url(url)} (server {server}, JetStream on)")
+    except Exception as error:
+        return Check("NATS", False, f"{mask_url(url)}: {_error_text(error)}")
+    finally:
+        await nc.close()
+
+
+def probe_redis() -> Check:
+    import redis
+
+    url = settings.REDIS_URL
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        client.ping()
+    except Exception as error:
+        return Check("Redis", False, f"{mask_url(url)}: {_one_line(error)}")
+    finally:
+        client.close()
+    return Check("Redis", True, f"{mask_url(url)}: PING answered")
+
+
+def readiness() -> list[Check]:
+    """The /readyz checks, reused for READYZ_CACHE_SECONDS by every caller of this process."""
+    key = (settings.NATS_URL, settings.REDIS_URL)
+    now = time.monotonic()
+    with _cache_lock:
+        cached = _cache.get(key)
+        if cached and now - cached[0] < settings.READYZ_CACHE_SECONDS:
+            return cached[1]
+    checks = [
+        probe_database("timeseries", "time-series database"),
+        probe_database("default", "metadata database"),
+        asyncio.run(probe_nats()),
+        probe_redis(),
+    ]
+    with _cache_lock:
+        _cache.clear()  # one entry: the settings' current URLs
+        _cache[key] = (time.monotonic(), checks)
+    return checks
+
+
+_cache: dict[tuple[str, str], tuple[float, list[Check]]] = {}
+_cache_lock = threading.Lock()
+
+
+class _SlidingWindow:
+    """Requests per client in the last 60 s, in this process. Remembers at most `clients` addresses (the
+    least recently seen are forgotten), so a flood of addresses cannot grow it without bound."""
+
+    def __init__(self, clients: int = 10_000):
+        self.clients = clients
+        self.seen: OrderedDict[str, deque[float]] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def hit(self, client: str, limit: int) -> int:
+        """Count one request; 0 if allowed, else the seconds until the next one would be."""
+        now = time.monotonic()
+        with self.lock:
+            times = self.seen.pop(client, None) or deque()
+            self.seen[client] = times
+            while len(self.seen) > self.clients:
+                self.seen.popitem(last=False)
+            while times and now - times[0] >= 60:
+                times.popleft()
+            if len(times) >= limit:
+                return max(1, math.ceil(60 - (now - times[0])))
+            times.append(now)
+            return 0
+
+
+_rate = _SlidingWindow()
+
+
+def _may_see_details(request: HttpRequest) -> bool:
+    user = getattr(request, "user", None)
+    if user is not None and user.is_active and user.is_staff:
+        return True
+    token = settings.READYZ_TOKEN
+    header = request.headers.get("Authorization", "")
+    if not token or not header.lower().startswith("bearer "):
+        return False
+    return hmac.compare_digest(header[7:].strip().encode(), token.encode())
+
+
+def readyz(request: HttpRequest) -> JsonResponse:
+    """Readiness probe: 200 when both databases, NATS and Redis answer, else 503 (details for staff)."""
+    retry_after = _rate.hit(request.META.get("REMOTE_ADDR", ""), settings.READYZ_RATE_LIMIT_PER_MINUTE)
+    if retry_after:
+        return JsonResponse({"status": "rate_limited"}, status=429, headers={"Retry-After": str(retry_after)})
+    checks = readiness()
+    ok = all(check.ok for check in checks)
+    body: dict = {"status": "ok" if ok else "unavailable"}
+    if _may_see_details(request):
+        body["checks"] = {check.name: {"ok": check.ok, "detail": check.detail} for check in checks}
+    response = JsonResponse(body, status=200 if ok else 503)
+    response["Cache-Control"] = "no-store"
+    return response

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import warnings
+from datetime import timedelta
 from pathlib import Path
 
 from cryptomon.config import (
@@ -58,6 +59,7 @@ def _secret_key() -> str:
 
 SECRET_KEY = _secret_key()
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+# The public origin(s) behind the TLS proxy, e.g. https://cryptomon.example.com (logins fail CSRF without)
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
@@ -74,6 +76,7 @@ INSTALLED_APPS = [
     "metrics",
     "alerts",
     "gateway",
+    "axes",  # failed sign-in throttling (issue 16 item 3)
 ]
 
 MIDDLEWARE = [
@@ -85,6 +88,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # turns a lockout into cryptomon.lockout's 429
 ]
 
 ROOT_URLCONF = "cryptomon.urls"
@@ -246,6 +250,24 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
+# --- sign-in throttling (issue 16 item 3; docs/security.md): django-axes checks before the password is, on
+# /login/, /admin/login/ and the API's Basic auth; failures are counted in the `default` database, per
+# client address and per user name separately. REMOTE_ADDR is the address: behind the TLS proxy, daphne
+# runs with --proxy-headers and the proxy must overwrite X-Forwarded-For (docs/security.md).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_ENABLED = env_bool("LOGIN_THROTTLE_ENABLED", True)
+AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_float("LOGIN_COOLOFF_MINUTES", 15.0, minimum=0.1))
+AXES_LOCKOUT_PARAMETERS = ["ip_address", "username"]
+AXES_RESET_ON_SUCCESS = True
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = True  # backoff: guessing while locked extends the lock
+AXES_LOCKOUT_CALLABLE = "cryptomon.lockout.lockout_response"
+AXES_IPWARE_META_PRECEDENCE_ORDER = ("REMOTE_ADDR",)
+
 LOGIN_URL = "/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/"
@@ -267,8 +289,32 @@ API_RATE_LIMIT_PER_MINUTE = env_int("API_RATE_LIMIT_PER_MINUTE", 120, minimum=1)
 API_MAX_PAGE_SIZE = env_int("API_MAX_PAGE_SIZE", 500, minimum=1)
 API_MAX_CANDLES = env_int("API_MAX_CANDLES", 5000, minimum=1)
 
+# --- /readyz (cryptomon/health.py; docs/security.md): status only unless staff or this bearer token
+READYZ_TOKEN = os.environ.get("READYZ_TOKEN", "")
+READYZ_CACHE_SECONDS = env_float("READYZ_CACHE_SECONDS", 5.0, minimum=0)
+READYZ_RATE_LIMIT_PER_MINUTE = env_int("READYZ_RATE_LIMIT_PER_MINUTE", 120, minimum=1)
+
 SESSION_COOKIE_HTTPONLY = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
+
+# --- transport (issue 16 item 4; docs/security.md). Production-safe unless the embedded servers (or DEBUG)
+# are in use: the embedded/demo mode and the test harnesses serve plain HTTP on 127.0.0.1. Production runs
+# behind the documented TLS proxy, which sets X-Forwarded-Proto. Each value can be overridden.
+PLAIN_HTTP_DEFAULTS = EMBEDDED or DEBUG
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not PLAIN_HTTP_DEFAULTS)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]  # probes reach the process directly, without TLS
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not PLAIN_HTTP_DEFAULTS)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not PLAIN_HTTP_DEFAULTS)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if PLAIN_HTTP_DEFAULTS else 31_536_000, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", not PLAIN_HTTP_DEFAULTS)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", not PLAIN_HTTP_DEFAULTS)
+# The header the TLS proxy sets (it must overwrite a client's own); "none" trusts no header.
+_proxy_ssl_header = env_str("SECURE_PROXY_SSL_HEADER", "" if PLAIN_HTTP_DEFAULTS else "X-Forwarded-Proto")
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_" + _proxy_ssl_header.upper().replace("-", "_"), "https")
+    if _proxy_ssl_header.strip().lower() not in {"", "none", "false", "off"}
+    else None
+)
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
 LOGGING = {
@@ -277,5 +323,9 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"nats": {"level": "WARNING"}, "asyncio": {"level": "WARNING"}},
+    "loggers": {
+        "nats": {"level": "WARNING"},
+        "asyncio": {"level": "WARNING"},
+        "axes": {"level": "WARNING"},  # failures and lockouts; user names and addresses masked
+    },
 }

@@ -29,6 +29,10 @@ def pytest_load_initial_conftests(early_config, parser, args):
         _session.update(var_dir=var_dir, started=started)
         os.environ["TIMESERIES_DATABASE_URL"] = _second_database(os.environ["DATABASE_URL"])
     os.environ.setdefault("SECRET_KEY", "test-only-secret-key")
+    # The test client and the browser tests speak plain HTTP, even against servers given by URL.
+    for name in ("SECURE_SSL_REDIRECT", "SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE"):
+        os.environ.setdefault(name, "false")
+    os.environ.setdefault("SECURE_HSTS_SECONDS", "0")
     return (yield)
 
 

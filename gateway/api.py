@@ -18,6 +18,7 @@ import base64
 import binascii
 import logging
 import math
+import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -38,6 +39,10 @@ RATE_KEY = "cryptomon:api:rate:{client}:{minute}"
 DEFAULT_PAGE_SIZE = 100
 DEFAULT_CANDLES = 1000
 MIN_MS, MAX_MS = 0, 253402300799999  # 9999-12-31
+# ASCII digits only: str.isdigit() accepts "²" and "٣", which int() refuses or reads as another number,
+# and int() refuses more than 4,300 digits. Epoch milliseconds need up to 15 digits.
+WHOLE_NUMBER = re.compile(r"[0-9]{1,12}")
+EPOCH_MS = re.compile(r"-?[0-9]+")
 
 
 class ApiError(Exception):
@@ -69,11 +74,10 @@ def time_param(request: HttpRequest, name: str) -> datetime | None:
     raw = request.GET.get(name)
     if raw is None or raw == "":
         return None
-    if raw.lstrip("-").isdigit():
-        value = int(raw)
-        if not MIN_MS <= value <= MAX_MS:
-            raise bad_parameter(name, f"{raw} is out of range (epoch milliseconds)")
-        return selectors.from_ms(value)
+    if EPOCH_MS.fullmatch(raw):
+        if len(raw) > len(str(MAX_MS)) or not MIN_MS <= int(raw) <= MAX_MS:
+            raise bad_parameter(name, f"{raw[:40]} is out of range (epoch milliseconds)")
+        return selectors.from_ms(int(raw))
     try:
         moment = datetime.fromisoformat(raw)
     except ValueError:
@@ -87,8 +91,8 @@ def int_param(request: HttpRequest, name: str, default: int, low: int, high: int
     raw = request.GET.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit():
-        raise bad_parameter(name, f"{raw[:40]!r} is not a whole number")
+    if not WHOLE_NUMBER.fullmatch(raw):
+        raise bad_parameter(name, f"{raw[:40]!r} is not a whole number (digits 0-9, at most 12)")
     value = int(raw)
     if not low <= value <= high:
         raise bad_parameter(name, f"must be between {low} and {high} (got {value})")

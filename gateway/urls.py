@@ -5,7 +5,6 @@ from gateway import api, views
 
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
-    path("readyz", views.readyz, name="readyz"),
     path("", views.live, name="home"),
     path("symbols/<str:symbol>/", views.symbol_page, name="symbol"),
     path("history/", views.history, name="history"),

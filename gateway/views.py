@@ -1,4 +1,4 @@
-"""Web views: health probes and the dashboard pages (thin: reads in selectors, writes in services).
+"""Web views: the liveness probe and the dashboard pages (thin: reads in selectors, writes in services).
 
 Pages need a signed-in user unless ``ALLOW_ANONYMOUS_DASHBOARD`` is on; the settings pages always do.
 Times are shown in the viewer's time zone (their settings; UTC for anonymous viewers).
@@ -6,9 +6,9 @@ Times are shown in the viewer's time zone (their settings; UTC for anonymous vie
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import json
+import re
 from collections.abc import Callable
 from functools import wraps
 from zoneinfo import ZoneInfo
@@ -26,7 +26,6 @@ from django.views.decorators.http import require_POST
 
 from alerts import services as alert_services
 from alerts.rule_language import RuleError, compile_rule
-from cryptomon import health
 from gateway import selectors, services
 from gateway.forms import HistoryFilterForm, MuteForm, PersonalRuleForm, PreferencesForm
 from metrics.models import TIMEFRAMES
@@ -34,20 +33,18 @@ from metrics.models import TIMEFRAMES
 HISTORY_PAGE_SIZE = 50
 CSV_MAX_ROWS = 100_000
 SYMBOL_PAGE_ALERTS = 50
+# ASCII digits only: str.isdigit() accepts "²", which int() refuses, and int() refuses 4,300+ digits.
+WHOLE_NUMBER = re.compile(r"[0-9]{1,12}")
+
+
+def _whole_number(raw: str | None) -> int | None:
+    """`raw` as an int if it is 1-12 ASCII digits, else None."""
+    return int(raw) if raw is not None and WHOLE_NUMBER.fullmatch(raw) else None
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
     """The process is up (for liveness probes)."""
     return JsonResponse({"status": "ok"})
-
-
-def readyz(request: HttpRequest) -> JsonResponse:
-    """Databases, NATS and Redis are reachable (for readiness probes); 503 names what is not."""
-    checks = [health.check_timeseries_database(), health.check_metadata_database(), health.check_redis()]
-    checks += asyncio.run(health.check_nats())
-    body = {"status": "ok" if all(c.ok for c in checks) else "unavailable"}
-    body["checks"] = {c.name: {"ok": c.ok, "detail": c.detail} for c in checks}
-    return JsonResponse(body, status=200 if body["status"] == "ok" else 503)
 
 
 # --- access and time zone ----------------------------------------------------------------------------------
@@ -144,10 +141,15 @@ def history(request: HttpRequest) -> HttpResponse:
             since=data["since"],
             until=data["until"],
         )
+    raw_page = request.GET.get("page") or None
+    if raw_page is not None and _whole_number(raw_page) is None:
+        return HttpResponse(
+            "page: must be a whole number (digits 0-9, at most 12)", status=400, content_type="text/plain"
+        )
     queryset = selectors.filtered_alerts(request.user, filters)
     if request.GET.get("format") == "csv":
         return _csv(queryset, request.zone_name)
-    page = Paginator(queryset, HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
+    page = Paginator(queryset, HISTORY_PAGE_SIZE).get_page(raw_page)
     query = request.GET.copy()
     query.pop("page", None)
     context = _page_context(request, "history", form=form, page_obj=page, query=query.urlencode())
@@ -352,12 +354,13 @@ def rule_check(request: HttpRequest) -> JsonResponse:
 @require_POST
 def rule_preview(request: HttpRequest) -> JsonResponse:
     """Backtest preview of the rule being edited over stored candles (the watchlist's symbols, if any)."""
-    raw_cooldown = request.POST.get("cooldown_seconds") or "300"
-    if not raw_cooldown.isdigit():
-        return JsonResponse({"ok": False, "message": "cooldown_seconds must be a whole number of seconds"})
+    cooldown = _whole_number(request.POST.get("cooldown_seconds") or "300")
+    if cooldown is None:
+        message = "cooldown_seconds: must be a whole number of seconds (digits 0-9, at most 12)"
+        return JsonResponse({"ok": False, "message": message, "parameter": "cooldown_seconds"}, status=400)
     watchlist = list(selectors.user_settings(request.user).watchlist or []) or None
     try:
-        preview = selectors.backtest_preview(request.POST.get("expression", ""), int(raw_cooldown), watchlist)
+        preview = selectors.backtest_preview(request.POST.get("expression", ""), cooldown, watchlist)
     except RuleError as error:
         return JsonResponse({"ok": False, "message": str(error), "column": error.column})
     return JsonResponse(preview.as_json())

@@ -398,7 +398,7 @@ function ruleEditor() {
       method: "POST", headers: { "X-CSRFToken": CSRF },
       body: new URLSearchParams({ expression: input.value, cooldown_seconds: cooldown }),
     });
-    const result = response.ok ? await response.json() : { ok: false, message: `error ${response.status}` };
+    const result = response.ok || response.status === 400 ? await response.json() : { ok: false, message: `error ${response.status}` };
     preview.className = "preview " + (result.ok ? "ok" : "error");
     if (!result.ok) { preview.textContent = result.message; return; }
     const symbols = Object.entries(result.by_symbol).sort((a, b) => b[1] - a[1]);

@@ -43,6 +43,11 @@ FAST_SETTINGS = {
     "ALLOW_ANONYMOUS_DASHBOARD": "true",
     "ALLOWED_HOSTS": "127.0.0.1,localhost",
     "SECRET_KEY": "end-to-end-test-secret",
+    # Plain HTTP on 127.0.0.1 with explicit server URLs: not the embedded mode, so say so (issue 16 item 4).
+    "SECURE_SSL_REDIRECT": "false",
+    "SESSION_COOKIE_SECURE": "false",
+    "CSRF_COOKIE_SECURE": "false",
+    "SECURE_HSTS_SECONDS": "0",
 }
 
 

@@ -57,6 +57,10 @@ class Command(BaseCommand):
         env = {}
         if options["demo"]:
             env["ALLOW_ANONYMOUS_DASHBOARD"] = "true"
+            # The demo is served over plain HTTP here, even with server URLs given (docs/security.md).
+            for name in ("SECURE_SSL_REDIRECT", "SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE"):
+                env[name] = os.environ.get(name, "false")
+            env["SECURE_HSTS_SECONDS"] = os.environ.get("SECURE_HSTS_SECONDS", "0")
         children = self._children(options, env)
         # Both stop everything; SIGINT explicitly, since a shell may start us with it ignored.
         for signum in (signal.SIGINT, signal.SIGTERM):
