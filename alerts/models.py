@@ -200,6 +200,3 @@ class OutboxEntry(models.Model):
     class Meta:
         db_table = "notification_outbox"
         indexes = [models.Index(fields=["dispatched_at", "created_at"], name="outbox_pending")]
-
-
-from alerts.notifications.models import *  # noqa: E402,F403  (notification channels and deliveries)

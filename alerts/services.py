@@ -20,9 +20,9 @@ from django.core.exceptions import ValidationError
 from django.db import connections, transaction
 from django.db.models import Q
 
+from alerts import signals
 from alerts.decisions import RuleLike, alert_metrics
 from alerts.models import AlertHistory, AlertRule, OutboxEntry
-from alerts.notifications.services import enqueue_after_commit
 
 TS = "timeseries"
 
@@ -128,7 +128,12 @@ def record_many(bars: Iterable[tuple], triggered_at: datetime | None = None) -> 
             OutboxEntry.objects.using(TS).bulk_create(notified)
             # robust: with the Celery broker down the alert is still published; the notifier's
             # stuck-outbox sweep queues it later
-            transaction.on_commit(lambda: enqueue_after_commit(notified), using=TS, robust=True)
+            outbox_ids = [entry.pk for entry in notified]
+            transaction.on_commit(
+                lambda: signals.outbox_committed.send(sender=OutboxEntry, outbox_ids=outbox_ids),
+                using=TS,
+                robust=True,
+            )
     results: list[Recorded] = []
     counted: set[tuple[str, str, datetime]] = set()  # the same bar twice in one call is created once
     by_bar = iter(candidates)

@@ -16,8 +16,8 @@ from django.core import mail
 from django.db import transaction
 
 from alerts.models import AlertHistory, OutboxEntry, UserSettings
-from alerts.notifications import services, webhook
-from alerts.notifications.models import Delivery, NotificationChannel
+from notifications import services, webhook
+from notifications.models import Delivery, NotificationChannel
 
 pytestmark = pytest.mark.django_db(databases=["default", "timeseries"], transaction=True)
 

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from alerts.models import AlertHistory, UserSettings
-from alerts.notifications.models import NotificationChannel
+from notifications.models import NotificationChannel
 
 
 def visible_to(user_id: int, user_settings: UserSettings | None, alert: AlertHistory, now: datetime) -> bool:

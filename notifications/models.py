@@ -11,7 +11,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
-from alerts.notifications import crypto
+from notifications import crypto
 
 __all__ = ["Delivery", "NotificationChannel"]
 
@@ -75,7 +75,7 @@ class NotificationChannel(models.Model):
     @property
     def masked(self) -> str:
         """The secrets as shown in the admin, the API and logs (last 4 characters)."""
-        from alerts.notifications.transports import transport
+        from notifications.transports import transport
 
         try:
             return transport(self.kind).summary(self.config)
