@@ -6,8 +6,6 @@ plain values.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
@@ -115,17 +113,6 @@ class UserSettings(models.Model):
             raise ValidationError(
                 {"timezone": f"unknown time zone {self.timezone!r} (use an IANA name like Europe/Paris)"}
             )
-
-    @staticmethod
-    def _active(mutes: dict, key: str, now: datetime) -> bool:
-        if key not in mutes:
-            return False
-        until = mutes[key]
-        return until is None or datetime.fromisoformat(until) > now
-
-    def is_muted(self, rule: str, symbol: str, now: datetime | None = None) -> bool:
-        now = now or datetime.now(UTC)
-        return self._active(self.muted_rules, rule, now) or self._active(self.muted_symbols, symbol, now)
 
 
 class AlertHistory(models.Model):

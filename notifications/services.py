@@ -25,6 +25,7 @@ from django.db import connections, transaction
 from django.db.models import F
 
 from alerts.models import AlertHistory, OutboxEntry, UserSettings
+from alerts.visibility import AlertAudience
 from notifications import grouping, queue, routing
 from notifications.base import DeliveryError, Message, PermanentError, RejectedError, TransientError
 from notifications.crypto import SecretUnreadable
@@ -122,10 +123,11 @@ def _candidate_channels(
     user_settings = {
         row.user_id: row for row in UserSettings.objects.filter(user_id__in={c.user_id for c in channels})
     }
+    payload = alert.to_payload()
     return [
         (channel, user_settings.get(channel.user_id))
         for channel in channels
-        if routing.visible_to(channel.user_id, user_settings.get(channel.user_id), alert, now)
+        if AlertAudience.of(channel.user_id, user_settings.get(channel.user_id)).is_visible(payload, now)
     ]
 
 
