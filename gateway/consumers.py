@@ -70,6 +70,11 @@ def settings_changed(user_id: int) -> None:
         async_to_sync(layer.group_send)(user_group(user_id), {"type": "settings.changed"})
 
 
+def on_user_settings_changed(sender, *, user_id: int, **kwargs) -> None:
+    """Receiver of `alerts.signals.user_settings_changed` (connected in `GatewayConfig.ready`)."""
+    settings_changed(user_id)
+
+
 # --- per-user socket slots (Redis) ---------------------------------------------------------------------
 
 _ACQUIRE = """

@@ -13,6 +13,7 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.test import Client
 
+from alerts import services as alert_services
 from alerts.models import AlertHistory, UserSettings
 from cryptomon.asgi import application
 from gateway import bridge, consumers
@@ -505,4 +506,15 @@ async def test_changed_settings_apply_to_open_sockets():
     await database_sync_to_async(widen)()
     snapshot = await receive(socket)
     assert snapshot == {"type": "snapshot", "alerts": [eth]}
+    await socket.disconnect()
+
+
+async def test_a_settings_write_in_alerts_reaches_open_sockets_through_the_signal():
+    me = await database_sync_to_async(make_user)("starrer", watchlist=["BTCUSDT"])
+    eth = await database_sync_to_async(store)(payload(symbol="ETHUSDT"))
+    socket, _, snapshot = await connect_ready(await database_sync_to_async(cookie_headers)(me))
+    assert snapshot["alerts"] == []
+
+    assert await database_sync_to_async(alert_services.toggle_watchlist)(me, "ETHUSDT")
+    assert await receive(socket) == {"type": "snapshot", "alerts": [eth]}
     await socket.disconnect()
