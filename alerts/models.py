@@ -97,7 +97,6 @@ class UserSettings(models.Model):
         null=True, blank=True, help_text="hide global alerts below this 1-day USDT volume"
     )
     timezone = models.CharField(max_length=64, default="UTC")
-    channels = models.JSONField(default=list, blank=True, help_text="notification channels and their routing")
 
     class Meta:
         db_table = "user_settings"

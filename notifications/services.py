@@ -68,14 +68,6 @@ def create_channel(user, kind: str, config: dict, **fields) -> NotificationChann
     return channel
 
 
-def update_channel_config(channel: NotificationChannel, data: dict) -> NotificationChannel:
-    """Replace the channel's secrets; blank fields keep their stored value (forms show them masked)."""
-    merged = {**channel.config, **{key: value for key, value in data.items() if value not in (None, "")}}
-    channel.set_config(clean_channel_config(channel.kind, merged))
-    channel.save(update_fields=["secret_config", "updated_at"])
-    return channel
-
-
 def enable_channel(channel: NotificationChannel) -> None:
     channel.enabled = True
     channel.disabled_reason = ""
