@@ -355,7 +355,7 @@ class TestResult:
 
 
 def send_test(channel: NotificationChannel) -> TestResult:
-    """Send a test message now and report success or the exact failure (settings page, admin)."""
+    """Send a test message now and report success or the exact failure (the admin's action)."""
     try:
         deliver(channel.kind, _config_of(channel), grouping.test_message(str(channel)))
     except DeliveryError as error:
