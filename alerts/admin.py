@@ -9,7 +9,6 @@ from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.template.response import TemplateResponse
 
-import alerts.notifications.admin  # noqa: F401  (registers the notification admin)
 from alerts import services
 from alerts.models import AlertHistory, AlertRule, UserSettings
 from alerts.rule_language import RuleError

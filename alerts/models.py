@@ -6,8 +6,6 @@ plain values.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
@@ -99,7 +97,6 @@ class UserSettings(models.Model):
         null=True, blank=True, help_text="hide global alerts below this 1-day USDT volume"
     )
     timezone = models.CharField(max_length=64, default="UTC")
-    channels = models.JSONField(default=list, blank=True, help_text="notification channels and their routing")
 
     class Meta:
         db_table = "user_settings"
@@ -115,17 +112,6 @@ class UserSettings(models.Model):
             raise ValidationError(
                 {"timezone": f"unknown time zone {self.timezone!r} (use an IANA name like Europe/Paris)"}
             )
-
-    @staticmethod
-    def _active(mutes: dict, key: str, now: datetime) -> bool:
-        if key not in mutes:
-            return False
-        until = mutes[key]
-        return until is None or datetime.fromisoformat(until) > now
-
-    def is_muted(self, rule: str, symbol: str, now: datetime | None = None) -> bool:
-        now = now or datetime.now(UTC)
-        return self._active(self.muted_rules, rule, now) or self._active(self.muted_symbols, symbol, now)
 
 
 class AlertHistory(models.Model):
@@ -200,6 +186,3 @@ class OutboxEntry(models.Model):
     class Meta:
         db_table = "notification_outbox"
         indexes = [models.Index(fields=["dispatched_at", "created_at"], name="outbox_pending")]
-
-
-from alerts.notifications.models import *  # noqa: E402,F403  (notification channels and deliveries)

@@ -1,118 +1,16 @@
-"""Reads: which alerts a viewer may see (DESIGN §10), for the live feed, the JSON API and history pages.
-
-Visibility rules, in one place so the WebSocket feed and the pages never disagree:
-
-- a global rule's alert (payload ``owner`` null) is shown when its symbol is on the viewer's watchlist (an
-  empty watchlist means every symbol), neither its rule nor its symbol is muted (a mute without expiry, or
-  with an expiry still in the future), and, when the viewer set a minimum 1-day volume, its
-  ``metrics.volume_1d`` is known and at least that minimum (an unknown volume is hidden then);
-- a personal rule's alert is shown to its owner only, unfiltered: the user wrote the rule for themselves;
-- an anonymous viewer (only allowed with ``ALLOW_ANONYMOUS_DASHBOARD``) sees every global alert, unfiltered.
-
-Two ways in: :func:`visible_alerts` / :func:`visible_alerts_queryset` query ``alert_history`` (the
-filters run in SQL, so pagination stays correct), and :meth:`AlertAudience.is_visible` is the same test in
-memory for live payloads, built once per socket from the user's settings.
+"""Reads: the alerts a viewer may see (the rule itself is :mod:`alerts.visibility`), for the live feed,
+the JSON API and history pages, and the alert engine's reads.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 
-from alerts.models import AlertHistory, UserSettings
-
-
-def _expiry(value: str | None) -> datetime | None:
-    """A mute's expiry; None means "until unmuted". Unparseable values count as permanent (fail closed)."""
-    if value is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except (TypeError, ValueError):
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class AlertAudience:
-    """What one viewer may see, decided from their settings without touching the database again.
-
-    Build it with :meth:`for_user` (reads ``user_settings``); rebuild it when settings may have changed.
-    """
-
-    user_id: int | None = None
-    watchlist: frozenset[str] = frozenset()
-    muted_rules: dict[str, datetime | None] = field(default_factory=dict)
-    muted_symbols: dict[str, datetime | None] = field(default_factory=dict)
-    min_volume_1d: float | None = None
-
-    @property
-    def anonymous(self) -> bool:
-        return self.user_id is None
-
-    @classmethod
-    def for_user(cls, user) -> AlertAudience:
-        """The audience of a Django user; None or an anonymous user gives the anonymous audience."""
-        if user is None or not getattr(user, "is_authenticated", False):
-            return cls()
-        row = UserSettings.objects.filter(user_id=user.pk).first()
-        if row is None:
-            return cls(user_id=user.pk)
-        return cls(
-            user_id=user.pk,
-            watchlist=frozenset(str(symbol) for symbol in row.watchlist or ()),
-            muted_rules={str(k): _expiry(v) for k, v in (row.muted_rules or {}).items()},
-            muted_symbols={str(k): _expiry(v) for k, v in (row.muted_symbols or {}).items()},
-            min_volume_1d=row.min_volume_1d,
-        )
-
-    @staticmethod
-    def _active(mutes: dict[str, datetime | None], now: datetime) -> set[str]:
-        return {key for key, until in mutes.items() if until is None or until > now}
-
-    def is_visible(self, payload: dict, now: datetime | None = None) -> bool:
-        """May this viewer see this `alerts.triggered` payload (DESIGN §5)?"""
-        owner = payload.get("owner")
-        if owner is not None:
-            return self.user_id is not None and owner == self.user_id
-        if self.anonymous:
-            return True
-        symbol = payload.get("symbol")
-        if self.watchlist and symbol not in self.watchlist:
-            return False
-        now = now or datetime.now(UTC)
-        if self.muted_rules or self.muted_symbols:
-            rule_until = self.muted_rules.get(payload.get("rule"), False)
-            if rule_until is not False and (rule_until is None or rule_until > now):
-                return False
-            symbol_until = self.muted_symbols.get(symbol, False)
-            if symbol_until is not False and (symbol_until is None or symbol_until > now):
-                return False
-        if self.min_volume_1d is not None:
-            volume = (payload.get("metrics") or {}).get("volume_1d")
-            if not isinstance(volume, int | float) or isinstance(volume, bool) or volume < self.min_volume_1d:
-                return False
-        return True
-
-    def q(self, now: datetime | None = None) -> Q:
-        """The same test as a filter on ``alert_history``."""
-        global_alerts = Q(owner_id__isnull=True)
-        if self.anonymous:
-            return global_alerts
-        now = now or datetime.now(UTC)
-        if self.watchlist:
-            global_alerts &= Q(symbol__in=sorted(self.watchlist))
-        if rules := self._active(self.muted_rules, now):
-            global_alerts &= ~Q(rule__in=sorted(rules))
-        if symbols := self._active(self.muted_symbols, now):
-            global_alerts &= ~Q(symbol__in=sorted(symbols))
-        if self.min_volume_1d is not None:
-            # jsonb comparison: JSON null and a missing key never pass, numbers compare numerically.
-            global_alerts &= Q(metrics__volume_1d__gte=self.min_volume_1d)
-        return global_alerts | Q(owner_id=self.user_id)
+from alerts.models import AlertHistory
+from alerts.visibility import AlertAudience
 
 
 def audience_of(viewer) -> AlertAudience:

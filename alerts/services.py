@@ -1,4 +1,5 @@
-"""Alert writes: recording triggered alerts (history + outbox, one transaction) and personal rules.
+"""Alert writes: recording triggered alerts (history + outbox, one transaction), personal rules, user
+settings, and the rule editor's backtest preview (CPU-bound work, so a service rather than a read).
 
 `record_alerts` is the only writer of `alert_history`. It is idempotent and decides from the table
 itself (DESIGN §8): a rule fires for a symbol at bar t only when no stored alert of that rule and symbol
@@ -9,10 +10,11 @@ this check; across restarts, shards and overlapping workers the table is the tru
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -20,9 +22,11 @@ from django.core.exceptions import ValidationError
 from django.db import connections, transaction
 from django.db.models import Q
 
-from alerts.decisions import RuleLike, alert_metrics
-from alerts.models import AlertHistory, AlertRule, OutboxEntry
-from alerts.notifications.services import enqueue_after_commit
+from alerts import signals
+from alerts.decisions import RuleLike, RuleSpec, alert_metrics
+from alerts.models import AlertHistory, AlertRule, OutboxEntry, UserSettings
+
+logger = logging.getLogger(__name__)
 
 TS = "timeseries"
 
@@ -128,7 +132,12 @@ def record_many(bars: Iterable[tuple], triggered_at: datetime | None = None) -> 
             OutboxEntry.objects.using(TS).bulk_create(notified)
             # robust: with the Celery broker down the alert is still published; the notifier's
             # stuck-outbox sweep queues it later
-            transaction.on_commit(lambda: enqueue_after_commit(notified), using=TS, robust=True)
+            outbox_ids = [entry.pk for entry in notified]
+            transaction.on_commit(
+                lambda: signals.outbox_committed.send(sender=OutboxEntry, outbox_ids=outbox_ids),
+                using=TS,
+                robust=True,
+            )
     results: list[Recorded] = []
     counted: set[tuple[str, str, datetime]] = set()  # the same bar twice in one call is created once
     by_bar = iter(candidates)
@@ -248,8 +257,145 @@ def update_rule(rule: AlertRule, **fields) -> AlertRule:
     return rule
 
 
+def delete_personal_rule(rule: AlertRule) -> None:
+    """Delete one of a user's own rules (callers check ownership; global rules are the admin's)."""
+    if rule.owner_id is None:
+        raise ValueError("global rules are deleted in the admin")
+    rule.delete()
+
+
 def set_enabled(rules: Iterable[AlertRule] | Any, enabled: bool) -> int:
     """Enable or disable rules in bulk (admin actions); bumps `updated_at` so engines reload."""
     return AlertRule.objects.filter(pk__in=[r.pk for r in rules]).update(
         enabled=enabled, updated_at=datetime.now(UTC)
     )
+
+
+# --- user settings (the dashboard's settings page and the live table's star) -----------------------------
+#
+# Each write announces `alerts.signals.user_settings_changed` after the commit, so the user's open sockets
+# re-read their settings and the live feed follows at once without a reload.
+
+MAX_WATCHLIST = 1000
+
+
+def _notify_after_commit(user_id: int) -> None:
+    """Announce the change once it commits (the gateway refreshes the user's open sockets)."""
+
+    def notify() -> None:
+        try:
+            signals.user_settings_changed.send(sender=UserSettings, user_id=user_id)
+        except Exception as error:  # Redis away: sockets pick the change up on their next refresh
+            logger.warning("settings of user %s saved; live sockets not told: %s", user_id, error)
+
+    transaction.on_commit(notify, using="default")
+
+
+def _row(user) -> UserSettings:
+    row, _ = UserSettings.objects.select_for_update().get_or_create(user_id=user.pk)
+    return row
+
+
+@transaction.atomic(using="default")
+def update_preferences(
+    user, *, watchlist: list[str], min_volume_1d: float | None, timezone: str
+) -> UserSettings:
+    """Replace the watchlist, the minimum 1-day volume and the time zone (validated by the model)."""
+    row = _row(user)
+    row.watchlist = list(dict.fromkeys(watchlist))[:MAX_WATCHLIST]
+    row.min_volume_1d = min_volume_1d
+    row.timezone = timezone
+    row.full_clean(exclude=["user"])
+    row.save()
+    _notify_after_commit(user.pk)
+    return row
+
+
+@transaction.atomic(using="default")
+def toggle_watchlist(user, symbol: str) -> bool:
+    """Star or unstar a symbol; returns whether it is on the watchlist now."""
+    row = _row(user)
+    watchlist = list(row.watchlist or [])
+    if symbol in watchlist:
+        watchlist.remove(symbol)
+        starred = False
+    else:
+        if len(watchlist) >= MAX_WATCHLIST:
+            raise ValueError(f"the watchlist holds at most {MAX_WATCHLIST} symbols")
+        watchlist.append(symbol)
+        starred = True
+    row.watchlist = watchlist
+    row.save(update_fields=["watchlist"])
+    _notify_after_commit(user.pk)
+    return starred
+
+
+@transaction.atomic(using="default")
+def mute(user, *, kind: str, name: str, hours: float | None, now: datetime | None = None) -> UserSettings:
+    """Mute a rule (slug) or a symbol for `hours` (None = until unmuted)."""
+    row = _row(user)
+    until = None if hours is None else ((now or datetime.now(UTC)) + timedelta(hours=hours)).isoformat()
+    field = "muted_rules" if kind == "rule" else "muted_symbols"
+    mutes = dict(getattr(row, field) or {})
+    mutes[name] = until
+    setattr(row, field, mutes)
+    row.save(update_fields=[field])
+    _notify_after_commit(user.pk)
+    return row
+
+
+@transaction.atomic(using="default")
+def unmute(user, *, kind: str, name: str) -> None:
+    row = _row(user)
+    field = "muted_rules" if kind == "rule" else "muted_symbols"
+    mutes = dict(getattr(row, field) or {})
+    if mutes.pop(name, "absent") != "absent":
+        setattr(row, field, mutes)
+        row.save(update_fields=[field])
+        _notify_after_commit(user.pk)
+
+
+# --- backtest preview (the rule editor's "what would it have fired") ------------------------------------
+
+PREVIEW_MAX_SYMBOLS = 25
+
+
+@dataclass(frozen=True)
+class Preview:
+    """What a rule would have fired over stored candles (the backtest engine, DESIGN §9)."""
+
+    symbols_checked: list[str]
+    symbols_stored: int
+    alerts: list[dict]
+
+    def as_json(self) -> dict:
+        by_symbol: dict[str, int] = {}
+        for alert in self.alerts:
+            by_symbol[alert["symbol"]] = by_symbol.get(alert["symbol"], 0) + 1
+        newest = sorted(self.alerts, key=lambda a: a["open_time"], reverse=True)[:10]
+        return {
+            "ok": True,
+            "symbols_checked": len(self.symbols_checked),
+            "symbols_stored": self.symbols_stored,
+            "alerts": len(self.alerts),
+            "by_symbol": by_symbol,
+            "newest": [
+                {"symbol": a["symbol"], "open_time": a["open_time"], "price": a["price"]} for a in newest
+            ],
+        }
+
+
+def backtest_preview(expression: str, cooldown_seconds: int, symbols: list[str] | None) -> Preview:
+    """Replay stored candles through the backtest engine for one rule (RuleError if it does not compile).
+
+    Bounded for a web request: the given symbols (e.g. the user's watchlist), else the first
+    PREVIEW_MAX_SYMBOLS stored ones, at most PREVIEW_MAX_SYMBOLS either way."""
+    from alerts import backtest
+
+    spec = RuleSpec.build("preview", expression, cooldown_seconds=cooldown_seconds)
+    stored = backtest.stored_symbols()
+    wanted = [symbol for symbol in (symbols or stored) if symbol in set(stored)][:PREVIEW_MAX_SYMBOLS]
+    alerts = []
+    for symbol in wanted:
+        alerts.extend(backtest.evaluate(symbol, backtest.stored_candles(symbol), [spec]))
+    return Preview(symbols_checked=wanted, symbols_stored=len(stored), alerts=alerts)

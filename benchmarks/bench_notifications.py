@@ -90,8 +90,8 @@ def main() -> int:
         from django.db import transaction
 
         from alerts.models import AlertHistory, OutboxEntry
-        from alerts.notifications import services
-        from alerts.notifications.models import Delivery
+        from notifications import services
+        from notifications.models import Delivery
 
         receiver = Receiver()
         worker = subprocess.Popen(

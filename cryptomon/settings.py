@@ -75,6 +75,7 @@ INSTALLED_APPS = [
     "collector",
     "metrics",
     "alerts",
+    "notifications",
     "gateway",
     "axes",  # failed sign-in throttling (issue 16 item 3)
 ]
@@ -212,7 +213,7 @@ OPERATOR_DISCORD_URL = os.environ.get("OPERATOR_DISCORD_URL", "")
 OPERATOR_SLACK_URL = os.environ.get("OPERATOR_SLACK_URL", "")
 OPERATOR_TELEGRAM_CHAT_ID = os.environ.get("OPERATOR_TELEGRAM_CHAT_ID", "")
 OPERATOR_EMAIL = os.environ.get("OPERATOR_EMAIL", "")
-# operator watchdog (alerts/notifications/watchdog.py): what raises an operator alert, checked by Celery beat
+# operator watchdog (notifications/watchdog.py): what raises an operator alert, checked by Celery beat
 OPERATOR_CHECK_SECONDS = env_float("OPERATOR_CHECK_SECONDS", 30.0, minimum=1)
 OPERATOR_FEED_STALE_SECONDS = env_float("OPERATOR_FEED_STALE_SECONDS", 120.0, minimum=1)
 OPERATOR_CONSUMER_LAG_SECONDS = env_float("OPERATOR_CONSUMER_LAG_SECONDS", 60.0, minimum=1)

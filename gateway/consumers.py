@@ -2,7 +2,7 @@
 
 One :class:`AlertsConsumer` per browser socket. It joins the ASCII groups the bridge (`run_gateway`) feeds
 — ``alerts``, ``feed``, ``resync`` and, while subscribed to the market, ``market`` — and filters every alert
-for its own subscription and audience (:class:`alerts.selectors.AlertAudience`).
+for its own subscription and audience (:class:`alerts.visibility.AlertAudience`).
 
 Close codes (the server closes after accepting, so browsers see the code):
 
@@ -36,7 +36,8 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connections
 
-from alerts.selectors import AlertAudience, visible_alerts
+from alerts.selectors import visible_alerts
+from alerts.visibility import AlertAudience
 from cryptomon import messaging
 from gateway import feed, flow
 from gateway.bridge import ALERTS_GROUP, FEED_GROUP, MARKET_GROUP, RESYNC_GROUP
@@ -67,6 +68,11 @@ def settings_changed(user_id: int) -> None:
     layer = get_channel_layer()
     if layer is not None:
         async_to_sync(layer.group_send)(user_group(user_id), {"type": "settings.changed"})
+
+
+def on_user_settings_changed(sender, *, user_id: int, **kwargs) -> None:
+    """Receiver of `alerts.signals.user_settings_changed` (connected in `GatewayConfig.ready`)."""
+    settings_changed(user_id)
 
 
 # --- per-user socket slots (Redis) ---------------------------------------------------------------------

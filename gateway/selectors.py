@@ -169,51 +169,6 @@ def latest_metrics(symbol: str, at: datetime | None = None) -> dict | None:
     }
 
 
-PREVIEW_MAX_SYMBOLS = 25
-
-
-@dataclass(frozen=True)
-class Preview:
-    """What a rule would have fired over stored candles (the backtest engine, DESIGN §9)."""
-
-    symbols_checked: list[str]
-    symbols_stored: int
-    alerts: list[dict]
-
-    def as_json(self) -> dict:
-        by_symbol: dict[str, int] = {}
-        for alert in self.alerts:
-            by_symbol[alert["symbol"]] = by_symbol.get(alert["symbol"], 0) + 1
-        newest = sorted(self.alerts, key=lambda a: a["open_time"], reverse=True)[:10]
-        return {
-            "ok": True,
-            "symbols_checked": len(self.symbols_checked),
-            "symbols_stored": self.symbols_stored,
-            "alerts": len(self.alerts),
-            "by_symbol": by_symbol,
-            "newest": [
-                {"symbol": a["symbol"], "open_time": a["open_time"], "price": a["price"]} for a in newest
-            ],
-        }
-
-
-def backtest_preview(expression: str, cooldown_seconds: int, symbols: list[str] | None) -> Preview:
-    """Replay stored candles through the backtest engine for one rule (RuleError if it does not compile).
-
-    Bounded for a web request: the given symbols (e.g. the user's watchlist), else the first
-    PREVIEW_MAX_SYMBOLS stored ones, at most PREVIEW_MAX_SYMBOLS either way."""
-    from alerts import backtest
-    from alerts.decisions import RuleSpec
-
-    spec = RuleSpec.build("preview", expression, cooldown_seconds=cooldown_seconds)
-    stored = backtest.stored_symbols()
-    wanted = [symbol for symbol in (symbols or stored) if symbol in set(stored)][:PREVIEW_MAX_SYMBOLS]
-    alerts = []
-    for symbol in wanted:
-        alerts.extend(backtest.evaluate(symbol, backtest.stored_candles(symbol), [spec]))
-    return Preview(symbols_checked=wanted, symbols_stored=len(stored), alerts=alerts)
-
-
 def user_settings(user) -> UserSettings:
     """The user's settings row, or an unsaved default one (nothing is written by reading)."""
     return UserSettings.objects.filter(user_id=user.pk).first() or UserSettings(user_id=user.pk)

@@ -26,7 +26,7 @@ from django.views.decorators.http import require_POST
 
 from alerts import services as alert_services
 from alerts.rule_language import RuleError, compile_rule
-from gateway import selectors, services
+from gateway import selectors
 from gateway.forms import HistoryFilterForm, MuteForm, PersonalRuleForm, PreferencesForm
 from metrics.models import TIMEFRAMES
 
@@ -235,7 +235,7 @@ def save_preferences(request: HttpRequest) -> HttpResponse:
     form = PreferencesForm(request.POST)
     if form.is_valid():
         try:
-            services.update_preferences(request.user, **form.cleaned_data)
+            alert_services.update_preferences(request.user, **form.cleaned_data)
         except ValidationError as error:
             form.add_error(None, error)
         else:
@@ -253,7 +253,7 @@ def add_mute(request: HttpRequest) -> HttpResponse:
             request, "gateway/settings.html", _settings_context(request, mute_form=form), status=400
         )
     data = form.cleaned_data
-    services.mute(request.user, kind=data["kind"], name=data["name"], hours=data["hours"])
+    alert_services.mute(request.user, kind=data["kind"], name=data["name"], hours=data["hours"])
     messages.success(request, f"Muted {data['kind']} {data['name']}.")
     return redirect("settings")
 
@@ -264,7 +264,7 @@ def remove_mute(request: HttpRequest) -> HttpResponse:
     kind = request.POST.get("kind")
     if kind not in ("rule", "symbol"):
         return HttpResponse("kind must be rule or symbol", status=400)
-    services.unmute(request.user, kind=kind, name=request.POST.get("name", ""))
+    alert_services.unmute(request.user, kind=kind, name=request.POST.get("name", ""))
     return redirect("settings")
 
 
@@ -277,7 +277,7 @@ def toggle_watchlist(request: HttpRequest) -> JsonResponse:
     if not symbol or len(symbol) > 64:
         return JsonResponse({"error": "symbol: missing or too long"}, status=400)
     try:
-        starred = services.toggle_watchlist(request.user, symbol)
+        starred = alert_services.toggle_watchlist(request.user, symbol)
     except ValueError as error:
         return JsonResponse({"error": str(error)}, status=400)
     return JsonResponse({"symbol": symbol, "starred": starred})
@@ -333,7 +333,7 @@ def rule_delete(request: HttpRequest, rule_id: int) -> HttpResponse:
     rule = selectors.personal_rule(request.user, rule_id)
     if rule is None:
         raise Http404("no such rule of yours")
-    services.delete_personal_rule(rule)
+    alert_services.delete_personal_rule(rule)
     messages.success(request, f"Rule {rule.name} deleted.")
     return redirect("settings")
 
@@ -360,7 +360,7 @@ def rule_preview(request: HttpRequest) -> JsonResponse:
         return JsonResponse({"ok": False, "message": message, "parameter": "cooldown_seconds"}, status=400)
     watchlist = list(selectors.user_settings(request.user).watchlist or []) or None
     try:
-        preview = selectors.backtest_preview(request.POST.get("expression", ""), cooldown, watchlist)
+        preview = alert_services.backtest_preview(request.POST.get("expression", ""), cooldown, watchlist)
     except RuleError as error:
         return JsonResponse({"ok": False, "message": str(error), "column": error.column})
     return JsonResponse(preview.as_json())

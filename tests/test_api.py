@@ -69,6 +69,21 @@ def test_alerts_are_the_callers_visible_alerts_newest_first(world):
     assert all(a["owner"] != other.pk for a in alerts)
 
 
+def test_alerts_hide_what_bad_stored_settings_mute_or_floor(world):
+    """alerts.visibility: an unparsable mute expiry mutes until lifted; a boolean volume is not a number."""
+    me, _, client = world
+    UserSettings.objects.filter(user=me).update(
+        muted_rules={"futures_pioneer_bear": "not a time"}, min_volume_1d=1e6
+    )
+    data.alert("boolean_volume", "BTCUSDT", 7, volume_1d=True)
+    alerts = client.get("/api/alerts").json()["alerts"]
+    assert [(a["symbol"], a["rule"]) for a in alerts] == [
+        ("BTCUSDT", "futures_pioneer_bull"),
+        ("币安人生USDT", "futures_top_hunter"),
+        ("ETHUSDT", f"u{me.pk}-mine"),
+    ]
+
+
 def test_alert_filters_narrow_the_list(world):
     me, _, client = world
     get = lambda **params: [a["symbol"] for a in client.get("/api/alerts", params).json()["alerts"]]  # noqa: E731

@@ -135,6 +135,15 @@ def test_history_follows_the_users_watchlist(world):
     assert page.count('class="dir-') == 1 and "币安人生USDT" in page
 
 
+def test_history_hides_what_bad_stored_settings_mute_or_floor(world):
+    """alerts.visibility: an unparsable mute expiry mutes until lifted; a boolean volume is not a number."""
+    me, _, client = world
+    UserSettings.objects.filter(user=me).update(muted_symbols={"币安人生USDT": "garbled"}, min_volume_1d=1e6)
+    data.alert("boolean_volume", "BTCUSDT", 4, volume_1d=True)
+    page = table(client.get("/history/").content.decode())
+    assert page.count('class="dir-') == 2 and "币安人生USDT" not in page and "Boolean Volume" not in page
+
+
 def test_history_rejects_a_backwards_time_range(world):
     _, _, client = world
     page = client.get(

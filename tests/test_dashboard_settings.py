@@ -9,7 +9,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from alerts.models import AlertRule, UserSettings
-from alerts.selectors import AlertAudience
+from alerts.visibility import AlertAudience
 
 pytestmark = pytest.mark.django_db(databases=["default", "timeseries"])
 
@@ -72,8 +72,9 @@ def test_mutes_have_an_expiry_and_can_be_lifted(users):
     until = datetime.fromisoformat(row.muted_symbols["ETHUSDT"])
     assert before + timedelta(hours=4) <= until <= datetime.now(UTC) + timedelta(hours=4)
     assert row.muted_rules == {"futures_top_hunter": None}
-    assert row.is_muted("futures_top_hunter", "BTCUSDT") and row.is_muted("x", "ETHUSDT")
-    assert not row.is_muted("x", "ETHUSDT", now=until + timedelta(seconds=1))
+    audience = AlertAudience.for_user(me)
+    assert audience.is_muted("futures_top_hunter", "BTCUSDT") and audience.is_muted("x", "ETHUSDT")
+    assert not audience.is_muted("x", "ETHUSDT", now=until + timedelta(seconds=1))
     client.post("/settings/mutes/remove", {"kind": "symbol", "name": "ETHUSDT"})
     assert UserSettings.objects.get(user=me).muted_symbols == {}
 

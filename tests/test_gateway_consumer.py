@@ -13,6 +13,7 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.test import Client
 
+from alerts import services as alert_services
 from alerts.models import AlertHistory, UserSettings
 from cryptomon.asgi import application
 from gateway import bridge, consumers
@@ -254,6 +255,23 @@ async def test_live_alerts_follow_the_watchlist_active_mutes_and_minimum_volume(
     await socket.disconnect()
 
 
+async def test_bad_stored_settings_hide_alerts_live_and_in_the_snapshot():
+    """alerts.visibility: an unparsable mute expiry mutes until lifted; a boolean volume is not a number."""
+    me = await database_sync_to_async(make_user)(
+        "garbled", muted_symbols={"SOLUSDT": "soon"}, min_volume_1d=1_000_000
+    )
+    await database_sync_to_async(store)(payload(symbol="SOLUSDT", minutes_ago=3))  # muted
+    await database_sync_to_async(store)(payload(symbol="ETHUSDT", minutes_ago=2, volume_1d=True))
+    shown = await database_sync_to_async(store)(payload(symbol="BTCUSDT", minutes_ago=4))
+    socket, _, snapshot = await connect_ready(await database_sync_to_async(cookie_headers)(me))
+    assert [a["id"] for a in snapshot["alerts"]] == [shown["id"]]
+    live = payload(symbol="BTCUSDT", rule="futures_top_hunter")
+    for p in [payload(symbol="SOLUSDT", rule="futures_top_hunter"), payload(volume_1d=True), live]:
+        await publish(p)
+    assert await alerts_received(socket) == [live["id"]]
+    await socket.disconnect()
+
+
 async def test_a_user_never_sees_another_users_personal_alerts():
     me = await database_sync_to_async(make_user)("alice")
     other = await database_sync_to_async(make_user)("bob")
@@ -488,4 +506,15 @@ async def test_changed_settings_apply_to_open_sockets():
     await database_sync_to_async(widen)()
     snapshot = await receive(socket)
     assert snapshot == {"type": "snapshot", "alerts": [eth]}
+    await socket.disconnect()
+
+
+async def test_a_settings_write_in_alerts_reaches_open_sockets_through_the_signal():
+    me = await database_sync_to_async(make_user)("starrer", watchlist=["BTCUSDT"])
+    eth = await database_sync_to_async(store)(payload(symbol="ETHUSDT"))
+    socket, _, snapshot = await connect_ready(await database_sync_to_async(cookie_headers)(me))
+    assert snapshot["alerts"] == []
+
+    assert await database_sync_to_async(alert_services.toggle_watchlist)(me, "ETHUSDT")
+    assert await receive(socket) == {"type": "snapshot", "alerts": [eth]}
     await socket.disconnect()

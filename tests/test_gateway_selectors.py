@@ -9,7 +9,8 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser
 
 from alerts.models import AlertHistory, UserSettings
-from alerts.selectors import AlertAudience, visible_alerts, visible_alerts_queryset
+from alerts.selectors import visible_alerts, visible_alerts_queryset
+from alerts.visibility import AlertAudience
 
 pytestmark = pytest.mark.django_db(databases=["default", "timeseries"])
 

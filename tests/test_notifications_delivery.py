@@ -16,8 +16,8 @@ from django.core import mail
 from django.db import transaction
 
 from alerts.models import AlertHistory, OutboxEntry, UserSettings
-from alerts.notifications import services, webhook
-from alerts.notifications.models import Delivery, NotificationChannel
+from notifications import services, webhook
+from notifications.models import Delivery, NotificationChannel
 
 pytestmark = pytest.mark.django_db(databases=["default", "timeseries"], transaction=True)
 
@@ -230,6 +230,25 @@ def test_alerts_follow_each_channels_routing_and_each_users_visibility(celery_wo
         (sol_top.pk, c_muted.pk),
     }
     assert not {c_big.pk, c_off.pk} & {channel for _, channel in routed}
+
+
+def test_bad_stored_settings_hide_the_alert_the_way_the_pages_do(celery_worker, fast, receiver):
+    """The visibility rule of alerts.visibility: an unparsable mute expiry mutes until lifted (the fan-out
+    used to raise on it) and a boolean volume is not a number."""
+    garbled = make_user("garbled", muted_rules={"futures_pioneer_bull": "next tuesday"})
+    floor = make_user("floor", min_volume_1d=1e6)
+    webhook_channel(garbled, receiver)
+    webhook_channel(floor, receiver)
+
+    _, muted_entry = store_alert(enqueue=False)
+    _, bool_entry = store_alert("ETHUSDT", "futures_top_hunter", volume_1d=True, enqueue=False)
+    assert services.fan_out(muted_entry.pk).created == 1  # floor's channel only
+    assert services.fan_out(bool_entry.pk).created == 1  # garbled's channel only
+
+    assert {(d.alert_id, d.user_id) for d in deliveries()} == {
+        (muted_entry.alert_id, floor.pk),
+        (bool_entry.alert_id, garbled.pk),
+    }
 
 
 def test_a_personal_rules_alert_goes_to_its_owner_only(celery_worker, fast, receiver):

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from alerts.notifications import operator, webhook
+from notifications import operator, webhook
 from tests.test_notifications_delivery import Receiver, celery_worker, wait_for  # noqa: F401 - fixture
 
 pytestmark = [
@@ -25,7 +25,7 @@ def receiver():
 
 @pytest.fixture
 def operator_channels(settings, receiver):
-    from alerts.notifications.services import redis_client
+    from notifications.services import redis_client
 
     redis_client().delete(operator.ACTIVE_KEY)
     settings.NOTIFICATIONS_ALLOW_PRIVATE_TARGETS = False  # the operator's own URLs are trusted anyway

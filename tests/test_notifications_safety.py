@@ -11,10 +11,10 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.db import connections
 
-from alerts.notifications import grouping, routing, safety, services
-from alerts.notifications.base import Message
-from alerts.notifications.models import NotificationChannel
-from alerts.notifications.safety import UnsafeTarget
+from notifications import grouping, routing, safety, services
+from notifications.base import Message
+from notifications.models import NotificationChannel
+from notifications.safety import UnsafeTarget
 
 
 @pytest.mark.parametrize(
@@ -93,7 +93,7 @@ def _admin_patterns():
     from django.contrib import admin
     from django.urls import path
 
-    import alerts.notifications.admin  # noqa: F401 - registers NotificationChannel and Delivery
+    import notifications.admin  # noqa: F401 - registers NotificationChannel and Delivery
 
     return [path("admin/", admin.site.urls)]
 
@@ -122,8 +122,8 @@ def test_the_admin_shows_channels_with_masked_secrets_only(admin_client, admin_u
     user = get_user_model().objects.create_user("trader", password="x-unused-pass-1")
     channel = services.create_channel(user, "slack", {"url": SECRET_URL})
 
-    listing = admin_client.get("/admin/alerts/notificationchannel/").content.decode()
-    page = admin_client.get(f"/admin/alerts/notificationchannel/{channel.pk}/change/").content.decode()
+    listing = admin_client.get("/admin/notifications/notificationchannel/").content.decode()
+    page = admin_client.get(f"/admin/notifications/notificationchannel/{channel.pk}/change/").content.decode()
     for html in (listing, page):
         assert "PLAINTEXT-SECRET" not in html and "hooks.example.com" not in html
         assert "…9z8y" in html
@@ -137,12 +137,13 @@ def test_the_admin_form_keeps_a_secret_left_blank_and_validates_a_new_one(admin_
     form = {"user": user.pk, "kind": "slack", "name": "renamed", "enabled": "on", "rules": "[]"}
     form |= {"directions": "[]", "severities": "[]", "symbols": "[]"}
 
-    admin_client.post(f"/admin/alerts/notificationchannel/{channel.pk}/change/", form)
+    admin_client.post(f"/admin/notifications/notificationchannel/{channel.pk}/change/", form)
     channel.refresh_from_db()
     assert channel.name == "renamed" and channel.config == {"url": SECRET_URL}
 
     refused = admin_client.post(
-        f"/admin/alerts/notificationchannel/{channel.pk}/change/", form | {"url": "ftp://example.com/x"}
+        f"/admin/notifications/notificationchannel/{channel.pk}/change/",
+        form | {"url": "ftp://example.com/x"},
     )
     assert "only http:// and https:// URLs are allowed" in refused.content.decode()
 

@@ -14,11 +14,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from nats.js.api import AckPolicy
 
-from alerts.notifications import operator, watchdog
 from collector.emulator import EmulatorServer
 from collector.rest import RestClient, RestError
 from cryptomon import messaging
 from metrics.models import Candle
+from notifications import operator, watchdog
 from tests.dashboard_data import candles, symbol
 from tests.test_notifications_delivery import Receiver, celery_worker, wait_for  # noqa: F401 - fixture
 
@@ -330,8 +330,8 @@ def test_minutes_missing_between_stored_candles_past_the_gap_timeout_raise_gaps_
 @DB
 @pytest.mark.usefixtures("celery_worker")
 def test_the_beat_task_sends_a_rest_ban_to_the_operator_channel_and_its_resolution(watch, collector):
-    from alerts.tasks import check_operator_conditions
     from cryptomon.celery import app
+    from notifications.tasks import check_operator_conditions
 
     assert app.conf.beat_schedule["check-operator-conditions"]["task"] == check_operator_conditions.name
     receiver = Receiver()

@@ -1,7 +1,8 @@
 """Notification writes: channels, fan-out, delivery with retries, the stuck-work sweep, send test.
 
 Flow (docs/notifications.md): run_alerts stores an alert and its outbox row in one transaction and,
-after commit, `enqueue_after_commit` queues one `dispatch_outbox_entries` for them. `fan_out` turns each
+after commit, sends `alerts.signals.outbox_committed`; `dispatch_committed_outbox` queues one
+`dispatch_outbox_entries` for them. `fan_out` turns each
 outbox row into unique (alert, channel) deliveries — any number of runs create each delivery once — and
 schedules one `flush_channel` per channel after the group window. `flush_channel` claims the due
 deliveries, sends them as one message, and records success, a retry (exponential backoff, full
@@ -24,12 +25,13 @@ from django.db import connections, transaction
 from django.db.models import F
 
 from alerts.models import AlertHistory, OutboxEntry, UserSettings
-from alerts.notifications import grouping, routing
-from alerts.notifications.base import DeliveryError, Message, PermanentError, RejectedError, TransientError
-from alerts.notifications.crypto import SecretUnreadable
-from alerts.notifications.models import Delivery, NotificationChannel
-from alerts.notifications.safety import UnsafeTarget
-from alerts.notifications.transports import transport
+from alerts.visibility import AlertAudience
+from notifications import grouping, queue, routing
+from notifications.base import DeliveryError, Message, PermanentError, RejectedError, TransientError
+from notifications.crypto import SecretUnreadable
+from notifications.models import Delivery, NotificationChannel
+from notifications.safety import UnsafeTarget
+from notifications.transports import transport
 
 logger = logging.getLogger(__name__)
 
@@ -66,14 +68,6 @@ def create_channel(user, kind: str, config: dict, **fields) -> NotificationChann
     return channel
 
 
-def update_channel_config(channel: NotificationChannel, data: dict) -> NotificationChannel:
-    """Replace the channel's secrets; blank fields keep their stored value (forms show them masked)."""
-    merged = {**channel.config, **{key: value for key, value in data.items() if value not in (None, "")}}
-    channel.set_config(clean_channel_config(channel.kind, merged))
-    channel.save(update_fields=["secret_config", "updated_at"])
-    return channel
-
-
 def enable_channel(channel: NotificationChannel) -> None:
     channel.enabled = True
     channel.disabled_reason = ""
@@ -93,12 +87,15 @@ def _disable_channel(channel_id: int, reason: str) -> None:
 
 
 def enqueue_after_commit(entries: list[OutboxEntry]) -> None:
-    """For run_alerts: queue the fan-out of a transaction's outbox rows once it commits (call inside it).
+    """Queue the fan-out of a transaction's outbox rows once it commits (call inside it).
     One task for the batch: a minute's burst is one broker round trip on the alert path, not one each."""
-    from alerts.tasks import dispatch_outbox_entries
-
     outbox_ids = [entry.pk for entry in entries]
-    transaction.on_commit(lambda: dispatch_outbox_entries.delay(outbox_ids), using=TS)
+    transaction.on_commit(lambda: queue.dispatch_outbox_entries(outbox_ids), using=TS)
+
+
+def dispatch_committed_outbox(sender, *, outbox_ids: list[int], **kwargs) -> None:
+    """Receiver of `alerts.signals.outbox_committed` (run_alerts, after its commit): queue the fan-out."""
+    queue.dispatch_outbox_entries(outbox_ids)
 
 
 @dataclass
@@ -118,10 +115,11 @@ def _candidate_channels(
     user_settings = {
         row.user_id: row for row in UserSettings.objects.filter(user_id__in={c.user_id for c in channels})
     }
+    payload = alert.to_payload()
     return [
         (channel, user_settings.get(channel.user_id))
         for channel in channels
-        if routing.visible_to(channel.user_id, user_settings.get(channel.user_id), alert, now)
+        if AlertAudience.of(channel.user_id, user_settings.get(channel.user_id)).is_visible(payload, now)
     ]
 
 
@@ -200,13 +198,11 @@ def _decide(
 
 def schedule_flush(channel_id: int, delay: float | None = None) -> bool:
     """Queue one flush per channel per group window (a burst of alerts schedules it once)."""
-    from alerts.tasks import flush_channel
-
     delay = settings.NOTIFICATIONS_GROUP_SECONDS if delay is None else delay
     ttl = max(1, int(delay * 2) + 60)
     if not redis_client().set(FLUSH_KEY.format(channel_id), "1", nx=True, ex=ttl):
         return False
-    flush_channel.apply_async((channel_id,), countdown=delay)
+    queue.flush_channel(channel_id, countdown=delay)
     return True
 
 
@@ -296,9 +292,7 @@ def _send_group(channel: NotificationChannel, key: str, members: list[Delivery])
         )
         _note_error(channel, str(error))
         logger.info("%s: attempt %d failed (%s), retry in %.2fs", channel.log_name(), attempts, error, delay)
-        from alerts.tasks import flush_channel
-
-        flush_channel.apply_async((channel.pk,), countdown=delay)
+        queue.flush_channel(channel.pk, countdown=delay)
         return 0
     except PermanentError as error:
         logger.warning("%s disabled: %s", channel.log_name(), error)
@@ -361,7 +355,7 @@ class TestResult:
 
 
 def send_test(channel: NotificationChannel) -> TestResult:
-    """Send a test message now and report success or the exact failure (settings page, admin)."""
+    """Send a test message now and report success or the exact failure (the admin's action)."""
     try:
         deliver(channel.kind, _config_of(channel), grouping.test_message(str(channel)))
     except DeliveryError as error:
@@ -384,8 +378,6 @@ class Requeued:
 def requeue_stuck(now: datetime | None = None) -> Requeued:
     """Re-queue outbox rows never fanned out, deliveries claimed by a worker that died, and pending
     deliveries whose flush task was lost — everything older than NOTIFICATIONS_STUCK_SECONDS."""
-    from alerts.tasks import dispatch_outbox_entries, flush_channel
-
     now = now or _now()
     cutoff = now - timedelta(seconds=settings.NOTIFICATIONS_STUCK_SECONDS)
     result = Requeued()
@@ -395,7 +387,7 @@ def requeue_stuck(now: datetime | None = None) -> Requeued:
         )[:1000]
     )
     if stuck_outbox:
-        dispatch_outbox_entries.delay(stuck_outbox)
+        queue.dispatch_outbox_entries(stuck_outbox)
         result.outbox = len(stuck_outbox)
     stuck = Delivery.objects.filter(status=Delivery.Status.SENDING, claimed_at__lt=cutoff)
     channels = set(stuck.values_list("channel_id", flat=True).distinct())
@@ -406,7 +398,7 @@ def requeue_stuck(now: datetime | None = None) -> Requeued:
         .distinct()
     )
     for channel_id in sorted(channels):
-        flush_channel.delay(channel_id)
+        queue.flush_channel(channel_id)
     result.channels = len(channels)
     if result.outbox or result.reclaimed or result.channels:
         logger.warning("re-queued stuck notifications: %s", result)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from alerts.notifications import safety
-from alerts.notifications.base import Message, http_failure, retry_after_header
-from alerts.notifications.crypto import mask
+from notifications import safety
+from notifications.base import Message, http_failure, retry_after_header
+from notifications.crypto import mask
 
 KIND = "slack"
 LIMIT = 3900

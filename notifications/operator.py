@@ -22,8 +22,8 @@ import time
 
 from django.conf import settings
 
-from alerts.notifications import grouping, safety
-from alerts.notifications.services import deliver, redis_client
+from notifications import grouping, queue, safety
+from notifications.services import deliver, redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -86,15 +86,13 @@ async def aresolve_operator_alert(key: str, message: str | None = None) -> bool:
 
 
 def _enqueue(key: str, state: str, text: str, since: int) -> None:
-    from alerts.tasks import send_operator_message
-
     targets = operator_targets()
     if not targets:
         logger.warning(
             "no operator channel configured (OPERATOR_* settings); [%s] %s only logged", key, state
         )
     for index in range(len(targets)):
-        send_operator_message.delay(index, key, state, text, since)
+        queue.send_operator_message(index, key, state, text, since)
 
 
 def send_to_target(index: int, key: str, state: str, text: str, since: int) -> None:

@@ -1,6 +1,7 @@
 """Operator watchdog: detects the conditions of issue 9 item 4 and raises or resolves their operator alerts.
 
-Celery beat runs `alerts.tasks.check_operator_conditions` every OPERATOR_CHECK_SECONDS; it calls `check()`.
+Celery beat runs `check_operator_conditions` (notifications/tasks.py) every OPERATOR_CHECK_SECONDS; it calls
+`check()`.
 Each condition has a function returning its current state as a `Condition` (tests call them directly):
 
 - `feed_stale`: a collector heartbeat (`collector.status`, core NATS, every 5 s) says `stale` or lags the
@@ -33,9 +34,9 @@ from django.db import connections, router
 from django.db.models import Max
 from nats.js.errors import NotFoundError
 
-from alerts.notifications import operator
-from alerts.notifications.services import redis_client
 from cryptomon import messaging
+from notifications import operator
+from notifications.services import redis_client
 
 logger = logging.getLogger(__name__)
 

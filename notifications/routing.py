@@ -1,8 +1,7 @@
-"""Who gets which alert: the owner's visibility, the channel's routing, quiet hours and the daily cap.
+"""Which channel takes which alert: the channel's routing, quiet hours and the daily cap.
 
-Visibility follows DESIGN §10 (the same as the live feed): a personal rule's alert goes to its owner
-only; a global rule's alert to every user whose settings show it (watchlist, mutes, minimum 1-day
-volume). A user without a settings row sees every global alert.
+Whether the channel's owner may see the alert at all is the one visibility rule of the pages and the live
+feed, :class:`alerts.visibility.AlertAudience`, applied by `services`.
 """
 
 from __future__ import annotations
@@ -10,24 +9,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from alerts.models import AlertHistory, UserSettings
-from alerts.notifications.models import NotificationChannel
-
-
-def visible_to(user_id: int, user_settings: UserSettings | None, alert: AlertHistory, now: datetime) -> bool:
-    if alert.owner_id is not None:
-        return alert.owner_id == user_id
-    if user_settings is None:
-        return True
-    if user_settings.watchlist and alert.symbol not in user_settings.watchlist:
-        return False
-    if user_settings.is_muted(alert.rule, alert.symbol, now):
-        return False
-    if user_settings.min_volume_1d is not None:
-        volume = (alert.metrics or {}).get("volume_1d")
-        if not isinstance(volume, int | float) or volume < user_settings.min_volume_1d:
-            return False
-    return True
+from alerts.models import AlertHistory
+from notifications.models import NotificationChannel
 
 
 def routes(channel: NotificationChannel, alert: AlertHistory) -> bool:

@@ -1,4 +1,7 @@
-"""Celery tasks for notifications: thin wrappers over alerts.notifications services."""
+"""Celery tasks for notifications: thin wrappers over the services, operator alerts and the watchdog.
+
+Registered under their `notifications.queue` names (still `alerts.tasks.*`: see that module).
+"""
 
 from __future__ import annotations
 
@@ -8,13 +11,13 @@ from celery import shared_task
 from django.conf import settings
 
 import cryptomon.celery  # noqa: F401 - the configured app, so .delay() from web/run_alerts uses its broker
-from alerts.notifications import operator, services, watchdog
-from alerts.notifications.base import DeliveryError, TransientError
+from notifications import operator, queue, services, watchdog
+from notifications.base import DeliveryError, TransientError
 
 logger = logging.getLogger(__name__)
 
 
-@shared_task(name="alerts.tasks.dispatch_outbox_entries", acks_late=True, ignore_result=True)
+@shared_task(name=queue.DISPATCH_OUTBOX_ENTRIES, acks_late=True, ignore_result=True)
 def dispatch_outbox_entries(outbox_ids: list[int]) -> int:
     """Fan outbox rows out into deliveries (idempotent); returns deliveries created. A row that fails
     is logged and left undispatched, so the stuck-outbox sweep queues it again; the others go on."""
@@ -27,19 +30,19 @@ def dispatch_outbox_entries(outbox_ids: list[int]) -> int:
     return created
 
 
-@shared_task(name="alerts.tasks.flush_channel", acks_late=True, ignore_result=True)
+@shared_task(name=queue.FLUSH_CHANNEL, acks_late=True, ignore_result=True)
 def flush_channel(channel_id: int) -> int:
     """Send a channel's due deliveries as one message; returns alerts delivered."""
     return services.flush_channel(channel_id)
 
 
-@shared_task(name="alerts.tasks.requeue_stuck_notifications", ignore_result=True)
+@shared_task(name=queue.REQUEUE_STUCK_NOTIFICATIONS, ignore_result=True)
 def requeue_stuck_notifications() -> None:
     services.requeue_stuck()
 
 
 @shared_task(
-    name="alerts.tasks.send_operator_message", bind=True, acks_late=True, ignore_result=True, max_retries=None
+    name=queue.SEND_OPERATOR_MESSAGE, bind=True, acks_late=True, ignore_result=True, max_retries=None
 )
 def send_operator_message(self, index: int, key: str, state: str, text: str, since: int) -> None:
     try:
@@ -56,7 +59,7 @@ def send_operator_message(self, index: int, key: str, state: str, text: str, sin
         logger.error("operator alert [%s] %s not delivered: %s", key, state, error)
 
 
-@shared_task(name="alerts.tasks.check_operator_conditions", ignore_result=True)
+@shared_task(name=queue.CHECK_OPERATOR_CONDITIONS, ignore_result=True)
 def check_operator_conditions() -> list[str]:
     """Raise or resolve the operator alerts (feed stale, consumer lag, REST 418/451, forced gaps)."""
     return [condition.key for condition in watchdog.check() if condition.problem]

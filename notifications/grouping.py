@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import UTC, datetime
 
-from alerts.notifications.base import Message
+from notifications.base import Message
 
 MAX_GROUP = 500  # alerts in one message; more go out in the next message right after
 _MARK = {"bull": "🟢", "bear": "🔴", "neutral": "⚪"}

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 
-from alerts.notifications.base import TransientError
+from notifications.base import TransientError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

@@ -1,8 +1,8 @@
 """Notification channels (metadata alias) and deliveries (time-series alias).
 
-Channels are a model of their own rather than the `UserSettings.channels` JSON: their secrets are
+Channels are a model of their own (one row per channel, not JSON on the user's settings): their secrets are
 encrypted at rest (`crypto`) and they carry delivery state (disabled reason, last error, last
-success) that the settings page shows. Deliveries live beside `alert_history` and the outbox on the
+success) that the admin shows. Deliveries live beside `alert_history` and the outbox on the
 time-series alias and keep channel and user ids as plain integers (no FK crosses aliases, DESIGN §3).
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
-from alerts.notifications import crypto
+from notifications import crypto
 
 __all__ = ["Delivery", "NotificationChannel"]
 
@@ -75,7 +75,7 @@ class NotificationChannel(models.Model):
     @property
     def masked(self) -> str:
         """The secrets as shown in the admin, the API and logs (last 4 characters)."""
-        from alerts.notifications.transports import transport
+        from notifications.transports import transport
 
         try:
             return transport(self.kind).summary(self.config)

@@ -12,9 +12,9 @@ import hmac
 import json
 import secrets
 
-from alerts.notifications import safety
-from alerts.notifications.base import Message, http_failure, retry_after_header
-from alerts.notifications.crypto import mask
+from notifications import safety
+from notifications.base import Message, http_failure, retry_after_header
+from notifications.crypto import mask
 
 KIND = "webhook"
 

@@ -10,9 +10,9 @@ import re
 
 from django.conf import settings
 
-from alerts.notifications import safety
-from alerts.notifications.base import Message, PermanentError, RejectedError, TransientError, http_failure
-from alerts.notifications.crypto import mask
+from notifications import safety
+from notifications.base import Message, PermanentError, RejectedError, TransientError, http_failure
+from notifications.crypto import mask
 
 KIND = "telegram"
 LIMIT = 4096

@@ -1,6 +1,6 @@
 """Admin for notification channels (secrets write-only and masked) and deliveries (read-only).
 
-Imported by alerts/admin.py. Secret fields are never rendered back: the form shows the masked value
+Found by the admin's autodiscovery. Secret fields are never rendered back: the form shows the masked value
 (last 4 characters) and a blank field keeps the stored secret.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin, messages
 
-from alerts.notifications import services
-from alerts.notifications.models import Delivery, NotificationChannel
+from notifications import services
+from notifications.models import Delivery, NotificationChannel
 
 _SECRET_FIELDS = {
     "url": "webhook URL (Discord, Slack, generic webhook)",

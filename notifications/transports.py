@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from alerts.notifications import discord, email, slack, telegram, webhook
+from notifications import discord, email, slack, telegram, webhook
 
 TRANSPORTS: dict[str, ModuleType] = {
     module.KIND: module for module in (telegram, discord, slack, webhook, email)

@@ -9,8 +9,8 @@ from django.core.exceptions import ValidationError
 from django.core.mail import EmailMessage
 from django.core.validators import validate_email
 
-from alerts.notifications.base import Message, PermanentError, RejectedError, TransientError
-from alerts.notifications.crypto import mask
+from notifications.base import Message, PermanentError, RejectedError, TransientError
+from notifications.crypto import mask
 
 KIND = "email"
 
