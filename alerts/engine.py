@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -35,59 +34,15 @@ from alerts.decisions import CooldownTracker, RuleSpec, evaluate_bar
 from alerts.rule_language import RuleError
 from alerts.vectorized import VectorRule, decide_symbols
 from cryptomon import heap, messaging
+from cryptomon.contract import subjects
+from cryptomon.contract.messages import BadPayload, MetricsMessage, parse_metrics
 
 logger = logging.getLogger(__name__)
 
-METRICS_STREAM = "METRICS"
-REPUBLISH_WINDOW = timedelta(seconds=messaging.DUPLICATE_WINDOW_SECONDS - 60)
-MINUTE_MS = 60_000
+REPUBLISH_WINDOW = timedelta(seconds=subjects.DUPLICATE_WINDOW_SECONDS - 60)
 PUBLISH_CHUNK = 1000  # alerts in flight at once (nats-py allows 4,000 unacknowledged)
 PUBLISH_ACK_TIMEOUT = 5.0
 VECTOR_FROM = 16  # bars of distinct symbols from which one numpy pass beats a closure call per rule
-
-
-class BadPayload(ValueError):
-    """A metrics message that cannot be evaluated; the message says why."""
-
-
-@dataclass(frozen=True, slots=True)
-class MetricsBar:
-    """A `metrics.calculated` (final) or `metrics.live` payload of DESIGN §5, checked."""
-
-    symbol: str
-    open_time: int
-    price: float
-    metrics: dict[str, Any]
-    late: bool
-    final: bool
-
-
-def parse_metrics(data: bytes, subject: str) -> MetricsBar:
-    """Decode and check a metrics payload; BadPayload names the problem."""
-    try:
-        payload = messaging.decode(data)
-    except ValueError as error:
-        raise BadPayload(str(error)) from None
-    subject_symbol = messaging.symbol_of(subject)
-    if payload.get("v") != 1:
-        raise BadPayload(f"unsupported payload version v={payload.get('v')!r} (expected 1)")
-    symbol = payload.get("symbol")
-    if symbol != subject_symbol:
-        raise BadPayload(f"symbol {symbol!r} does not match the subject {subject!r}")
-    open_time = payload.get("open_time")
-    if type(open_time) is not int or open_time <= 0 or open_time % MINUTE_MS:
-        raise BadPayload(f"open_time {open_time!r} is not the start of a minute in epoch milliseconds")
-    price = payload.get("price")
-    if type(price) not in (int, float) or not math.isfinite(price) or price < 0:
-        raise BadPayload(f"price {price!r} is not a finite number")
-    metrics = payload.get("metrics")
-    if not isinstance(metrics, dict):
-        raise BadPayload("metrics is missing or not an object")
-    late = payload.get("late", False)
-    final = payload.get("final", False)
-    if not isinstance(late, bool) or not isinstance(final, bool):
-        raise BadPayload("late and final must be true or false")
-    return MetricsBar(symbol, open_time, float(price), metrics, late, final)
 
 
 @dataclass(frozen=True)
@@ -182,7 +137,7 @@ class AlertEngine:
             )
         return self.tracker
 
-    async def on_bar(self, bar: MetricsBar) -> list[dict]:
+    async def on_bar(self, bar: MetricsMessage) -> list[dict]:
         """Evaluate one bar (final: every enabled rule; live: intrabar rules) and store what fires.
 
         Returns the payloads to publish. On a storage error the tracker is dropped (it may hold marks
@@ -193,7 +148,7 @@ class AlertEngine:
         tracker = await self.ensure_tracker()
         return await self.record(bar, evaluate_bar(rules, bar.symbol, bar.open_time, bar.metrics, tracker))
 
-    async def decide(self, bars: list[MetricsBar]) -> list[list[RuleSpec]]:
+    async def decide(self, bars: list[MetricsMessage]) -> list[list[RuleSpec]]:
         """The rules that fire on final bars of distinct symbols, decided in one numpy pass per rule
         (the same decisions as `on_bar` bar by bar; tests/test_alerts_vectorized.py)."""
         tracker = await self.ensure_tracker()
@@ -207,7 +162,7 @@ class AlertEngine:
             tracker,
         )
 
-    async def record(self, bar: MetricsBar, fired: list[RuleSpec]) -> list[dict]:
+    async def record(self, bar: MetricsMessage, fired: list[RuleSpec]) -> list[dict]:
         """Store the alerts decided for a bar; the payloads to publish (new, or stored before for this bar)."""
         if not fired:
             return []
@@ -225,7 +180,7 @@ class AlertEngine:
         self.counters.alerts += recorded.created
         return recorded.payloads
 
-    async def record_many(self, bars: list[MetricsBar], decisions: list[list[RuleSpec]]) -> list[dict]:
+    async def record_many(self, bars: list[MetricsMessage], decisions: list[list[RuleSpec]]) -> list[dict]:
         """`record` for a wave of bars in one transaction (a minute's burst costs one commit)."""
         firing = [(bar, fired) for bar, fired in zip(bars, decisions, strict=True) if fired]
         if not firing:
@@ -248,9 +203,9 @@ class AlertEngine:
         return payloads
 
 
-def waves(items: list[tuple[Any, MetricsBar]]) -> list[list[tuple[Any, MetricsBar]]]:
+def waves(items: list[tuple[Any, MetricsMessage]]) -> list[list[tuple[Any, MetricsMessage]]]:
     """Split a batch into waves of distinct symbols, each symbol's bars in order across the waves."""
-    result: list[list[tuple[Any, MetricsBar]]] = []
+    result: list[list[tuple[Any, MetricsMessage]]] = []
     next_wave: dict[str, int] = {}
     for item in items:
         index = next_wave.get(item[1].symbol, 0)
@@ -289,9 +244,11 @@ class AlertWorker:
                 await self._retrying("start", self._start, stop=stop)
             except _Stopping:
                 return  # asked to stop while the database or NATS was still unreachable
-            live = await self.nc.subscribe("metrics.live.>", cb=self._on_live)
+            live = await self.nc.subscribe(subjects.METRICS_LIVE, cb=self._on_live)
             await self.nc.flush()  # the server knows the subscription before we report being started
-            subscription = await self.js.pull_subscribe_bind(durable=self.durable, stream=METRICS_STREAM)
+            subscription = await self.js.pull_subscribe_bind(
+                durable=self.durable, stream=subjects.METRICS_STREAM
+            )
             tasks = [
                 asyncio.create_task(
                     self._every(settings.ALERTS_RULE_RELOAD_SECONDS, self.engine.reload_rules)
@@ -328,17 +285,19 @@ class AlertWorker:
     async def _update_consumer(self) -> None:
         """Create the durable consumer, or narrow/widen its filter when the universe changes."""
         if self.shard.count == 1:
-            filters = ["metrics.calculated.>"]
+            filters = [subjects.METRICS]
         else:
             symbols = await _db(selectors.trading_symbols)
             # With no known universe, take every subject and skip the symbols of other shards.
-            filters = self.shard.filter_subjects("metrics.calculated", symbols) or ["metrics.calculated.>"]
+            filters = self.shard.filter_subjects(subjects.METRICS_ROOT, symbols) or [subjects.METRICS]
         if filters == self._filters:
             return
         # On start, what a previous run left unacknowledged comes first and in order (not after AckWait,
         # when newer bars would already have moved the cooldown marks past it).
         apply = messaging.ensure_consumer if self._filters else messaging.resume_consumer
-        await apply(self.js, METRICS_STREAM, self.durable, filters, ack_wait=30, max_ack_pending=10_000)
+        await apply(
+            self.js, subjects.METRICS_STREAM, self.durable, filters, ack_wait=30, max_ack_pending=10_000
+        )
         self._filters = filters
         logger.info("consumer %s filters %d subject(s)", self.durable, len(filters))
 
@@ -380,7 +339,7 @@ class AlertWorker:
 
     async def _fetch_and_handle(self, subscription, stop: asyncio.Event) -> None:
         messages = await messaging.fetch_available(subscription, self.batch, poll_seconds=1.0)
-        ready: list[tuple[Any, MetricsBar]] = []
+        ready: list[tuple[Any, MetricsMessage]] = []
         for message in messages:
             try:
                 bar = parse_metrics(message.data, message.subject)
@@ -400,7 +359,7 @@ class AlertWorker:
         except _Stopping:
             return  # the rest is redelivered to the next run, in order
 
-    async def _handle_wave(self, wave: list[tuple[Any, MetricsBar]], stop: asyncio.Event) -> None:
+    async def _handle_wave(self, wave: list[tuple[Any, MetricsMessage]], stop: asyncio.Event) -> None:
         decisions: list[list[RuleSpec] | None] = [None] * len(wave)
         if len(wave) >= VECTOR_FROM:
             self.engine.counters.numpy_waves += 1
@@ -497,7 +456,7 @@ class AlertWorker:
             chunk = payloads[start : start + PUBLISH_CHUNK]
             futures = await messaging.publish_pipelined(
                 self.js,
-                ((messaging.alert_subject(p["symbol"]), messaging.encode(p), p["id"]) for p in chunk),
+                ((subjects.alert_subject(p["symbol"]), messaging.encode(p), p["id"]) for p in chunk),
             )
             for error in await messaging.ack_errors(futures, PUBLISH_ACK_TIMEOUT):
                 if error is not None:

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from django.db.models import Q, QuerySet
 
 from alerts.models import AlertHistory, UserSettings
+from cryptomon.contract.times import from_ms, to_ms
 
 
 def _expiry(value: str | None) -> datetime | None:
@@ -123,7 +124,7 @@ def audience_of(viewer) -> AlertAudience:
 def _since(value: datetime | int | float | None) -> datetime | None:
     if value is None or isinstance(value, datetime):
         return value
-    return datetime.fromtimestamp(value / 1000, UTC)  # epoch milliseconds, as on the wire
+    return from_ms(value)  # epoch milliseconds, as on the wire
 
 
 def visible_alerts_queryset(
@@ -189,7 +190,7 @@ def last_fired_marks() -> list[tuple[str, str, int]]:
 
     with connections["timeseries"].cursor() as cursor:
         cursor.execute("SELECT rule, symbol, max(time) FROM alert_history GROUP BY rule, symbol")
-        return [(rule, symbol, int(time.timestamp() * 1000)) for rule, symbol, time in cursor.fetchall()]
+        return [(rule, symbol, to_ms(time)) for rule, symbol, time in cursor.fetchall()]
 
 
 def alerts_triggered_since(moment: datetime) -> list[dict]:

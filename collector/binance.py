@@ -15,7 +15,8 @@ from typing import Literal
 
 import msgspec
 
-MINUTE_MS = 60_000
+from cryptomon.contract.times import MINUTE_MS
+
 # How much older than venue time a REST row's close must be before the row is final (DESIGN §4).
 REST_CLOSED_MARGIN_MS = 5_000
 

@@ -20,6 +20,7 @@ from nats.js import JetStreamContext
 from collector.binance import Candle
 from collector.metrics_export import Stats
 from cryptomon import messaging
+from cryptomon.contract import subjects
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ class Publisher:
                     self.js,
                     (
                         (
-                            messaging.candle_subject(candle.symbol),
+                            subjects.candle_subject(candle.symbol),
                             messaging.encode(candle.payload()),
                             f"{candle.symbol}:{candle.open_time}",
                         )
@@ -186,7 +187,7 @@ class Publisher:
     async def _publish_live(self, candle: Candle) -> None:
         try:  # core NATS: buffered by the client, no round trip
             await self.nc.publish(
-                messaging.candle_live_subject(candle.symbol), messaging.encode(candle.payload(live=True))
+                subjects.candle_live_subject(candle.symbol), messaging.encode(candle.payload(live=True))
             )
         except Exception as error:  # a live update may be lost, never a final candle
             logger.debug("live publish skipped: %s", error)

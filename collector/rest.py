@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 import aiohttp
 import msgspec
 
-from collector.binance import MINUTE_MS, Candle, parse_rest_rows
+from collector.binance import Candle, parse_rest_rows
+from cryptomon.contract.times import MINUTE_MS
 
 logger = logging.getLogger(__name__)
 

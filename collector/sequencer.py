@@ -15,10 +15,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from collector.binance import MINUTE_MS, REST_CLOSED_MARGIN_MS, Candle
+from collector.binance import REST_CLOSED_MARGIN_MS, Candle
 from collector.metrics_export import Stats
 from collector.publisher import Publisher
 from collector.rest import RegionBlocked, RestClient, RestError
+from cryptomon.contract.times import MINUTE_MS
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from asgiref.sync import sync_to_async
 from django.db import connections
 
 from collector import metrics_export, selectors, services
-from collector.binance import MINUTE_MS, parse_frame
+from collector.binance import parse_frame
 from collector.metrics_export import Stats
 from collector.pool import Pool, PoolConfig, backoff_delay
 from collector.publisher import Publisher
@@ -25,10 +25,11 @@ from collector.rest import RestClient, RestError
 from collector.sequencer import Sequencer
 from collector.universe import CONTRACT_STREAM, Universe
 from cryptomon import heap, messaging
+from cryptomon.contract import subjects
+from cryptomon.contract.messages import Heartbeat
+from cryptomon.contract.times import MINUTE_MS
 
 logger = logging.getLogger(__name__)
-
-STATUS_SUBJECT = "collector.status"
 
 
 @dataclass
@@ -258,7 +259,7 @@ class Collector:
             for attempt in range(30):
                 try:
                     payload = await messaging.last_payload(
-                        self.js, "CANDLES", messaging.candle_subject(symbol)
+                        self.js, subjects.CANDLES_STREAM, subjects.candle_subject(symbol)
                     )
                     break
                 except Exception as error:  # NATS away: wait for it, never guess
@@ -315,8 +316,8 @@ class Collector:
         stats.gauge("collector_rest_region_blocked_total", lambda: rest.stats.region_blocked)
         stats.gauge("collector_backfills_running", lambda: self.sequencer.backfilling())
 
-    def status(self) -> dict:
-        """The feed heartbeat (`collector.status`, core NATS) the dashboard shows."""
+    def status(self) -> Heartbeat:
+        """The feed heartbeat (`collector.status`, core NATS) the dashboard and the operator watchdog read."""
         now = self.rest.venue_now_ms()
         current = now // MINUTE_MS * MINUTE_MS
         fresh_after = current - 3 * MINUTE_MS
@@ -327,22 +328,21 @@ class Collector:
         )
         last_open = self.publisher.last_open_time or None
         rest_state = self.rest.state()
-        return {
-            "v": 1,
-            "shard": f"{self.config.shard.index}/{self.config.shard.count}",
-            "symbols": len(self.symbol_set),
-            "symbols_live": live,
-            "connections": self.pool.connections(),
-            "streams": self.pool.streams(),
-            "last_open_time": last_open,
-            "lag_ms": self.sequencer.last_ws_lag_ms,
-            "stale": last_open is None or last_open < fresh_after,
-            "buffered": self.publisher.buffered,
-            "backfilling": self.sequencer.backfilling(),
-            "venue_time": now,
-            "rest": rest_state,  # ok | banned | region_blocked (operator alerts)
-            "banned_until": self.rest.banned_until_ms if rest_state == "banned" else None,
-        }
+        return Heartbeat(
+            shard=f"{self.config.shard.index}/{self.config.shard.count}",
+            symbols=len(self.symbol_set),
+            symbols_live=live,
+            connections=self.pool.connections(),
+            streams=self.pool.streams(),
+            last_open_time=last_open,
+            lag_ms=self.sequencer.last_ws_lag_ms,
+            stale=last_open is None or last_open < fresh_after,
+            buffered=self.publisher.buffered,
+            backfilling=self.sequencer.backfilling(),
+            venue_time=now,
+            rest=rest_state,  # ok | banned | region_blocked (operator alerts)
+            banned_until=self.rest.banned_until_ms if rest_state == "banned" else None,
+        )
 
     async def _report_status(self) -> None:
         last_log = 0.0
@@ -351,18 +351,18 @@ class Collector:
             status = self.status()
             if self.nc.is_connected:
                 with contextlib.suppress(Exception):
-                    await self.nc.publish(STATUS_SUBJECT, messaging.encode(status))
+                    await self.nc.publish(subjects.COLLECTOR_STATUS, messaging.encode(status))
             if time.monotonic() - last_log >= 60:
                 last_log = time.monotonic()
                 logger.info(
                     "feed: %d/%d symbols live, %d connections, lag %s ms, %d buffered, %d backfilling, "
                     "%d frames, %d invalid, REST weight %d",
-                    status["symbols_live"],
-                    status["symbols"],
-                    status["connections"],
-                    status["lag_ms"],
-                    status["buffered"],
-                    status["backfilling"],
+                    status.symbols_live,
+                    status.symbols,
+                    status.connections,
+                    status.lag_ms,
+                    status.buffered,
+                    status.backfilling,
                     self.stats.total("collector_frames_total"),
                     self.stats.total("collector_invalid_frames_total"),
                     self.rest.limiter.used,

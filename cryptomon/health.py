@@ -10,6 +10,7 @@ from django.conf import settings
 from django.db import connections
 
 from cryptomon import messaging
+from cryptomon.contract import subjects
 
 
 @dataclass
@@ -82,7 +83,7 @@ async def check_nats(timeout: float = 3.0) -> list[Check]:
             checks.append(
                 Check("JetStream", True, f"{account.streams} streams, {account.storage} bytes stored")
             )
-            for name in messaging.STREAM_SUBJECTS:
+            for name in subjects.STREAMS:
                 info = await js.stream_info(name)
                 checks.append(Check(f"stream {name}", True, f"{info.state.messages} messages"))
         except Exception as error:

@@ -30,6 +30,7 @@ from django.contrib.auth import authenticate
 from django.http import HttpRequest, JsonResponse
 
 from alerts.models import AlertRule
+from cryptomon.contract.times import from_ms
 from gateway import selectors
 
 logger = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ def time_param(request: HttpRequest, name: str) -> datetime | None:
         value = int(raw)
         if not MIN_MS <= value <= MAX_MS:
             raise bad_parameter(name, f"{raw} is out of range (epoch milliseconds)")
-        return selectors.from_ms(value)
+        return from_ms(value)
     try:
         moment = datetime.fromisoformat(raw)
     except ValueError:

@@ -25,6 +25,8 @@ import time
 from collections import OrderedDict
 
 from cryptomon import heap, messaging
+from cryptomon.contract import subjects
+from cryptomon.contract.messages import check_alert
 from gateway import feed
 
 logger = logging.getLogger(__name__)
@@ -34,7 +36,7 @@ MARKET_GROUP = "market"
 FEED_GROUP = "feed"
 RESYNC_GROUP = "resync"
 MARKET_ROW_MAX_AGE_SECONDS = 3600.0  # rows of symbols silent this long leave the table (delisted)
-STATUS_SUBJECT = "collector.status"  # the collector's feed heartbeat (collector/service.py)
+STATUS_SUBJECT = subjects.COLLECTOR_STATUS  # the collector's feed heartbeat
 RECENT_ALERT_IDS = 10_000  # a republished alert (same id, e.g. run_alerts restarted) reaches clients once
 ALERTS_PER_MESSAGE = 100  # alerts in one channel-layer message at most
 
@@ -61,13 +63,13 @@ def _text(frame: dict) -> str:
 
 
 def valid_alert(payload: dict) -> bool:
-    """Enough of DESIGN §5 for a socket to filter and show it; anything else is dropped with a warning."""
-    return (
-        isinstance(payload.get("id"), str)
-        and isinstance(payload.get("symbol"), str)
-        and isinstance(payload.get("rule"), str)
-        and (payload.get("owner") is None or isinstance(payload.get("owner"), int))
-    )
+    """A well-formed §5 alert (a socket filters on its id, symbol, rule and owner); anything else is dropped
+    with a warning."""
+    try:
+        check_alert(payload)
+    except ValueError:
+        return False
+    return True
 
 
 class MarketTable:

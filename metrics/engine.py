@@ -32,8 +32,10 @@ from django.db import connections
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from cryptomon import heap, messaging
+from cryptomon.contract import subjects
+from cryptomon.contract.candles import Candle, decode_payload
+from cryptomon.contract.times import MINUTE_MS
 from metrics import selectors, services
-from metrics.candles import MINUTE_MS, Candle, decode_payload
 from metrics.ordering import BarSequencer
 from metrics.windows import HISTORY_MINUTES, Bar
 
@@ -168,7 +170,7 @@ class MetricsWorker:
             asyncio.create_task(self._tick_loop()),
             asyncio.create_task(heap.keep_collections_short("run_metrics")),  # after the warm-up
         ]
-        live = await self.nc.subscribe("candles.live.>", cb=self._on_live)
+        live = await self.nc.subscribe(subjects.CANDLES_LIVE, cb=self._on_live)
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
@@ -194,17 +196,17 @@ class MetricsWorker:
 
     async def _start(self) -> None:
         js = self.js
-        metric_subjects = await self._stream_subjects("METRICS", "metrics.calculated.>")
+        metric_subjects = await self._stream_subjects(subjects.METRICS_STREAM, subjects.METRICS)
         stored = await in_thread(selectors.newest_metrics)
-        universe = set(stored) | {messaging.symbol_of(s) for s in metric_subjects}
+        universe = set(stored) | {subjects.symbol_of(s) for s in metric_subjects}
         if self.shard.count > 1:
             universe |= set(await in_thread(selectors.known_symbols))
         self._symbols = {symbol for symbol in universe if self.shard.owns(symbol)}
         from_stream: dict[str, int] = {}
         for subject in metric_subjects:
-            symbol = messaging.symbol_of(subject)
+            symbol = subjects.symbol_of(subject)
             if self.shard.owns(symbol):
-                payload = await messaging.last_payload(js, "METRICS", subject)
+                payload = await messaging.last_payload(js, subjects.METRICS_STREAM, subject)
                 if payload is not None:
                     from_stream[symbol] = int(payload["open_time"])
         self._stored = stored
@@ -227,9 +229,9 @@ class MetricsWorker:
 
     def _filters(self) -> list[str] | None:
         if self.shard.count == 1:
-            return ["candles.1m.>"]
-        subjects = self.shard.filter_subjects("candles.1m", self._symbols)
-        return subjects or None
+            return [subjects.CANDLES]
+        owned = self.shard.filter_subjects(subjects.CANDLES_ROOT, self._symbols)
+        return owned or None
 
     async def _ensure_consumers(self, resume: bool = False) -> None:
         """Create or update the two durable consumers; on start (`resume`) a consumer with unacknowledged
@@ -241,7 +243,7 @@ class MetricsWorker:
         for kind in (BARS_KIND, STORE_KIND):
             await apply(
                 self.js,
-                "CANDLES",
+                subjects.CANDLES_STREAM,
                 self.shard.consumer_name(kind),
                 filters,
                 ack_policy=AckPolicy.EXPLICIT,
@@ -290,7 +292,7 @@ class MetricsWorker:
     async def _pull(self, kind: str):
         while self._filters() is None:  # a shard without symbols yet waits for the universe
             await asyncio.sleep(self.config.fetch_timeout_seconds)
-        return await self.js.pull_subscribe_bind(self.shard.consumer_name(kind), "CANDLES")
+        return await self.js.pull_subscribe_bind(self.shard.consumer_name(kind), subjects.CANDLES_STREAM)
 
     async def _fetch(self, subscription) -> list:
         return await messaging.fetch_available(
@@ -301,7 +303,7 @@ class MetricsWorker:
         """(messages to ack, candles); a bad message is logged and terminated, never redelivered forever."""
         good, candles = [], []
         for message in messages:
-            symbol = messaging.symbol_of(message.subject)
+            symbol = subjects.symbol_of(message.subject)
             try:
                 candle = decode_payload(message.data)
                 if candle.symbol != symbol:
@@ -395,7 +397,7 @@ class MetricsWorker:
             self.js,
             (
                 (
-                    messaging.metrics_subject(bar.symbol),
+                    subjects.metrics_subject(bar.symbol),
                     messaging.encode(bar.payload()),
                     f"{bar.symbol}:{bar.open_time}",
                 )
@@ -509,7 +511,7 @@ class MetricsWorker:
                 continue
             self._live_sent[symbol] = now
             with contextlib.suppress(Exception):  # a live update may be lost, never a final bar
-                await self.nc.publish(messaging.metrics_live_subject(symbol), messaging.encode(bar.payload()))
+                await self.nc.publish(subjects.metrics_live_subject(symbol), messaging.encode(bar.payload()))
                 self.stats.live_published_total += 1
 
     async def _refresh_universe(self) -> None:
@@ -527,16 +529,16 @@ class MetricsWorker:
         """Candles of newly owned symbols already in the stream (the durable consumer skips them)."""
         name = f"{self.shard.consumer_name('metrics-catchup')}-{uuid.uuid4().hex[:8]}"
         await self.js.add_consumer(
-            "CANDLES",
+            subjects.CANDLES_STREAM,
             ConsumerConfig(
                 name=name,
                 deliver_policy=DeliverPolicy.ALL,
                 ack_policy=AckPolicy.NONE,
-                filter_subjects=[messaging.candle_subject(symbol) for symbol in symbols],
+                filter_subjects=[subjects.candle_subject(symbol) for symbol in symbols],
                 inactive_threshold=60.0,
             ),
         )
-        subscription = await self.js.pull_subscribe_bind(name, "CANDLES")
+        subscription = await self.js.pull_subscribe_bind(name, subjects.CANDLES_STREAM)
         try:
             while True:
                 messages = await self._fetch(subscription)
@@ -550,4 +552,4 @@ class MetricsWorker:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
             with contextlib.suppress(Exception):
-                await self.js.delete_consumer("CANDLES", name)
+                await self.js.delete_consumer(subjects.CANDLES_STREAM, name)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from django.db import models
 
-TIMEFRAMES = ("5m", "15m", "1h", "4h", "8h", "1d")
+from cryptomon.contract.names import TIMEFRAMES
+
 PRICE_DIGITS = {"max_digits": 38, "decimal_places": 8}
 
 

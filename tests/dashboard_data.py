@@ -7,7 +7,8 @@ from decimal import Decimal
 
 from alerts.models import AlertHistory
 from collector.models import Symbol
-from metrics.models import TIMEFRAMES, Candle, MetricBar
+from cryptomon.contract.names import TIMEFRAMES
+from metrics.models import Candle, MetricBar
 
 NOW = datetime.now(UTC).replace(second=0, microsecond=0)
 

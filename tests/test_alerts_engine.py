@@ -21,6 +21,7 @@ from alerts import services
 from alerts.engine import AlertWorker
 from alerts.models import AlertHistory, AlertRule, OutboxEntry
 from cryptomon import messaging
+from cryptomon.contract import subjects
 
 from .conftest import ROOT, run_manage
 
@@ -45,7 +46,7 @@ def bar(symbol: str, minute: int, change_5m: float | None, *, late: bool = False
 async def publish_bar(js, payload: dict, msg_id: str | None = None) -> None:
     symbol = payload["symbol"]
     headers = {"Nats-Msg-Id": msg_id or f"{symbol}:{payload['open_time']}"}
-    await js.publish(messaging.metrics_subject(symbol), messaging.encode(payload), headers=headers)
+    await js.publish(subjects.metrics_subject(symbol), messaging.encode(payload), headers=headers)
 
 
 async def until(predicate, timeout: float = 15.0, what: str = "condition") -> None:
@@ -453,7 +454,7 @@ def jetstream_sync():
     async def reset():
         nc = await messaging.connect("test-reset")
         js = nc.jetstream()
-        for name in messaging.STREAM_SUBJECTS:
+        for name in subjects.STREAMS:
             with contextlib.suppress(Exception):
                 await js.delete_stream(name)
         await messaging.ensure_streams(js)
@@ -494,7 +495,7 @@ async def test_the_live_pipeline_stores_exactly_what_the_backtest_of_the_same_ca
     from django.db import connections
 
     from alerts.presets import PRESETS
-    from metrics.candles import Candle
+    from cryptomon.contract.candles import Candle
     from metrics.replay import replay
 
     from .test_backtest import store_candles

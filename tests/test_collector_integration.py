@@ -19,6 +19,7 @@ from django.db import connections
 
 from collector.service import Collector, CollectorConfig
 from cryptomon import messaging
+from cryptomon.contract import subjects
 from tests import venue_adapter as venue_mod
 
 pytestmark = [pytest.mark.django_db(transaction=True, databases=["default", "timeseries"])]
@@ -134,7 +135,7 @@ def assert_equal_to_venue(venue, candles: list[dict]) -> None:
 async def newest_times(js, symbols) -> dict[str, int]:
     out = {}
     for symbol in symbols:
-        payload = await messaging.last_payload(js, "CANDLES", messaging.candle_subject(symbol))
+        payload = await messaging.last_payload(js, "CANDLES", subjects.candle_subject(symbol))
         out[symbol] = payload["open_time"] if payload else 0
     return out
 

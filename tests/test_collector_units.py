@@ -8,12 +8,13 @@ import time
 import msgspec
 import pytest
 
-from collector.binance import MINUTE_MS, Candle, parse_frame, parse_rest_rows
+from collector.binance import Candle, parse_frame, parse_rest_rows
 from collector.metrics_export import Stats
 from collector.rest import VenueClock, WeightLimiter, klines_weight
 from collector.sequencer import Sequencer
 from collector.universe import select_symbols
 from cryptomon import messaging
+from cryptomon.contract.times import MINUTE_MS
 
 T0 = 1_767_225_600_000  # 2026-01-01 00:00 UTC
 

@@ -15,6 +15,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
 from cryptomon import messaging
+from cryptomon.contract.messages import Heartbeat
 from gateway import bridge, feed
 
 from .conftest import ROOT
@@ -55,7 +56,7 @@ def live(symbol: str, price: float, open_time: int = 1_700_000_060_000) -> dict:
 
 
 def heartbeat(shard: str = "0/1", symbols_live: int = 300, lag_ms: int = 900, stale: bool = False) -> dict:
-    """A `collector.status` message as collector/service.py publishes it every 5 s."""
+    """A `collector.status` message as the collector publishes it every 5 s."""
     return {
         "v": 1,
         "shard": shard,
@@ -256,12 +257,12 @@ def test_the_feed_status_folds_every_collector_shards_heartbeat():
     now = [1000.0]
     tracker = feed.FeedTracker(stale_after=15, clock=lambda: now[0])
     assert tracker.status() == feed.UNKNOWN_STATUS
-    tracker.saw(feed.Heartbeat.parse(heartbeat("0/2", 300, 800) | {"last_open_time": 1_700_000_060_000}))
-    tracker.saw(feed.Heartbeat.parse(heartbeat("1/2", 290, 1500)))
+    tracker.saw(Heartbeat.parse(heartbeat("0/2", 300, 800) | {"last_open_time": 1_700_000_060_000}))
+    tracker.saw(Heartbeat.parse(heartbeat("1/2", 290, 1500)))
     both = {"symbols_live": 590, "lag_ms": 1500, "last_open_time": 1_700_000_000_000, "stale": False}
     assert tracker.status() == both  # the slowest shard decides the lag and the complete minute
     now[0] = 1010.0
-    tracker.saw(feed.Heartbeat.parse(heartbeat("0/2", 300, 800)))
+    tracker.saw(Heartbeat.parse(heartbeat("0/2", 300, 800)))
     now[0] = 1020.0  # shard 1 silent for 20 s (> 15): the feed is stale, its symbols are not live
     assert tracker.status() == {
         "symbols_live": 300,
@@ -269,14 +270,14 @@ def test_the_feed_status_folds_every_collector_shards_heartbeat():
         "last_open_time": 1_700_000_000_000,
         "stale": True,
     }
-    tracker.saw(feed.Heartbeat.parse(heartbeat("0/1", 600, 700)))  # re-sharded to one collector
+    tracker.saw(Heartbeat.parse(heartbeat("0/1", 600, 700)))  # re-sharded to one collector
     assert tracker.status() == {
         "symbols_live": 600,
         "lag_ms": 700,
         "last_open_time": 1_700_000_000_000,
         "stale": False,
     }
-    tracker.saw(feed.Heartbeat.parse(heartbeat("0/1", 600, 700, stale=True)))  # the collector says so
+    tracker.saw(Heartbeat.parse(heartbeat("0/1", 600, 700, stale=True)))  # the collector says so
     assert tracker.status()["stale"] is True
     now[0] = 1100.0  # every collector silent: unknown, but the last complete minute stays known
     assert tracker.status() == {**feed.UNKNOWN_STATUS, "last_open_time": 1_700_000_000_000}
@@ -294,7 +295,7 @@ def test_the_feed_status_folds_every_collector_shards_heartbeat():
 )
 def test_a_bad_heartbeat_is_refused_naming_the_field(bad, problem):
     with pytest.raises(ValueError, match=problem):
-        feed.Heartbeat.parse(heartbeat() | bad)
+        Heartbeat.parse(heartbeat() | bad)
 
 
 def test_run_gateway_bridges_until_sigterm(redis_client, jetstream):

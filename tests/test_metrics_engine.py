@@ -22,7 +22,8 @@ from django.core.management import CommandError, call_command
 from django.db import connections
 
 from cryptomon import messaging
-from metrics.candles import Candle
+from cryptomon.contract import subjects
+from cryptomon.contract.candles import Candle
 from metrics.engine import MetricsWorker, WorkerConfig
 from metrics.replay import replay
 
@@ -70,7 +71,7 @@ def make_candle(symbol: str, minute: int, *, late: bool = False) -> Candle:
 async def publish(js, candles) -> None:
     for candle in candles:
         await js.publish(
-            messaging.candle_subject(candle.symbol),
+            subjects.candle_subject(candle.symbol),
             msgspec.json.encode(candle.payload()),
             headers={"Nats-Msg-Id": f"{candle.symbol}:{candle.open_time}"},
         )

@@ -36,10 +36,12 @@ from nats.js.errors import NotFoundError
 from alerts.notifications import operator
 from alerts.notifications.services import redis_client
 from cryptomon import messaging
+from cryptomon.contract import subjects
+from cryptomon.contract.messages import decode_heartbeat
+from cryptomon.contract.times import MINUTE_MS
 
 logger = logging.getLogger(__name__)
 
-STATUS_SUBJECT = "collector.status"  # the collector's heartbeat (collector/service.py)
 FEED_STALE = "feed_stale"
 REST_BANNED = "rest_banned"
 REST_REGION_BLOCKED = "rest_region_blocked"
@@ -47,7 +49,6 @@ GAPS_FORCED = "gaps_forced"
 CONSUMER_LAG_PREFIX = "consumer_lag:"
 HEARD_KEY = "cryptomon:watchdog:heartbeats"  # hash: collector shard "k/N" -> wall ms last heard
 SILENT_KEY = "cryptomon:watchdog:silent_since"  # wall ms since which no shard was ever heard
-MINUTE_MS = 60_000
 MAX_NAMED = 10  # symbols or shards named in one message
 
 
@@ -92,18 +93,16 @@ async def read_heartbeats(nc, wait_seconds: float) -> dict[str, dict]:
 
     async def on_message(msg) -> None:
         try:
-            payload = messaging.decode(msg.data)
+            beat = decode_heartbeat(msg.data)
         except ValueError:
             return
-        shard = payload.get("shard")
-        if not isinstance(shard, str):
-            return
-        beats[shard] = payload
+        shard = beat.shard
+        beats[shard] = beat.as_dict()
         count = shard.partition("/")[2]
         if count.isdigit() and all(f"{k}/{count}" in beats for k in range(int(count))):
             everyone.set()
 
-    subscription = await nc.subscribe(STATUS_SUBJECT, cb=on_message)
+    subscription = await nc.subscribe(subjects.COLLECTOR_STATUS, cb=on_message)
     try:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(everyone.wait(), wait_seconds)
@@ -117,7 +116,7 @@ async def consumer_lags(js, threshold_seconds: float | None = None) -> list[Cons
     if threshold_seconds is None:
         threshold_seconds = settings.OPERATOR_CONSUMER_LAG_SECONDS
     lags: list[ConsumerLag] = []
-    for stream, root in messaging.STREAM_SUBJECTS.items():
+    for stream, root in subjects.STREAMS.items():
         try:
             infos = await js.consumers_info(stream)
             while infos and len(infos) % 256 == 0:  # the API pages at 256
