@@ -111,7 +111,7 @@ async def bench_end_to_end(symbols: int, seconds: float, speed: float) -> dict:
     await asyncio.to_thread(call_command, "migrate", database="timeseries", verbosity=0)
 
     from collector.emulator import EmulatorServer  # written by the emulator issue
-    from collector.service import Collector, CollectorConfig
+    from collector.worker import Collector, CollectorConfig
     from cryptomon import messaging
 
     names = [f"B{i:03d}USDT" for i in range(symbols)]

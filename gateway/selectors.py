@@ -18,7 +18,7 @@ from alerts.selectors import visible_alerts_queryset
 from collector.models import Symbol
 from cryptomon.contract.names import INDICATOR_NAMES, TIMEFRAMES, WINDOW_STEMS
 from cryptomon.contract.times import to_ms
-from metrics.models import Candle, MetricBar
+from metrics.models import MetricBar, StoredCandle
 
 CANDLE_NUMBERS = (
     "open",
@@ -98,12 +98,14 @@ def symbols() -> list[dict]:
 
 def symbol_exists(symbol: str) -> bool:
     """Known to the collector, or at least has stored candles (e.g. imported history)."""
-    return Symbol.objects.filter(symbol=symbol).exists() or Candle.objects.filter(symbol=symbol).exists()
+    return (
+        Symbol.objects.filter(symbol=symbol).exists() or StoredCandle.objects.filter(symbol=symbol).exists()
+    )
 
 
 def candles(symbol: str, start: datetime | None, end: datetime | None, limit: int) -> list[dict]:
     """Stored 1-minute candles of `symbol` in [start, end), oldest first; the newest `limit` of them."""
-    queryset = Candle.objects.filter(symbol=symbol)
+    queryset = StoredCandle.objects.filter(symbol=symbol)
     if start is not None:
         queryset = queryset.filter(time__gte=start)
     if end is not None:

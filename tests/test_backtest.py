@@ -245,10 +245,10 @@ def store_candles(symbol: str, rows: list[list[str]]) -> None:
     from datetime import UTC, datetime
     from decimal import Decimal
 
-    from metrics.models import Candle
+    from metrics.models import StoredCandle
 
-    Candle.objects.bulk_create(
-        Candle(
+    StoredCandle.objects.bulk_create(
+        StoredCandle(
             symbol=symbol,
             time=datetime.fromtimestamp(int(r[0]) / 1000, UTC),
             open=Decimal(r[1]),

@@ -17,7 +17,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.db import connections
 
-from collector.service import Collector, CollectorConfig
+from collector.worker import Collector, CollectorConfig
 from cryptomon import messaging
 from cryptomon.contract import subjects
 from tests import venue_adapter as venue_mod
@@ -288,7 +288,7 @@ async def test_a_nats_restart_loses_nothing(private_nats):
 
 
 async def test_the_hole_scan_republishes_minutes_missing_from_candles_1m(jetstream):
-    from metrics.models import Candle as StoredCandle
+    from metrics.models import StoredCandle
 
     nc, js = jetstream
     symbols = ["AAAUSDT"]

@@ -19,7 +19,7 @@ from collector.emulator import EmulatorServer
 from collector.rest import RestClient, RestError
 from cryptomon import messaging
 from cryptomon.contract import subjects
-from metrics.models import Candle
+from metrics.models import StoredCandle
 from tests.dashboard_data import candles, symbol
 from tests.test_notifications_delivery import Receiver, celery_worker, wait_for  # noqa: F401 - fixture
 
@@ -322,7 +322,7 @@ def test_minutes_missing_between_stored_candles_past_the_gap_timeout_raise_gaps_
     candles("BTCUSDT", 1, end=now - timedelta(minutes=10))  # the collector's hole scan mended it
     watchdog.apply(watchdog.forced_gaps())
     assert watchdog.GAPS_FORCED not in active()
-    assert Candle.objects.filter(symbol="BTCUSDT").count() == 31
+    assert StoredCandle.objects.filter(symbol="BTCUSDT").count() == 31
 
 
 # --- the beat task -----------------------------------------------------------------------------------------

@@ -265,12 +265,12 @@ def _reference_ms(heartbeats: dict[str, dict], wall: int) -> int:
 def stored_feed_problem(now_ms: int) -> str | None:
     """The newest `candles_1m` row is too old while symbols are TRADING (None when fine or nothing stored)."""
     from collector.models import Symbol
-    from metrics.models import Candle
+    from metrics.models import StoredCandle
 
     trading = Symbol.objects.filter(trading=True).count()
     if not trading:
         return None
-    newest = Candle.objects.aggregate(newest=Max("time"))["newest"]
+    newest = StoredCandle.objects.aggregate(newest=Max("time"))["newest"]
     if newest is None:
         return None
     newest_ms = int(newest.timestamp() * 1000)
@@ -354,13 +354,13 @@ ORDER BY symbol, previous
 
 def forced_gaps(now_ms: int | None = None) -> Condition:
     """Minutes missing between stored candles that the metrics engine has given up waiting for."""
-    from metrics.models import Candle
+    from metrics.models import StoredCandle
 
     now = datetime.fromtimestamp((now_ms or time.time() * 1000) / 1000, UTC)
     start = now - timedelta(minutes=settings.OPERATOR_GAP_LOOKBACK_MINUTES)
     # The bar after a hole waits METRICS_GAP_TIMEOUT_SECONDS from the next candle's arrival (~2 min later).
     cutoff = now - timedelta(seconds=settings.METRICS_GAP_TIMEOUT_SECONDS) - timedelta(minutes=2)
-    with connections[router.db_for_read(Candle)].cursor() as cursor:
+    with connections[router.db_for_read(StoredCandle)].cursor() as cursor:
         cursor.execute(_HOLES_SQL, {"start": start, "cutoff": cutoff})
         holes = cursor.fetchall()
     if not holes:

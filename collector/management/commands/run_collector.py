@@ -8,7 +8,7 @@ import signal
 
 from django.core.management.base import BaseCommand, CommandError
 
-from collector.service import Collector, CollectorConfig
+from collector.worker import Collector, CollectorConfig
 from cryptomon import messaging
 
 
