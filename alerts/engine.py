@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, connections
 from nats.errors import Error as NatsError
@@ -36,12 +35,14 @@ from alerts.vectorized import VectorRule, decide_symbols
 from cryptomon import heap, messaging
 from cryptomon.contract import subjects
 from cryptomon.contract.messages import BadPayload, MetricsMessage, parse_metrics
+from cryptomon.workers import Stats, Worker, in_thread
 
 logger = logging.getLogger(__name__)
 
 REPUBLISH_WINDOW = timedelta(seconds=subjects.DUPLICATE_WINDOW_SECONDS - 60)
 PUBLISH_CHUNK = 1000  # alerts in flight at once (nats-py allows 4,000 unacknowledged)
 PUBLISH_ACK_TIMEOUT = 5.0
+STATS_LOG_SECONDS = 60.0
 VECTOR_FROM = 16  # bars of distinct symbols from which one numpy pass beats a closure call per rule
 
 
@@ -71,21 +72,6 @@ class RuleBook:
         )
 
 
-def _db(function: Callable, *args, **kwargs) -> Awaitable:
-    """Run ORM work off the event loop (one thread, so writes stay in order); drop broken connections
-    on failure so the retry reconnects after a database restart."""
-
-    def call():
-        try:
-            return function(*args, **kwargs)
-        except (DatabaseError, InterfaceError):
-            for connection in connections.all(initialized_only=True):
-                connection.close()
-            raise
-
-    return sync_to_async(call, thread_sensitive=True)()
-
-
 def load_tracker(shard: messaging.Shard) -> CooldownTracker:
     """The cooldown state of the shard's symbols, from `alert_history`."""
     tracker = CooldownTracker()
@@ -96,33 +82,19 @@ def load_tracker(shard: messaging.Shard) -> CooldownTracker:
 
 
 @dataclass
-class Counters:
-    bars: int = 0
-    live_updates: int = 0
-    alerts: int = 0
-    bad_payloads: int = 0
-    retries: int = 0
-    skipped_not_owned: int = 0
-    numpy_waves: int = 0  # batches of distinct symbols decided in one numpy pass
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
-
-
-@dataclass
 class AlertEngine:
     """Decides and records alerts; knows nothing of consumers, so tests and the worker share it."""
 
     shard: messaging.Shard = field(default_factory=messaging.Shard)
     rules: RuleBook = field(default_factory=RuleBook)
     tracker: CooldownTracker | None = None  # None = rebuild from alert_history before the next bar
-    counters: Counters = field(default_factory=Counters)
+    stats: Stats = field(default_factory=Stats)  # the worker's, when it runs in one
 
     async def reload_rules(self, force: bool = False) -> bool:
         """Reload the rules if any changed since the last load (cheap check: max(updated_at), count)."""
-        if not force and await _db(selectors.rules_version) == self.rules.version:
+        if not force and await in_thread(selectors.rules_version, serial=True) == self.rules.version:
             return False
-        book = await _db(RuleBook.load)
+        book = await in_thread(RuleBook.load, serial=True)
         changed = book.version != self.rules.version
         self.rules = book
         if changed:
@@ -131,7 +103,7 @@ class AlertEngine:
 
     async def ensure_tracker(self) -> CooldownTracker:
         if self.tracker is None:
-            self.tracker = await _db(load_tracker, self.shard)
+            self.tracker = await in_thread(load_tracker, self.shard, serial=True)
             logger.info(
                 "cooldown state rebuilt from alert_history: %d (rule, symbol) pairs", len(self.tracker)
             )
@@ -167,8 +139,10 @@ class AlertEngine:
         if not fired:
             return []
         try:
-            recorded = await _db(
-                services.record_alerts, fired, bar.symbol, bar.open_time, bar.price, bar.metrics, bar.late
+            recorded = await in_thread(
+                services.record_alerts,
+                *(fired, bar.symbol, bar.open_time, bar.price, bar.metrics, bar.late),
+                serial=True,
             )
         except BaseException:
             self.tracker = None
@@ -177,7 +151,7 @@ class AlertEngine:
             # Another worker stored an alert this tracker had not seen: resynchronise from the table.
             logger.info("alerts of %s refused by alert_history (cooldown): %s", bar.symbol, recorded.blocked)
             self.tracker = None
-        self.counters.alerts += recorded.created
+        self.stats.inc("alerts_created_total", recorded.created)
         return recorded.payloads
 
     async def record_many(self, bars: list[MetricsMessage], decisions: list[list[RuleSpec]]) -> list[dict]:
@@ -187,7 +161,7 @@ class AlertEngine:
             return []
         rows = [(fired, b.symbol, b.open_time, b.price, b.metrics, b.late) for b, fired in firing]
         try:
-            recorded = await _db(services.record_many, rows)
+            recorded = await in_thread(services.record_many, rows, serial=True)
         except BaseException:
             self.tracker = None
             raise
@@ -198,7 +172,7 @@ class AlertEngine:
                     "alerts of %s refused by alert_history (cooldown): %s", bar.symbol, result.blocked
                 )
                 self.tracker = None
-            self.counters.alerts += result.created
+            self.stats.inc("alerts_created_total", result.created)
             payloads += result.payloads
         return payloads
 
@@ -220,14 +194,19 @@ class _Stopping(Exception):
     """Raised out of a retry loop when the worker is asked to stop (the message stays unacknowledged)."""
 
 
-class AlertWorker:
-    """`run_alerts`: the consumer loop around an AlertEngine (DESIGN §1 sharding, §5 wire contract)."""
+class AlertWorker(Worker):
+    """`run_alerts`: the consumer loop around an AlertEngine (DESIGN §1 sharding, §5 wire contract).
+
+    `run()` until `stop()`, which lets the message in hand finish; `started` is set once consuming."""
+
+    graceful = True
 
     def __init__(self, shard: messaging.Shard, nats_url: str | None = None, batch: int = 256):
+        super().__init__()
         self.shard = shard
         self.nats_url = nats_url
         self.batch = batch
-        self.engine = AlertEngine(shard=shard)
+        self.engine = AlertEngine(shard=shard, stats=self.stats)
         self.durable = shard.consumer_name("alerts")
         self.nc = None
         self.js = None
@@ -235,7 +214,8 @@ class AlertWorker:
 
     # --- lifecycle ------------------------------------------------------------------------------
 
-    async def run(self, stop: asyncio.Event, started: Callable[[], None] | None = None) -> None:
+    async def serve(self) -> None:
+        stop = self.stopping
         self.nc, self.js = await messaging.connect_jetstream(
             f"alerts-p{self.shard.index}of{self.shard.count}", self.nats_url
         )
@@ -257,9 +237,9 @@ class AlertWorker:
                     self._every(settings.ALERTS_UNIVERSE_REFRESH_SECONDS, self._update_consumer)
                 ),
                 asyncio.create_task(heap.keep_collections_short("run_alerts")),
+                asyncio.create_task(self._every(STATS_LOG_SECONDS, self._log_stats)),
             ]
-            if started:
-                started()
+            self.started.set()
             try:
                 while not stop.is_set():
                     await self._fetch_and_handle(subscription, stop)
@@ -274,7 +254,7 @@ class AlertWorker:
         finally:
             with contextlib.suppress(Exception):
                 await self.nc.close()  # every publish was already acknowledged; nothing to drain
-            await _db(connections.close_all)
+            await in_thread(connections.close_all, serial=True)
 
     async def _start(self) -> None:
         await self.engine.reload_rules(force=True)
@@ -287,7 +267,7 @@ class AlertWorker:
         if self.shard.count == 1:
             filters = [subjects.METRICS]
         else:
-            symbols = await _db(selectors.trading_symbols)
+            symbols = await in_thread(selectors.trading_symbols, serial=True)
             # With no known universe, take every subject and skip the symbols of other shards.
             filters = self.shard.filter_subjects(subjects.METRICS_ROOT, symbols) or [subjects.METRICS]
         if filters == self._filters:
@@ -302,11 +282,16 @@ class AlertWorker:
         logger.info("consumer %s filters %d subject(s)", self.durable, len(filters))
 
     async def _republish_recent(self) -> None:
-        payloads = await _db(selectors.alerts_triggered_since, datetime.now(UTC) - REPUBLISH_WINDOW)
+        payloads = await in_thread(
+            selectors.alerts_triggered_since, datetime.now(UTC) - REPUBLISH_WINDOW, serial=True
+        )
         owned = [p for p in payloads if self.shard.owns(p["symbol"])]
         await self._publish(owned)
         if owned:
             logger.info("republished %d recent alert(s) (duplicates are dropped by JetStream)", len(owned))
+
+    async def _log_stats(self) -> None:
+        logger.info("%s: %s", self.durable, self.stats.summary())
 
     async def _every(self, seconds: float, action: Callable[[], Awaitable]) -> None:
         while True:
@@ -325,7 +310,7 @@ class AlertWorker:
             try:
                 return await action()
             except (DatabaseError, InterfaceError, OSError, NatsError) as error:
-                self.engine.counters.retries += 1
+                self.stats.inc("alerts_retries_total")
                 if stop is not None and stop.is_set():
                     raise _Stopping from error
                 logger.warning("%s failed, retrying in %.1f s: %s", what, delay, error)
@@ -349,7 +334,7 @@ class AlertWorker:
                 await self._terminate(message, str(error))
                 continue
             if not self.shard.owns(bar.symbol):
-                self.engine.counters.skipped_not_owned += 1
+                self.stats.inc("alerts_skipped_not_owned_total")
                 await message.ack()
                 continue
             ready.append((message, bar))
@@ -362,7 +347,7 @@ class AlertWorker:
     async def _handle_wave(self, wave: list[tuple[Any, MetricsMessage]], stop: asyncio.Event) -> None:
         decisions: list[list[RuleSpec] | None] = [None] * len(wave)
         if len(wave) >= VECTOR_FROM:
-            self.engine.counters.numpy_waves += 1
+            self.stats.inc("alerts_numpy_waves_total")
             try:
                 decisions = await self._retrying(
                     "loading rules state", lambda: self.engine.decide([b for _, b in wave]), stop=stop
@@ -378,7 +363,7 @@ class AlertWorker:
             return
         for (message, bar), fired in zip(wave, decisions, strict=True):
             try:
-                self.engine.counters.bars += 1
+                self.stats.inc("alerts_bars_total")
                 if fired is None:
                     action = lambda bar=bar: self.engine.on_bar(bar)  # noqa: E731
                 else:
@@ -402,7 +387,7 @@ class AlertWorker:
         the same order of effects as bar by bar (stored → published → acknowledged), one commit."""
         messages = [message for message, _ in wave]
         bars = [bar for _, bar in wave]
-        self.engine.counters.bars += len(wave)
+        self.stats.inc("alerts_bars_total", len(wave))
         try:
             record = lambda: self.engine.record_many(bars, decisions)  # noqa: E731
             payloads = await self._retrying(f"storing alerts of {len(bars)} bars", record, messages[0], stop)
@@ -421,7 +406,7 @@ class AlertWorker:
             await message.ack()
 
     async def _terminate(self, message, reason: str) -> None:
-        self.engine.counters.bad_payloads += 1
+        self.stats.inc("alerts_bad_payloads_total")
         metadata = message.metadata
         logger.error(
             "bad payload on %s (stream seq %s) terminated, not redelivered: %s",
@@ -437,12 +422,12 @@ class AlertWorker:
         try:
             bar = parse_metrics(message.data, message.subject)
         except BadPayload as error:
-            self.engine.counters.bad_payloads += 1
+            self.stats.inc("alerts_bad_payloads_total")
             logger.error("bad payload on %s ignored: %s", message.subject, error)
             return
         if bar.final or not self.shard.owns(bar.symbol):
             return
-        self.engine.counters.live_updates += 1
+        self.stats.inc("alerts_live_updates_total")
         try:
             await self._publish(await self.engine.on_bar(bar))
         except (DatabaseError, InterfaceError, OSError, NatsError) as error:

@@ -210,9 +210,8 @@ async def _latency(count: int) -> None:
 
     await nc.subscribe("alerts.triggered.>", cb=on_alert)
     worker = AlertWorker(messaging.Shard())
-    stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(worker.run(stop, ready.set))
-    await asyncio.wait_for(ready.wait(), 60)
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(worker.started.wait(), 60)
     sent: dict[str, float] = {}
     metrics = dict.fromkeys(METRIC_NAMES)
     for index in range(count):
@@ -228,7 +227,7 @@ async def _latency(count: int) -> None:
     deadline = time.perf_counter() + 60
     while len(received) < count and time.perf_counter() < deadline:
         await asyncio.sleep(0.05)
-    stop.set()
+    worker.stop()
     await task
     await nc.close()
     latencies = sorted((received[key] - sent[key]) * 1000 for key in sent if key in received)

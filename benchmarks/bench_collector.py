@@ -151,8 +151,8 @@ async def bench_end_to_end(symbols: int, seconds: float, speed: float) -> dict:
         elapsed = time.perf_counter() - started
         usage1 = resource.getrusage(resource.RUSAGE_SELF)
         frames = collector.stats.total("collector_frames_total") - frames0
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        collector.stop()
+        await task
         await nc.close()
     cpu = (usage1.ru_utime - usage0.ru_utime + usage1.ru_stime - usage0.ru_stime) / elapsed
     latencies.sort()

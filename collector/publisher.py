@@ -18,9 +18,9 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from collector.binance import Kline
-from collector.metrics_export import Stats
 from cryptomon import messaging
 from cryptomon.contract import subjects
+from cryptomon.workers import Stats
 
 logger = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from collector.binance import REST_CLOSED_MARGIN_MS, Kline
-from collector.metrics_export import Stats
 from collector.publisher import Publisher
 from collector.rest import RegionBlocked, RestClient, RestError
 from cryptomon.contract.times import MINUTE_MS
+from cryptomon.workers import Stats
 
 logger = logging.getLogger(__name__)
 

@@ -27,14 +27,13 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from asgiref.sync import sync_to_async
-from django.db import connections
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from cryptomon import heap, messaging
 from cryptomon.contract import subjects
 from cryptomon.contract.candles import Candle, decode_payload
 from cryptomon.contract.times import MINUTE_MS
+from cryptomon.workers import Worker, in_thread
 from metrics import selectors, services
 from metrics.ordering import BarSequencer
 from metrics.windows import HISTORY_MINUTES, Bar
@@ -77,43 +76,21 @@ class WorkerConfig:
         return cls(**values)
 
 
-async def in_thread(function, *args):
-    """A database call off the event loop; the thread's connection is closed (no leaked sessions)."""
-
-    def call():
-        try:
-            return function(*args)
-        finally:
-            connections.close_all()
-
-    return await sync_to_async(call, thread_sensitive=False)()
-
-
 async def _ack(messages: list) -> None:
     """Acknowledge in order; each ack is a plain publish (no task per message, as `gather` would make)."""
     for message in messages:
         await message.ack()
 
 
-@dataclass
-class Stats:
-    bars_published_total: int = 0
-    candles_stored_total: int = 0
-    bad_messages_total: int = 0
-    refused_rows_total: int = 0
-    live_published_total: int = 0
-    restarts_total: int = 0
-
-
-class MetricsWorker:
-    """One shard of the metrics engine. `run()` until cancelled; `started` is set once live."""
+class MetricsWorker(Worker):
+    """One shard of the metrics engine. `run()` until `stop()`; `started` is set once live."""
 
     def __init__(self, config: WorkerConfig) -> None:
+        super().__init__()
         self.config = config
-        self.stats = Stats()
-        self.started = asyncio.Event()
         self.sequencer = self._new_sequencer()
         self.gaps_forced_total = 0  # across internal restarts
+        self.stats.gauge("metrics_gaps_forced_total", lambda: self.gaps_forced)
         self._lock = asyncio.Lock()
         self._live: dict[str, Candle] = {}
         self._live_sent: dict[str, float] = {}
@@ -137,7 +114,7 @@ class MetricsWorker:
 
     # --- lifecycle ------------------------------------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def serve(self) -> None:
         options = {"reconnect_time_wait": 0.2} if self.config.nats_url else {}
         self.nc, self.js = await messaging.connect_jetstream(
             self.shard.consumer_name(BARS_KIND), self.config.nats_url, **options
@@ -149,7 +126,7 @@ class MetricsWorker:
                 except (asyncio.CancelledError, KeyboardInterrupt):
                     raise
                 except Exception:
-                    self.stats.restarts_total += 1
+                    self.stats.inc("metrics_restarts_total")
                     logger.exception("metrics worker failed; rebuilding from storage and JetStream")
                     await asyncio.sleep(self.config.restart_delay_seconds)
         finally:
@@ -283,7 +260,7 @@ class MetricsWorker:
                     bars += self.sequencer.offer(candle, now)
             await self._confirm(await self._publish(bars))
             refused = await in_thread(services.store, [], bars + healed)
-            self.stats.refused_rows_total += len(refused)
+            self.stats.inc("metrics_refused_rows_total", len(refused))
             if len(page) < self.config.warmup_page:
                 return
 
@@ -309,7 +286,7 @@ class MetricsWorker:
                 if candle.symbol != symbol:
                     raise ValueError(f"symbol {candle.symbol!r} does not match the subject")
             except ValueError as error:
-                self.stats.bad_messages_total += 1
+                self.stats.inc("metrics_bad_messages_total")
                 logger.error("bad candle on %s: %s", message.subject, error)
                 if acked:
                     asyncio.get_running_loop().create_task(message.term())
@@ -369,7 +346,7 @@ class MetricsWorker:
             await self._confirm(published)
             await self._after_bars()
             refused = await in_thread(services.store, candles, bars)
-            self.stats.refused_rows_total += len(refused)
+            self.stats.inc("metrics_refused_rows_total", len(refused))
             await _ack(messages)
 
     async def _after_bars(self) -> None:
@@ -410,7 +387,7 @@ class MetricsWorker:
         for error in await messaging.ack_errors(published, 10.0):
             if error is not None:
                 raise error
-        self.stats.bars_published_total += len(published)
+        self.stats.inc("metrics_bars_published_total", len(published))
 
     async def _emit(self, bars: list[Bar], candles: list[Candle]) -> None:
         """Publish the bars now; their commit joins the pipeline (commits stay in publishing order, so the
@@ -442,8 +419,8 @@ class MetricsWorker:
                 await asyncio.gather(*(message.nak(delay=1.0) for message in good), return_exceptions=True)
                 await asyncio.sleep(1.0)
                 continue
-            self.stats.refused_rows_total += len(refused)
-            self.stats.candles_stored_total += len(candles) - len(refused)
+            self.stats.inc("metrics_refused_rows_total", len(refused))
+            self.stats.inc("metrics_candles_stored_total", len(candles) - len(refused))
             await _ack(good)
 
     # --- live previews, gap timeouts, universe --------------------------------------------------------------
@@ -475,10 +452,9 @@ class MetricsWorker:
             if now >= next_log:
                 next_log = now + self.config.status_log_seconds
                 logger.info(
-                    "metrics %s: %s, gaps_forced_total=%d",
+                    "metrics %s: %s",
                     self.shard.consumer_name(BARS_KIND),
-                    self.stats,
-                    self.gaps_forced,
+                    self.stats.summary(),
                 )
 
     async def _publish_live(self, now: float) -> None:
@@ -512,7 +488,7 @@ class MetricsWorker:
             self._live_sent[symbol] = now
             with contextlib.suppress(Exception):  # a live update may be lost, never a final bar
                 await self.nc.publish(subjects.metrics_live_subject(symbol), messaging.encode(bar.payload()))
-                self.stats.live_published_total += 1
+                self.stats.inc("metrics_live_published_total")
 
     async def _refresh_universe(self) -> None:
         """A shard's consumers follow the universe; a new symbol's earlier candles are caught up first."""

@@ -72,8 +72,8 @@ async def running(config: CollectorConfig):
         await asyncio.wait_for(collector.started.wait(), 30)
         yield collector
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        collector.stop()
+        await asyncio.wait_for(task, 30)
 
 
 async def published(js, subject: str = "candles.1m.>") -> dict[str, list[dict]]:

@@ -9,12 +9,12 @@ import msgspec
 import pytest
 
 from collector.binance import Kline, parse_frame, parse_rest_rows
-from collector.metrics_export import Stats
 from collector.rest import VenueClock, WeightLimiter, klines_weight
 from collector.sequencer import Sequencer
 from collector.universe import select_symbols
 from cryptomon import messaging
 from cryptomon.contract.times import MINUTE_MS
+from cryptomon.workers import Stats
 
 T0 = 1_767_225_600_000  # 2026-01-01 00:00 UTC
 

@@ -95,8 +95,7 @@ class Listener:
 
 @contextlib.asynccontextmanager
 async def running(gateway: bridge.Bridge):
-    stop = asyncio.Event()
-    task = asyncio.create_task(gateway.run(stop))
+    task = asyncio.create_task(gateway.run())
     async with asyncio.timeout(15):
         while gateway.nc is None or not gateway.nc.is_connected:
             if task.done():
@@ -105,7 +104,7 @@ async def running(gateway: bridge.Bridge):
     try:
         yield gateway
     finally:
-        stop.set()
+        gateway.stop()
         await asyncio.wait_for(task, 15)
 
 
@@ -158,7 +157,10 @@ async def test_the_bridge_creates_the_streams_forwards_alerts_and_coalesces_mark
         await js.publish("alerts.triggered.ETHUSDT", messaging.encode(alert("ETHUSDT")))
         event = await listener.next("alert.batch")
         assert [a["symbol"] for a in event["alerts"]] == ["ETHUSDT"]  # bad ones dropped, the duplicate too
-        assert gateway.counters["bad"] == 3 and gateway.counters["duplicates"] == 1
+        assert (
+            gateway.stats.get("gateway_bad_messages_total") == 3
+            and gateway.stats.get("gateway_duplicate_alerts_total") == 1
+        )
         await nc.close()
 
 
@@ -205,7 +207,7 @@ async def test_after_a_nats_restart_every_socket_gets_a_fresh_snapshot(private_n
             frame = await receive(socket, timeout=10)
         assert frame["alert"]["symbol"] == "ETHUSDT"  # and the bridge is subscribed again
         await nc.close()
-    assert gateway.counters["resyncs"] == 1
+    assert gateway.stats.get("gateway_resyncs_total") == 1
     await socket.disconnect()
 
 
@@ -237,8 +239,7 @@ async def test_the_bridge_starts_before_nats_and_connects_when_it_comes_up(priva
     private_nats.stop()
     listener = await Listener().join(bridge.ALERTS_GROUP)
     gateway = bridge.Bridge(get_channel_layer(), nats_url=private_nats.url, tick_seconds=0.2)
-    stop = asyncio.Event()
-    task = asyncio.create_task(gateway.run(stop))
+    task = asyncio.create_task(gateway.run())
     await asyncio.sleep(0.5)
     assert gateway.nc is None
     private_nats.start()
@@ -249,7 +250,7 @@ async def test_the_bridge_starts_before_nats_and_connects_when_it_comes_up(priva
     await js.publish("alerts.triggered.BTCUSDT", messaging.encode(alert()))
     assert [a["id"] for a in (await listener.next("alert.batch"))["alerts"]] == [alert()["id"]]
     await nc.close()
-    stop.set()
+    gateway.stop()
     await asyncio.wait_for(task, 15)
 
 
