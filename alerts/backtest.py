@@ -26,10 +26,8 @@ from typing import Any, TextIO
 
 from alerts.decisions import CooldownTracker, RuleSpec, alert_metrics
 from alerts.vectorized import VectorRule, decide_series
-from metrics.candles import CSV_COLUMNS, Candle, decode_payload
+from cryptomon.contract.candles import CSV_COLUMNS, Candle, decode_payload
 from metrics.replay import replay
-
-MINUTE_MS = 60_000
 
 
 class UsageError(ValueError):
@@ -77,6 +75,13 @@ def plan_sources(paths: Sequence[str], symbol: str | None) -> list[Source]:
                 )
         sources.append(Source(index, path, jsonl, csv_symbol))
     return sources
+
+
+def read_candles(path: str | Path, symbol: str | None = None) -> Iterator[Candle]:
+    """The candles of one JSON Lines or Binance CSV file, in file order, read by the rules of DESIGN §9
+    (the one candle-file reader); UsageError or InputError say what is wrong."""
+    for candle, _ in read_source(plan_sources([str(path)], symbol)[0]):
+        yield candle
 
 
 def read_source(source: Source, only_symbol: str | None = None) -> Iterator[tuple[Candle, int]]:

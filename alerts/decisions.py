@@ -18,7 +18,6 @@ __all__ = [
     "CooldownTracker",
     "RuleLike",
     "RuleSpec",
-    "alert_id",
     "alert_metrics",
     "evaluate_bar",
 ]
@@ -191,8 +190,3 @@ def _json_number(value: Any) -> float | int | None:
     except (TypeError, ValueError, OverflowError):
         return None
     return number if math.isfinite(number) else None
-
-
-def alert_id(rule: str, symbol: str, open_time: int) -> str:
-    """The §5 alert id `<rule>:<SYMBOL>:<open_time>` (also the Nats-Msg-Id that deduplicates it)."""
-    return f"{rule}:{symbol}:{open_time}"

@@ -19,13 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, connections
 from nats.errors import Error as NatsError
@@ -35,59 +33,17 @@ from alerts.decisions import CooldownTracker, RuleSpec, evaluate_bar
 from alerts.rule_language import RuleError
 from alerts.vectorized import VectorRule, decide_symbols
 from cryptomon import heap, messaging
+from cryptomon.contract import subjects
+from cryptomon.contract.messages import BadPayload, MetricsMessage, parse_metrics
+from cryptomon.workers import Stats, Worker, in_thread
 
 logger = logging.getLogger(__name__)
 
-METRICS_STREAM = "METRICS"
-REPUBLISH_WINDOW = timedelta(seconds=messaging.DUPLICATE_WINDOW_SECONDS - 60)
-MINUTE_MS = 60_000
+REPUBLISH_WINDOW = timedelta(seconds=subjects.DUPLICATE_WINDOW_SECONDS - 60)
 PUBLISH_CHUNK = 1000  # alerts in flight at once (nats-py allows 4,000 unacknowledged)
 PUBLISH_ACK_TIMEOUT = 5.0
+STATS_LOG_SECONDS = 60.0
 VECTOR_FROM = 16  # bars of distinct symbols from which one numpy pass beats a closure call per rule
-
-
-class BadPayload(ValueError):
-    """A metrics message that cannot be evaluated; the message says why."""
-
-
-@dataclass(frozen=True, slots=True)
-class MetricsBar:
-    """A `metrics.calculated` (final) or `metrics.live` payload of DESIGN §5, checked."""
-
-    symbol: str
-    open_time: int
-    price: float
-    metrics: dict[str, Any]
-    late: bool
-    final: bool
-
-
-def parse_metrics(data: bytes, subject: str) -> MetricsBar:
-    """Decode and check a metrics payload; BadPayload names the problem."""
-    try:
-        payload = messaging.decode(data)
-    except ValueError as error:
-        raise BadPayload(str(error)) from None
-    subject_symbol = messaging.symbol_of(subject)
-    if payload.get("v") != 1:
-        raise BadPayload(f"unsupported payload version v={payload.get('v')!r} (expected 1)")
-    symbol = payload.get("symbol")
-    if symbol != subject_symbol:
-        raise BadPayload(f"symbol {symbol!r} does not match the subject {subject!r}")
-    open_time = payload.get("open_time")
-    if type(open_time) is not int or open_time <= 0 or open_time % MINUTE_MS:
-        raise BadPayload(f"open_time {open_time!r} is not the start of a minute in epoch milliseconds")
-    price = payload.get("price")
-    if type(price) not in (int, float) or not math.isfinite(price) or price < 0:
-        raise BadPayload(f"price {price!r} is not a finite number")
-    metrics = payload.get("metrics")
-    if not isinstance(metrics, dict):
-        raise BadPayload("metrics is missing or not an object")
-    late = payload.get("late", False)
-    final = payload.get("final", False)
-    if not isinstance(late, bool) or not isinstance(final, bool):
-        raise BadPayload("late and final must be true or false")
-    return MetricsBar(symbol, open_time, float(price), metrics, late, final)
 
 
 @dataclass(frozen=True)
@@ -116,21 +72,6 @@ class RuleBook:
         )
 
 
-def _db(function: Callable, *args, **kwargs) -> Awaitable:
-    """Run ORM work off the event loop (one thread, so writes stay in order); drop broken connections
-    on failure so the retry reconnects after a database restart."""
-
-    def call():
-        try:
-            return function(*args, **kwargs)
-        except (DatabaseError, InterfaceError):
-            for connection in connections.all(initialized_only=True):
-                connection.close()
-            raise
-
-    return sync_to_async(call, thread_sensitive=True)()
-
-
 def load_tracker(shard: messaging.Shard) -> CooldownTracker:
     """The cooldown state of the shard's symbols, from `alert_history`."""
     tracker = CooldownTracker()
@@ -141,33 +82,19 @@ def load_tracker(shard: messaging.Shard) -> CooldownTracker:
 
 
 @dataclass
-class Counters:
-    bars: int = 0
-    live_updates: int = 0
-    alerts: int = 0
-    bad_payloads: int = 0
-    retries: int = 0
-    skipped_not_owned: int = 0
-    numpy_waves: int = 0  # batches of distinct symbols decided in one numpy pass
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
-
-
-@dataclass
 class AlertEngine:
     """Decides and records alerts; knows nothing of consumers, so tests and the worker share it."""
 
     shard: messaging.Shard = field(default_factory=messaging.Shard)
     rules: RuleBook = field(default_factory=RuleBook)
     tracker: CooldownTracker | None = None  # None = rebuild from alert_history before the next bar
-    counters: Counters = field(default_factory=Counters)
+    stats: Stats = field(default_factory=Stats)  # the worker's, when it runs in one
 
     async def reload_rules(self, force: bool = False) -> bool:
         """Reload the rules if any changed since the last load (cheap check: max(updated_at), count)."""
-        if not force and await _db(selectors.rules_version) == self.rules.version:
+        if not force and await in_thread(selectors.rules_version, serial=True) == self.rules.version:
             return False
-        book = await _db(RuleBook.load)
+        book = await in_thread(RuleBook.load, serial=True)
         changed = book.version != self.rules.version
         self.rules = book
         if changed:
@@ -176,13 +103,13 @@ class AlertEngine:
 
     async def ensure_tracker(self) -> CooldownTracker:
         if self.tracker is None:
-            self.tracker = await _db(load_tracker, self.shard)
+            self.tracker = await in_thread(load_tracker, self.shard, serial=True)
             logger.info(
                 "cooldown state rebuilt from alert_history: %d (rule, symbol) pairs", len(self.tracker)
             )
         return self.tracker
 
-    async def on_bar(self, bar: MetricsBar) -> list[dict]:
+    async def on_bar(self, bar: MetricsMessage) -> list[dict]:
         """Evaluate one bar (final: every enabled rule; live: intrabar rules) and store what fires.
 
         Returns the payloads to publish. On a storage error the tracker is dropped (it may hold marks
@@ -193,7 +120,7 @@ class AlertEngine:
         tracker = await self.ensure_tracker()
         return await self.record(bar, evaluate_bar(rules, bar.symbol, bar.open_time, bar.metrics, tracker))
 
-    async def decide(self, bars: list[MetricsBar]) -> list[list[RuleSpec]]:
+    async def decide(self, bars: list[MetricsMessage]) -> list[list[RuleSpec]]:
         """The rules that fire on final bars of distinct symbols, decided in one numpy pass per rule
         (the same decisions as `on_bar` bar by bar; tests/test_alerts_vectorized.py)."""
         tracker = await self.ensure_tracker()
@@ -207,13 +134,15 @@ class AlertEngine:
             tracker,
         )
 
-    async def record(self, bar: MetricsBar, fired: list[RuleSpec]) -> list[dict]:
+    async def record(self, bar: MetricsMessage, fired: list[RuleSpec]) -> list[dict]:
         """Store the alerts decided for a bar; the payloads to publish (new, or stored before for this bar)."""
         if not fired:
             return []
         try:
-            recorded = await _db(
-                services.record_alerts, fired, bar.symbol, bar.open_time, bar.price, bar.metrics, bar.late
+            recorded = await in_thread(
+                services.record_alerts,
+                *(fired, bar.symbol, bar.open_time, bar.price, bar.metrics, bar.late),
+                serial=True,
             )
         except BaseException:
             self.tracker = None
@@ -222,17 +151,17 @@ class AlertEngine:
             # Another worker stored an alert this tracker had not seen: resynchronise from the table.
             logger.info("alerts of %s refused by alert_history (cooldown): %s", bar.symbol, recorded.blocked)
             self.tracker = None
-        self.counters.alerts += recorded.created
+        self.stats.inc("alerts_created_total", recorded.created)
         return recorded.payloads
 
-    async def record_many(self, bars: list[MetricsBar], decisions: list[list[RuleSpec]]) -> list[dict]:
+    async def record_many(self, bars: list[MetricsMessage], decisions: list[list[RuleSpec]]) -> list[dict]:
         """`record` for a wave of bars in one transaction (a minute's burst costs one commit)."""
         firing = [(bar, fired) for bar, fired in zip(bars, decisions, strict=True) if fired]
         if not firing:
             return []
         rows = [(fired, b.symbol, b.open_time, b.price, b.metrics, b.late) for b, fired in firing]
         try:
-            recorded = await _db(services.record_many, rows)
+            recorded = await in_thread(services.record_many, rows, serial=True)
         except BaseException:
             self.tracker = None
             raise
@@ -243,14 +172,14 @@ class AlertEngine:
                     "alerts of %s refused by alert_history (cooldown): %s", bar.symbol, result.blocked
                 )
                 self.tracker = None
-            self.counters.alerts += result.created
+            self.stats.inc("alerts_created_total", result.created)
             payloads += result.payloads
         return payloads
 
 
-def waves(items: list[tuple[Any, MetricsBar]]) -> list[list[tuple[Any, MetricsBar]]]:
+def waves(items: list[tuple[Any, MetricsMessage]]) -> list[list[tuple[Any, MetricsMessage]]]:
     """Split a batch into waves of distinct symbols, each symbol's bars in order across the waves."""
-    result: list[list[tuple[Any, MetricsBar]]] = []
+    result: list[list[tuple[Any, MetricsMessage]]] = []
     next_wave: dict[str, int] = {}
     for item in items:
         index = next_wave.get(item[1].symbol, 0)
@@ -265,14 +194,19 @@ class _Stopping(Exception):
     """Raised out of a retry loop when the worker is asked to stop (the message stays unacknowledged)."""
 
 
-class AlertWorker:
-    """`run_alerts`: the consumer loop around an AlertEngine (DESIGN §1 sharding, §5 wire contract)."""
+class AlertWorker(Worker):
+    """`run_alerts`: the consumer loop around an AlertEngine (DESIGN §1 sharding, §5 wire contract).
+
+    `run()` until `stop()`, which lets the message in hand finish; `started` is set once consuming."""
+
+    graceful = True
 
     def __init__(self, shard: messaging.Shard, nats_url: str | None = None, batch: int = 256):
+        super().__init__()
         self.shard = shard
         self.nats_url = nats_url
         self.batch = batch
-        self.engine = AlertEngine(shard=shard)
+        self.engine = AlertEngine(shard=shard, stats=self.stats)
         self.durable = shard.consumer_name("alerts")
         self.nc = None
         self.js = None
@@ -280,7 +214,8 @@ class AlertWorker:
 
     # --- lifecycle ------------------------------------------------------------------------------
 
-    async def run(self, stop: asyncio.Event, started: Callable[[], None] | None = None) -> None:
+    async def serve(self) -> None:
+        stop = self.stopping
         self.nc, self.js = await messaging.connect_jetstream(
             f"alerts-p{self.shard.index}of{self.shard.count}", self.nats_url
         )
@@ -289,9 +224,11 @@ class AlertWorker:
                 await self._retrying("start", self._start, stop=stop)
             except _Stopping:
                 return  # asked to stop while the database or NATS was still unreachable
-            live = await self.nc.subscribe("metrics.live.>", cb=self._on_live)
+            live = await self.nc.subscribe(subjects.METRICS_LIVE, cb=self._on_live)
             await self.nc.flush()  # the server knows the subscription before we report being started
-            subscription = await self.js.pull_subscribe_bind(durable=self.durable, stream=METRICS_STREAM)
+            subscription = await self.js.pull_subscribe_bind(
+                durable=self.durable, stream=subjects.METRICS_STREAM
+            )
             tasks = [
                 asyncio.create_task(
                     self._every(settings.ALERTS_RULE_RELOAD_SECONDS, self.engine.reload_rules)
@@ -300,9 +237,9 @@ class AlertWorker:
                     self._every(settings.ALERTS_UNIVERSE_REFRESH_SECONDS, self._update_consumer)
                 ),
                 asyncio.create_task(heap.keep_collections_short("run_alerts")),
+                asyncio.create_task(self._every(STATS_LOG_SECONDS, self._log_stats)),
             ]
-            if started:
-                started()
+            self.started.set()
             try:
                 while not stop.is_set():
                     await self._fetch_and_handle(subscription, stop)
@@ -317,7 +254,7 @@ class AlertWorker:
         finally:
             with contextlib.suppress(Exception):
                 await self.nc.close()  # every publish was already acknowledged; nothing to drain
-            await _db(connections.close_all)
+            await in_thread(connections.close_all, serial=True)
 
     async def _start(self) -> None:
         await self.engine.reload_rules(force=True)
@@ -328,26 +265,33 @@ class AlertWorker:
     async def _update_consumer(self) -> None:
         """Create the durable consumer, or narrow/widen its filter when the universe changes."""
         if self.shard.count == 1:
-            filters = ["metrics.calculated.>"]
+            filters = [subjects.METRICS]
         else:
-            symbols = await _db(selectors.trading_symbols)
+            symbols = await in_thread(selectors.trading_symbols, serial=True)
             # With no known universe, take every subject and skip the symbols of other shards.
-            filters = self.shard.filter_subjects("metrics.calculated", symbols) or ["metrics.calculated.>"]
+            filters = self.shard.filter_subjects(subjects.METRICS_ROOT, symbols) or [subjects.METRICS]
         if filters == self._filters:
             return
         # On start, what a previous run left unacknowledged comes first and in order (not after AckWait,
         # when newer bars would already have moved the cooldown marks past it).
         apply = messaging.ensure_consumer if self._filters else messaging.resume_consumer
-        await apply(self.js, METRICS_STREAM, self.durable, filters, ack_wait=30, max_ack_pending=10_000)
+        await apply(
+            self.js, subjects.METRICS_STREAM, self.durable, filters, ack_wait=30, max_ack_pending=10_000
+        )
         self._filters = filters
         logger.info("consumer %s filters %d subject(s)", self.durable, len(filters))
 
     async def _republish_recent(self) -> None:
-        payloads = await _db(selectors.alerts_triggered_since, datetime.now(UTC) - REPUBLISH_WINDOW)
+        payloads = await in_thread(
+            selectors.alerts_triggered_since, datetime.now(UTC) - REPUBLISH_WINDOW, serial=True
+        )
         owned = [p for p in payloads if self.shard.owns(p["symbol"])]
         await self._publish(owned)
         if owned:
             logger.info("republished %d recent alert(s) (duplicates are dropped by JetStream)", len(owned))
+
+    async def _log_stats(self) -> None:
+        logger.info("%s: %s", self.durable, self.stats.summary())
 
     async def _every(self, seconds: float, action: Callable[[], Awaitable]) -> None:
         while True:
@@ -366,7 +310,7 @@ class AlertWorker:
             try:
                 return await action()
             except (DatabaseError, InterfaceError, OSError, NatsError) as error:
-                self.engine.counters.retries += 1
+                self.stats.inc("alerts_retries_total")
                 if stop is not None and stop.is_set():
                     raise _Stopping from error
                 logger.warning("%s failed, retrying in %.1f s: %s", what, delay, error)
@@ -380,7 +324,7 @@ class AlertWorker:
 
     async def _fetch_and_handle(self, subscription, stop: asyncio.Event) -> None:
         messages = await messaging.fetch_available(subscription, self.batch, poll_seconds=1.0)
-        ready: list[tuple[Any, MetricsBar]] = []
+        ready: list[tuple[Any, MetricsMessage]] = []
         for message in messages:
             try:
                 bar = parse_metrics(message.data, message.subject)
@@ -390,7 +334,7 @@ class AlertWorker:
                 await self._terminate(message, str(error))
                 continue
             if not self.shard.owns(bar.symbol):
-                self.engine.counters.skipped_not_owned += 1
+                self.stats.inc("alerts_skipped_not_owned_total")
                 await message.ack()
                 continue
             ready.append((message, bar))
@@ -400,10 +344,10 @@ class AlertWorker:
         except _Stopping:
             return  # the rest is redelivered to the next run, in order
 
-    async def _handle_wave(self, wave: list[tuple[Any, MetricsBar]], stop: asyncio.Event) -> None:
+    async def _handle_wave(self, wave: list[tuple[Any, MetricsMessage]], stop: asyncio.Event) -> None:
         decisions: list[list[RuleSpec] | None] = [None] * len(wave)
         if len(wave) >= VECTOR_FROM:
-            self.engine.counters.numpy_waves += 1
+            self.stats.inc("alerts_numpy_waves_total")
             try:
                 decisions = await self._retrying(
                     "loading rules state", lambda: self.engine.decide([b for _, b in wave]), stop=stop
@@ -419,7 +363,7 @@ class AlertWorker:
             return
         for (message, bar), fired in zip(wave, decisions, strict=True):
             try:
-                self.engine.counters.bars += 1
+                self.stats.inc("alerts_bars_total")
                 if fired is None:
                     action = lambda bar=bar: self.engine.on_bar(bar)  # noqa: E731
                 else:
@@ -443,7 +387,7 @@ class AlertWorker:
         the same order of effects as bar by bar (stored → published → acknowledged), one commit."""
         messages = [message for message, _ in wave]
         bars = [bar for _, bar in wave]
-        self.engine.counters.bars += len(wave)
+        self.stats.inc("alerts_bars_total", len(wave))
         try:
             record = lambda: self.engine.record_many(bars, decisions)  # noqa: E731
             payloads = await self._retrying(f"storing alerts of {len(bars)} bars", record, messages[0], stop)
@@ -462,7 +406,7 @@ class AlertWorker:
             await message.ack()
 
     async def _terminate(self, message, reason: str) -> None:
-        self.engine.counters.bad_payloads += 1
+        self.stats.inc("alerts_bad_payloads_total")
         metadata = message.metadata
         logger.error(
             "bad payload on %s (stream seq %s) terminated, not redelivered: %s",
@@ -478,12 +422,12 @@ class AlertWorker:
         try:
             bar = parse_metrics(message.data, message.subject)
         except BadPayload as error:
-            self.engine.counters.bad_payloads += 1
+            self.stats.inc("alerts_bad_payloads_total")
             logger.error("bad payload on %s ignored: %s", message.subject, error)
             return
         if bar.final or not self.shard.owns(bar.symbol):
             return
-        self.engine.counters.live_updates += 1
+        self.stats.inc("alerts_live_updates_total")
         try:
             await self._publish(await self.engine.on_bar(bar))
         except (DatabaseError, InterfaceError, OSError, NatsError) as error:
@@ -497,7 +441,7 @@ class AlertWorker:
             chunk = payloads[start : start + PUBLISH_CHUNK]
             futures = await messaging.publish_pipelined(
                 self.js,
-                ((messaging.alert_subject(p["symbol"]), messaging.encode(p), p["id"]) for p in chunk),
+                ((subjects.alert_subject(p["symbol"]), messaging.encode(p), p["id"]) for p in chunk),
             )
             for error in await messaging.ack_errors(futures, PUBLISH_ACK_TIMEOUT):
                 if error is not None:

@@ -10,6 +10,9 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 
+from cryptomon.contract import messages
+from cryptomon.contract.times import to_ms
+
 
 class AlertRule(models.Model):
     class Severity(models.TextChoices):
@@ -148,11 +151,11 @@ class AlertHistory(models.Model):
 
     @property
     def open_time(self) -> int:
-        return int(self.time.timestamp() * 1000)
+        return to_ms(self.time)
 
     @property
     def alert_id(self) -> str:
-        return f"{self.rule}:{self.symbol}:{self.open_time}"
+        return messages.alert_id(self.rule, self.symbol, self.open_time)
 
     def to_payload(self) -> dict:
         """The `alerts.triggered` payload of DESIGN §5."""
@@ -165,7 +168,7 @@ class AlertHistory(models.Model):
             "direction": self.direction,
             "symbol": self.symbol,
             "open_time": self.open_time,
-            "triggered_at": int(self.triggered_at.timestamp() * 1000),
+            "triggered_at": to_ms(self.triggered_at),
             "price": self.price,
             "description": self.description,
             "metrics": self.metrics,

@@ -16,56 +16,21 @@ import operator
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
-from types import MappingProxyType
 from typing import Any
+
+from cryptomon.contract.names import METRIC_NAMES, TIMEFRAMES, WINDOW_STEMS
 
 __all__ = [
     "FUNCTIONS",
-    "INDICATOR_NAMES",
     "KEYWORDS",
     "MAX_DEPTH",
     "MAX_LENGTH",
-    "METRIC_NAMES",
-    "WINDOWS",
-    "WINDOW_MINUTES",
-    "WINDOW_STEMS",
     "CompiledRule",
     "RuleError",
     "compile_rule",
     "validate_rule",
 ]
 
-# --- §7 metric names (the metrics engine imports these; keep them here) -------------------------------
-
-WINDOWS: tuple[str, ...] = ("5m", "15m", "1h", "4h", "8h", "1d")
-WINDOW_MINUTES: Mapping[str, int] = MappingProxyType(
-    {"5m": 5, "15m": 15, "1h": 60, "4h": 240, "8h": 480, "1d": 1440}
-)
-WINDOW_STEMS: tuple[str, ...] = (
-    "open",
-    "high",
-    "low",
-    "change",
-    "volume",
-    "volume_ratio",
-    "trades",
-    "taker_buy_ratio",
-)
-INDICATOR_NAMES: tuple[str, ...] = (
-    "rsi_14",
-    "macd",
-    "macd_signal",
-    "macd_hist",
-    "bb_upper",
-    "bb_middle",
-    "bb_lower",
-    "vcp",
-)
-METRIC_NAMES: tuple[str, ...] = (
-    "price",
-    *(f"{stem}_{window}" for window in WINDOWS for stem in WINDOW_STEMS),
-    *INDICATOR_NAMES,
-)
 _METRICS = frozenset(METRIC_NAMES)
 
 MAX_LENGTH = 1000
@@ -475,8 +440,8 @@ def _unknown_name(name: str, column: int) -> RuleError:
     if keyword.iskeyword(name) or lower in {"true", "false", "none", "null"}:
         return RuleError(f"'{name}' is not part of the rule language", column)
     match = re.fullmatch(r"([a-z_]+)_([0-9]+[a-z]+)", lower)
-    if match and match.group(1) in WINDOW_STEMS and match.group(2) not in WINDOWS:
-        windows = ", ".join(WINDOWS[:-1]) + f" and {WINDOWS[-1]}"
+    if match and match.group(1) in WINDOW_STEMS and match.group(2) not in TIMEFRAMES:
+        windows = ", ".join(TIMEFRAMES[:-1]) + f" and {TIMEFRAMES[-1]}"
         return RuleError(f"unknown metric '{name}'", column, f"the windows are {windows}")
     close = difflib.get_close_matches(name, METRIC_NAMES, n=1, cutoff=0.6)
     hint = f"did you mean {close[0]}?" if close else "see the list of metric names"

@@ -5,12 +5,13 @@ the JSON API and history pages, and the alert engine's reads.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 
 from django.db.models import QuerySet
 
 from alerts.models import AlertHistory
 from alerts.visibility import AlertAudience
+from cryptomon.contract.times import from_ms, to_ms
 
 
 def audience_of(viewer) -> AlertAudience:
@@ -21,7 +22,7 @@ def audience_of(viewer) -> AlertAudience:
 def _since(value: datetime | int | float | None) -> datetime | None:
     if value is None or isinstance(value, datetime):
         return value
-    return datetime.fromtimestamp(value / 1000, UTC)  # epoch milliseconds, as on the wire
+    return from_ms(value)  # epoch milliseconds, as on the wire
 
 
 def visible_alerts_queryset(
@@ -87,7 +88,7 @@ def last_fired_marks() -> list[tuple[str, str, int]]:
 
     with connections["timeseries"].cursor() as cursor:
         cursor.execute("SELECT rule, symbol, max(time) FROM alert_history GROUP BY rule, symbol")
-        return [(rule, symbol, int(time.timestamp() * 1000)) for rule, symbol, time in cursor.fetchall()]
+        return [(rule, symbol, to_ms(time)) for rule, symbol, time in cursor.fetchall()]
 
 
 def alerts_triggered_since(moment: datetime) -> list[dict]:

@@ -25,6 +25,7 @@ from django.db.models import Q
 from alerts import signals
 from alerts.decisions import RuleLike, RuleSpec, alert_metrics
 from alerts.models import AlertHistory, AlertRule, OutboxEntry, UserSettings
+from cryptomon.contract.times import from_ms, to_ms
 
 logger = logging.getLogger(__name__)
 
@@ -65,14 +66,6 @@ _COLUMNS = (
     "late",
     "blocked_after",
 )
-
-
-def _dt(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
-
-
-def _ms(value: datetime) -> int:
-    return int(value.timestamp() * 1000)
 
 
 @dataclass(frozen=True)
@@ -177,13 +170,13 @@ def _candidate(
         "severity": rule.severity,
         "direction": rule.direction,
         "symbol": symbol,
-        "time": _dt(open_time),
+        "time": from_ms(open_time),
         "price": price,
         "description": rule.description,
         "metrics": json.dumps(alert_metrics(rule, metrics), allow_nan=False),
         "owner_id": rule.owner_id,
         "late": late,
-        "blocked_after": _dt(open_time - max(rule.cooldown_seconds * 1000, 1)),
+        "blocked_after": from_ms(open_time - max(rule.cooldown_seconds * 1000, 1)),
     }
 
 
@@ -220,7 +213,7 @@ def last_fired(rule: str, symbol: str) -> int | None:
         .values_list("time", flat=True)
         .first()
     )
-    return None if newest is None else _ms(newest)
+    return None if newest is None else to_ms(newest)
 
 
 # --- personal rules (the dashboard's editor; the admin goes through AlertRule.clean) -----------------

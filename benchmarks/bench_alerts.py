@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 from alerts.decisions import CooldownTracker, RuleSpec, evaluate_bar  # noqa: E402
 from alerts.presets import preset_specs  # noqa: E402
-from alerts.rule_language import METRIC_NAMES, WINDOW_MINUTES, WINDOWS  # noqa: E402
 from alerts.vectorized import VectorRule, decide_symbols  # noqa: E402
+from cryptomon.contract.names import METRIC_NAMES, TIMEFRAME_MINUTES, TIMEFRAMES  # noqa: E402
 
 MINUTE = 60_000
 T0 = 1_767_225_600_000
@@ -46,9 +46,9 @@ def market(rng: random.Random, symbols: int) -> list[dict[str, float | None]]:
         row["price"] = rng.uniform(0.01, 50_000)
         row["rsi_14"] = rng.uniform(10, 90)
         row["macd_hist"] = rng.gauss(0, 0.1)
-        for window in WINDOWS:
+        for window in TIMEFRAMES:
             row[f"change_{window}"] = rng.gauss(0, CHANGE_SIGMA[window])
-            row[f"volume_{window}"] = per_minute * WINDOW_MINUTES[window] * rng.lognormvariate(0, 0.6)
+            row[f"volume_{window}"] = per_minute * TIMEFRAME_MINUTES[window] * rng.lognormvariate(0, 0.6)
             row[f"volume_ratio_{window}"] = rng.lognormvariate(0, 0.5)
         for name in METRIC_NAMES:
             if rng.random() < 0.02:
@@ -62,7 +62,7 @@ def generated_rules(rng: random.Random, count: int) -> list[RuleSpec]:
     threshold 1–3 standard deviations out), so most rules are false on most bars, as live."""
 
     def change() -> str:
-        window = rng.choice(WINDOWS)
+        window = rng.choice(TIMEFRAMES)
         sign = rng.choice([1, -1])
         threshold = sign * rng.uniform(1, 3) * CHANGE_SIGMA[window]
         return f"change_{window} {'>' if sign > 0 else '<'} {threshold:.2f}"
@@ -70,10 +70,10 @@ def generated_rules(rng: random.Random, count: int) -> list[RuleSpec]:
     clauses = [
         change,
         change,
-        lambda: f"volume_{rng.choice(WINDOWS)} > {rng.choice([1_000_000, 5_000_000, 20_000_000])}",
-        lambda: f"volume_ratio_{rng.choice(WINDOWS)} > {rng.uniform(1.5, 3):.1f}",
+        lambda: f"volume_{rng.choice(TIMEFRAMES)} > {rng.choice([1_000_000, 5_000_000, 20_000_000])}",
+        lambda: f"volume_ratio_{rng.choice(TIMEFRAMES)} > {rng.uniform(1.5, 3):.1f}",
         lambda: f"rsi_14 {rng.choice(['< 25', '> 75'])}",
-        lambda: f"abs(change_{rng.choice(WINDOWS)}) > {rng.uniform(2, 6):.1f}",
+        lambda: f"abs(change_{rng.choice(TIMEFRAMES)}) > {rng.uniform(2, 6):.1f}",
         lambda: f"max(change_5m, change_15m) > {rng.uniform(1, 2):.1f} * max(0.5, change_1h)",
         lambda: "macd_hist > 0.1 and macd > macd_signal",
     ]
@@ -197,6 +197,7 @@ async def _latency(count: int) -> None:
     from alerts.engine import AlertWorker
     from alerts.models import AlertRule
     from cryptomon import messaging
+    from cryptomon.contract import subjects
 
     await sync_to_async(AlertRule.objects.create)(
         slug="bench_every_bar", name="every bar", expression="price > 0", cooldown_seconds=0
@@ -209,9 +210,8 @@ async def _latency(count: int) -> None:
 
     await nc.subscribe("alerts.triggered.>", cb=on_alert)
     worker = AlertWorker(messaging.Shard())
-    stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(worker.run(stop, ready.set))
-    await asyncio.wait_for(ready.wait(), 60)
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(worker.started.wait(), 60)
     sent: dict[str, float] = {}
     metrics = dict.fromkeys(METRIC_NAMES)
     for index in range(count):
@@ -221,13 +221,13 @@ async def _latency(count: int) -> None:
                    "price": 1.0, "metrics": {**metrics, "price": 1.0}}  # fmt: skip
         alert = f"bench_every_bar:{symbol}:{open_time}"
         sent[alert] = time.perf_counter()
-        await js.publish(messaging.metrics_subject(symbol), messaging.encode(payload),
+        await js.publish(subjects.metrics_subject(symbol), messaging.encode(payload),
                          headers={"Nats-Msg-Id": f"{symbol}:{open_time}"})  # fmt: skip
         await asyncio.sleep(0.02)
     deadline = time.perf_counter() + 60
     while len(received) < count and time.perf_counter() < deadline:
         await asyncio.sleep(0.05)
-    stop.set()
+    worker.stop()
     await task
     await nc.close()
     latencies = sorted((received[key] - sent[key]) * 1000 for key in sent if key in received)

@@ -27,7 +27,8 @@ import msgspec
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from collector.binance import MINUTE_MS, parse_frame  # noqa: E402
+from collector.binance import parse_frame  # noqa: E402
+from cryptomon.contract.times import MINUTE_MS  # noqa: E402
 
 T0 = 1_767_225_600_000
 
@@ -96,6 +97,7 @@ async def bench_end_to_end(symbols: int, seconds: float, speed: float) -> dict:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cryptomon.settings")
     if not os.environ.get("DATABASE_URL"):
         from cryptomon import embedded
+        from cryptomon.contract import subjects
 
         var_dir = Path(tempfile.mkdtemp(prefix="cryptomon-bench-"))
         os.environ["CRYPTOMON_VAR_DIR"] = str(var_dir)
@@ -109,14 +111,14 @@ async def bench_end_to_end(symbols: int, seconds: float, speed: float) -> dict:
     await asyncio.to_thread(call_command, "migrate", database="timeseries", verbosity=0)
 
     from collector.emulator import EmulatorServer  # written by the emulator issue
-    from collector.service import Collector, CollectorConfig
+    from collector.worker import Collector, CollectorConfig
     from cryptomon import messaging
 
     names = [f"B{i:03d}USDT" for i in range(symbols)]
     async with EmulatorServer(symbols=names, speed=speed) as emu:
         nc = await messaging.connect("bench")
         js = nc.jetstream()
-        for name in messaging.STREAM_SUBJECTS:
+        for name in subjects.STREAMS:
             with contextlib.suppress(Exception):
                 await js.delete_stream(name)
         await messaging.ensure_streams(js)
@@ -149,8 +151,8 @@ async def bench_end_to_end(symbols: int, seconds: float, speed: float) -> dict:
         elapsed = time.perf_counter() - started
         usage1 = resource.getrusage(resource.RUSAGE_SELF)
         frames = collector.stats.total("collector_frames_total") - frames0
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        collector.stop()
+        await task
         await nc.close()
     cpu = (usage1.ru_utime - usage0.ru_utime + usage1.ru_stime - usage0.ru_stime) / elapsed
     latencies.sort()

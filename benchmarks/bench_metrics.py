@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from metrics.candles import Candle  # noqa: E402
+from cryptomon.contract.candles import Candle  # noqa: E402
 from metrics.replay import replay  # noqa: E402
 from metrics.windows import SymbolState  # noqa: E402
 
@@ -187,6 +187,7 @@ async def live_latency(symbols: int, warm_minutes: int, measured_minutes: int) -
     import msgspec
 
     from cryptomon import messaging
+    from cryptomon.contract import subjects
 
     nc, js = await messaging.connect_jetstream("bench-metrics")
     names = [f"SYM{i:03d}USDT" for i in range(symbols)]
@@ -218,7 +219,7 @@ async def live_latency(symbols: int, warm_minutes: int, measured_minutes: int) -
         for candle in batch:
             futures.append(
                 await js.publish_async(
-                    messaging.candle_subject(candle.symbol),
+                    subjects.candle_subject(candle.symbol),
                     msgspec.json.encode(candle.payload()),
                     headers={"Nats-Msg-Id": f"{candle.symbol}:{candle.open_time}"},
                 )

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from alerts.decisions import CooldownTracker, evaluate_bar
 from alerts.presets import preset_specs
-from alerts.rule_language import METRIC_NAMES, WINDOW_MINUTES, WINDOWS
+from cryptomon.contract.names import METRIC_NAMES, TIMEFRAME_MINUTES, TIMEFRAMES
 
 CHANGE_SIGMA = {"5m": 0.4, "15m": 0.7, "1h": 1.2, "4h": 2.5, "8h": 3.5, "1d": 6.0}
 MINUTE = 60_000
@@ -32,9 +32,9 @@ def market(rng: random.Random, symbols: int) -> list[dict[str, float | None]]:
         per_minute = 10 ** (3 + 3 * index / symbols) * rng.lognormvariate(0, 0.5)  # 1k..1M USDT a minute
         row: dict[str, float | None] = dict.fromkeys(METRIC_NAMES, 1.0)
         row["price"] = rng.uniform(0.01, 50_000)
-        for window in WINDOWS:
+        for window in TIMEFRAMES:
             row[f"change_{window}"] = rng.gauss(0, CHANGE_SIGMA[window])
-            row[f"volume_{window}"] = per_minute * WINDOW_MINUTES[window] * rng.lognormvariate(0, 0.6)
+            row[f"volume_{window}"] = per_minute * TIMEFRAME_MINUTES[window] * rng.lognormvariate(0, 0.6)
         for name in METRIC_NAMES:
             if rng.random() < 0.02:
                 row[name] = None

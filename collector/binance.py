@@ -15,7 +15,8 @@ from typing import Literal
 
 import msgspec
 
-MINUTE_MS = 60_000
+from cryptomon.contract.times import MINUTE_MS
+
 # How much older than venue time a REST row's close must be before the row is final (DESIGN §4).
 REST_CLOSED_MARGIN_MS = 5_000
 
@@ -23,8 +24,8 @@ _INFINITIES = (math.inf, -math.inf)
 _DECIMAL = re.compile(r"(?:0|[1-9][0-9]*)(?:\.[0-9]+)?")
 
 
-class Kline(msgspec.Struct, frozen=True):
-    """`k` of a kline event; field names are Binance's."""
+class KlineFields(msgspec.Struct, frozen=True):
+    """`k` of a kline event (the fields a `Kline` is made of); field names are Binance's."""
 
     t: int
     T: int
@@ -48,7 +49,7 @@ class Kline(msgspec.Struct, frozen=True):
 class KlineEvent(msgspec.Struct, frozen=True, tag_field="e", tag="kline"):
     E: int
     s: str
-    k: Kline
+    k: KlineFields
 
 
 class ContractInfoEvent(msgspec.Struct, frozen=True, tag_field="e", tag="contractInfo"):
@@ -84,8 +85,9 @@ _rows_decoder = msgspec.json.Decoder(list[RestRow])
 _any_decoder = msgspec.json.Decoder()
 
 
-class Candle(msgspec.Struct):
-    """One 1-minute candle on its way to NATS (DESIGN §5), numbers kept as the venue's decimal text."""
+class Kline(msgspec.Struct):
+    """One 1-minute kline (from the WebSocket, from REST, or a filled minute) on its way to NATS as a `candles.1m`
+    message (DESIGN §5), numbers kept as the venue's decimal text."""
 
     symbol: str
     open_time: int
@@ -103,16 +105,16 @@ class Candle(msgspec.Struct):
     source: Literal["ws", "rest", "filled"] = "ws"
 
     @classmethod
-    def from_kline(cls, k: Kline, event_time: int) -> Candle:
+    def from_kline(cls, k: KlineFields, event_time: int) -> Kline:
         return cls(k.s, k.t, k.T, k.o, k.h, k.l, k.c, k.v, k.q, k.n, k.V, k.Q, event_time, "ws")
 
     @classmethod
-    def from_row(cls, symbol: str, row: RestRow, event_time: int) -> Candle:
+    def from_row(cls, symbol: str, row: RestRow, event_time: int) -> Kline:
         t, o, h, low, c, v, close_time, q, n, taker_v, taker_q, _ = row
         return cls(symbol, t, close_time, o, h, low, c, v, q, n, taker_v, taker_q, event_time, "rest")
 
     @classmethod
-    def filled(cls, symbol: str, open_time: int, previous_close: str, event_time: int) -> Candle:
+    def filled(cls, symbol: str, open_time: int, previous_close: str, event_time: int) -> Kline:
         """A minute REST confirms has no kline while the symbol trades: flat at the previous close."""
         p = previous_close
         return cls(
@@ -154,7 +156,7 @@ class Candle(msgspec.Struct):
             body["source"] = self.source
         return body
 
-    def same_market_data(self, other: Candle) -> bool:
+    def same_market_data(self, other: Kline) -> bool:
         """Equal as a market fact (source and event time aside)."""
         return (
             self.symbol == other.symbol
@@ -209,7 +211,7 @@ class Frame(msgspec.Struct):
     """What one WebSocket frame turned out to be."""
 
     kind: Literal["kline", "contract", "reply", "invalid"]
-    candle: Candle | None = None
+    candle: Kline | None = None
     final: bool = False
     contract: ContractInfoEvent | None = None
     reason: str = ""
@@ -237,7 +239,7 @@ def parse_frame(data: bytes | str, symbols: Container[str] | None = None) -> Fra
     reason = check_times(k.t, k.T) or check_numbers(k.o, k.h, k.l, k.c, k.v, k.q, k.V, k.Q, k.n)
     if reason:
         return Frame("invalid", reason=reason)
-    return Frame("kline", candle=Candle.from_kline(k, event.E), final=k.x)
+    return Frame("kline", candle=Kline.from_kline(k, event.E), final=k.x)
 
 
 def _classify_undecodable(data: bytes | str, reason: str) -> Frame:
@@ -267,14 +269,14 @@ def _classify_undecodable(data: bytes | str, reason: str) -> Frame:
 
 def parse_rest_rows(
     symbol: str, body: bytes, venue_now_ms: int, event_time: int | None = None
-) -> tuple[list[Candle], list[tuple[int, str]]]:
+) -> tuple[list[Kline], list[tuple[int, str]]]:
     """Closed, valid candles of a /fapi/v1/klines answer, plus (open_time, reason) for rows refused.
 
     A row is closed only when its close time is more than 5 s before venue time (DESIGN §4); the still-open
     last row is silently left out (not an error).
     """
     rows = _rows_decoder.decode(body)
-    candles: list[Candle] = []
+    candles: list[Kline] = []
     refused: list[tuple[int, str]] = []
     stamp = venue_now_ms if event_time is None else event_time
     for row in rows:
@@ -285,7 +287,7 @@ def parse_rest_rows(
         if reason:
             refused.append((t, reason))
             continue
-        candles.append(Candle.from_row(symbol, row, stamp))
+        candles.append(Kline.from_row(symbol, row, stamp))
     return candles, refused
 
 

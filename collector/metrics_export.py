@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
-from collections.abc import Callable
 
 from aiohttp import web
 
+from cryptomon.workers import Stats
+
 logger = logging.getLogger(__name__)
 
-_HELP = {
+HELP = {
     "collector_frames_total": ("counter", "WebSocket frames received"),
     "collector_invalid_frames_total": ("counter", "frames dropped as invalid, by reason"),
     "collector_candles_published_total": ("counter", "final candles acknowledged by JetStream, by source"),
@@ -39,50 +39,11 @@ _HELP = {
 }
 
 
-class Stats:
-    """Counters and gauges by (name, label pairs); cheap to bump from the hot path."""
-
-    def __init__(self) -> None:
-        self.values: dict[tuple[str, tuple], float] = defaultdict(float)
-        self.gauges: dict[str, Callable[[], float]] = {}
-
-    def inc(self, name: str, amount: float = 1, **labels: str) -> None:
-        self.values[(name, tuple(sorted(labels.items())))] += amount
-
-    def get(self, name: str, **labels: str) -> float:
-        return self.values.get((name, tuple(sorted(labels.items()))), 0)
-
-    def total(self, name: str) -> float:
-        return sum(value for (key, _), value in self.values.items() if key == name)
-
-    def gauge(self, name: str, read: Callable[[], float]) -> None:
-        self.gauges[name] = read
-
-    def render(self) -> str:
-        lines: list[str] = []
-        names = sorted({name for name, _ in self.values} | set(self.gauges))
-        for name in names:
-            kind, text = _HELP.get(name, ("gauge" if name in self.gauges else "counter", name))
-            lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
-            if name in self.gauges:
-                lines.append(f"{name} {self.gauges[name]()}")
-                continue
-            for (key, labels), value in sorted(self.values.items()):
-                if key == name:
-                    label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
-                    lines.append(f"{name}{{{label_text}}} {value}" if label_text else f"{name} {value}")
-        return "\n".join(lines) + "\n"
-
-
-def _escape(value: str) -> str:
-    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
 async def serve(stats: Stats, host: str, port: int) -> web.AppRunner | None:
     """Serve /metrics; a port in use is logged, not fatal (the collector matters more than its metrics)."""
 
     async def metrics(request: web.Request) -> web.Response:
-        return web.Response(text=stats.render(), content_type="text/plain")
+        return web.Response(text=stats.render(HELP), content_type="text/plain")
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)

@@ -23,7 +23,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from collector.binance import encode_request, stream_name
-from collector.metrics_export import Stats
+from cryptomon.workers import Stats
 
 logger = logging.getLogger(__name__)
 

@@ -17,9 +17,10 @@ from collections.abc import Callable
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from collector.binance import Candle
-from collector.metrics_export import Stats
+from collector.binance import Kline
 from cryptomon import messaging
+from cryptomon.contract import subjects
+from cryptomon.workers import Stats
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class Publisher:
         self.ack_timeout = ack_timeout
         self.live_interval = live_interval
         self.retry_delay = retry_delay
-        self.queue: deque[Candle] = deque()
+        self.queue: deque[Kline] = deque()
         self.in_flight = 0
         self._wakeup = asyncio.Event()
         self._room = asyncio.Event()
@@ -53,7 +54,7 @@ class Publisher:
         self.on_room: Callable[[], None] | None = None
         self._starved = False
         self._live_sent: dict[str, float] = {}
-        self._live_waiting: dict[str, Candle] = {}
+        self._live_waiting: dict[str, Kline] = {}
         self.live_frames = messaging.LiveFrames(nc, "collector")
         self.newest_published: dict[str, int] = {}
         self.last_event_time = 0
@@ -68,7 +69,7 @@ class Publisher:
     def has_room(self) -> bool:
         return self.buffered < self.buffer_limit
 
-    def offer(self, candle: Candle) -> bool:
+    def offer(self, candle: Kline) -> bool:
         """Queue a final candle unless the buffer is full (then the caller counts it and backfills later)."""
         if not self.has_room():
             if not self._starved:
@@ -85,7 +86,7 @@ class Publisher:
         self._wakeup.set()
         return True
 
-    async def put(self, candle: Candle) -> None:
+    async def put(self, candle: Kline) -> None:
         """Queue a final candle, waiting for room (backfill uses this: it can always wait)."""
         while not self.has_room():
             self._room.clear()
@@ -117,7 +118,7 @@ class Publisher:
                 await asyncio.sleep(self.retry_delay)
             self._check_room()
 
-    async def _publish_batch(self, batch: list[Candle]) -> int | None:
+    async def _publish_batch(self, batch: list[Kline]) -> int | None:
         """Send the whole batch pipelined, then collect acks; the index of the first failure, or None."""
         futures: list[asyncio.Future] = []
         failed_at: int | None = None
@@ -127,7 +128,7 @@ class Publisher:
                     self.js,
                     (
                         (
-                            messaging.candle_subject(candle.symbol),
+                            subjects.candle_subject(candle.symbol),
                             messaging.encode(candle.payload()),
                             f"{candle.symbol}:{candle.open_time}",
                         )
@@ -153,7 +154,7 @@ class Publisher:
         self.stats.inc("collector_publish_failures_total")
         logger.warning("JetStream publish failed (%s: %s); retrying in order", type(error).__name__, error)
 
-    def _published(self, candle: Candle) -> None:
+    def _published(self, candle: Kline) -> None:
         self.stats.inc("collector_candles_published_total", source=candle.source)
         newest = self.newest_published.get(candle.symbol, -1)
         if candle.open_time > newest:
@@ -170,7 +171,7 @@ class Publisher:
         return not self.buffered
 
     # --- live (open minute) --------------------------------------------------------------------------------
-    def live(self, candle: Candle) -> None:
+    def live(self, candle: Kline) -> None:
         """`candles.live.<SYMBOL>` at most once a second per symbol; the newest update wins."""
         now = time.monotonic()
         if now - self._live_sent.get(candle.symbol, 0.0) >= self.live_interval:
@@ -178,13 +179,13 @@ class Publisher:
         else:
             self._live_waiting[candle.symbol] = candle
 
-    def _send_live(self, candle: Candle, now: float) -> None:
+    def _send_live(self, candle: Kline, now: float) -> None:
         self._live_sent[candle.symbol] = now
         asyncio.get_running_loop().create_task(self._publish_live(candle))
 
-    async def _publish_live(self, candle: Candle) -> None:
+    async def _publish_live(self, candle: Kline) -> None:
         """Core NATS, no round trip; a live update may be lost (counted), never a final candle."""
-        subject = messaging.candle_live_subject(candle.symbol)
+        subject = subjects.candle_live_subject(candle.symbol)
         if await self.live_frames.publish(subject, messaging.encode(candle.payload(live=True))):
             self.stats.inc("collector_live_published_total")
         else:

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 import aiohttp
 import msgspec
 
-from collector.binance import MINUTE_MS, Candle, parse_rest_rows
+from collector.binance import Kline, parse_rest_rows
+from cryptomon.contract.times import MINUTE_MS
 
 logger = logging.getLogger(__name__)
 
@@ -219,7 +220,7 @@ class RestClient:
     async def exchange_info(self) -> dict:
         return _time_decoder.decode(await self._request("/fapi/v1/exchangeInfo", {}, weight=1))
 
-    async def klines(self, symbol: str, start_ms: int, limit: int) -> list[Candle]:
+    async def klines(self, symbol: str, start_ms: int, limit: int) -> list[Kline]:
         """Closed candles from `start_ms` on (at most `limit` rows); invalid rows are counted and left out."""
         limit = max(1, min(limit, 1500))
         params = {"symbol": symbol, "interval": "1m", "startTime": str(start_ms), "limit": str(limit)}

@@ -3,19 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from django.db import connections
 
-MINUTE_MS = 60_000
-
-
-def _ms(value: datetime) -> int:
-    return int(value.timestamp() * 1000)
-
-
-def _dt(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+from cryptomon.contract.times import MINUTE_MS, from_ms, to_ms
 
 
 def newest_stored(symbols: list[str]) -> dict[str, tuple[int, str]]:
@@ -28,7 +19,7 @@ def newest_stored(symbols: list[str]) -> dict[str, tuple[int, str]]:
             "WHERE symbol = ANY(%s) ORDER BY symbol, time DESC",
             [list(symbols)],
         )
-        return {symbol: (_ms(time), close) for symbol, time, close in cursor.fetchall()}
+        return {symbol: (to_ms(time), close) for symbol, time, close in cursor.fetchall()}
 
 
 @dataclass(frozen=True)
@@ -55,8 +46,8 @@ def holes(bounds: dict[str, tuple[int, int]], behind_tolerance_ms: int) -> tuple
     if not bounds:
         return [], []
     symbols = list(bounds)
-    starts = [_dt(bounds[s][0]) for s in symbols]
-    ends = [_dt(bounds[s][1]) for s in symbols]
+    starts = [from_ms(bounds[s][0]) for s in symbols]
+    ends = [from_ms(bounds[s][1]) for s in symbols]
     found: list[Hole] = []
     behind: list[str] = []
     with connections["timeseries"].cursor() as cursor:
@@ -88,15 +79,15 @@ def holes(bounds: dict[str, tuple[int, int]], behind_tolerance_ms: int) -> tuple
     for symbol in symbols:
         start, end = bounds[symbol]
         low, high = extent.get(symbol, (None, None))
-        if high is None or _ms(high) < end - behind_tolerance_ms:
+        if high is None or to_ms(high) < end - behind_tolerance_ms:
             behind.append(symbol)
             continue
-        if _ms(low) > start:
-            found.append(Hole(symbol, start, _ms(low) - MINUTE_MS, None))
+        if to_ms(low) > start:
+            found.append(Hole(symbol, start, to_ms(low) - MINUTE_MS, None))
     skip = set(behind)
     for symbol, prev_time, prev_close, time in gaps:
         if symbol not in skip:
-            found.append(Hole(symbol, _ms(prev_time) + MINUTE_MS, _ms(time) - MINUTE_MS, prev_close))
+            found.append(Hole(symbol, to_ms(prev_time) + MINUTE_MS, to_ms(time) - MINUTE_MS, prev_close))
     return found, behind
 
 

@@ -15,10 +15,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from collector.binance import MINUTE_MS, REST_CLOSED_MARGIN_MS, Candle
-from collector.metrics_export import Stats
+from collector.binance import REST_CLOSED_MARGIN_MS, Kline
 from collector.publisher import Publisher
 from collector.rest import RegionBlocked, RestClient, RestError
+from cryptomon.contract.times import MINUTE_MS
+from cryptomon.workers import Stats
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ class SymbolState:
     next_open: int | None = None  # None until the resume point (or the first REST row) is known
     start_from: int = 0  # a fresh symbol's first allowed minute
     last_close: str | None = None
-    pending: dict[int, Candle] = field(default_factory=dict)
+    pending: dict[int, Kline] = field(default_factory=dict)
     wanted_until: int = 0  # the backfill walks at least up to this open time
     task: asyncio.Task | None = None
     stalled: bool = False  # a final was refused by a full buffer: catch up from REST when there is room
@@ -117,7 +118,7 @@ class Sequencer:
         self.catch_up(stalled)
 
     # --- live finals (hot path) ---------------------------------------------------------------------------
-    def on_final(self, candle: Candle) -> None:
+    def on_final(self, candle: Kline) -> None:
         state = self.states.get(candle.symbol)
         if state is None:
             return
@@ -141,7 +142,7 @@ class Sequencer:
         state.pending[candle.open_time] = candle
         self._start(state)
 
-    def _advance(self, state: SymbolState, candle: Candle) -> None:
+    def _advance(self, state: SymbolState, candle: Kline) -> None:
         state.next_open = candle.open_time + MINUTE_MS
         state.last_close = candle.close
 
@@ -206,7 +207,7 @@ class Sequencer:
         finally:
             state.task = None
 
-    async def _apply(self, state: SymbolState, rows: list[Candle], target: int) -> bool:
+    async def _apply(self, state: SymbolState, rows: list[Kline], target: int) -> bool:
         """Walk the cursor over REST rows; True if it moved."""
         by_time = {row.open_time: row for row in rows}
         newest_row = rows[-1].open_time if rows else None
@@ -224,12 +225,12 @@ class Sequencer:
             if candle is None:
                 if newest_row is None or newest_row <= minute or state.last_close is None:
                     break
-                candle = Candle.filled(state.symbol, minute, state.last_close, self.rest.venue_now_ms())
+                candle = Kline.filled(state.symbol, minute, state.last_close, self.rest.venue_now_ms())
             await self._emit(state, candle)
             moved = True
         return moved
 
-    async def _emit(self, state: SymbolState, candle: Candle) -> None:
+    async def _emit(self, state: SymbolState, candle: Kline) -> None:
         await self.publisher.put(candle)
         if candle.source != "ws":
             self.stats.inc("collector_gaps_filled_total", source=candle.source)
@@ -285,7 +286,7 @@ class Sequencer:
             while minute <= last and minute <= newest_row:
                 candle = by_time.get(minute)
                 if candle is None and previous_close is not None and minute < newest_row:
-                    candle = Candle.filled(state.symbol, minute, previous_close, self.rest.venue_now_ms())
+                    candle = Kline.filled(state.symbol, minute, previous_close, self.rest.venue_now_ms())
                 if candle is not None:
                     await self.publisher.put(candle)
                     previous_close = candle.close

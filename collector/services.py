@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 from django.db import transaction
 
 from collector.models import Symbol
-
-
-def _dt(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+from cryptomon.contract.times import from_ms, to_ms
 
 
 def record_universe(
@@ -27,7 +23,7 @@ def record_universe(
     (when the change was observed) or now. Symbols this shard `owns` that are no longer listed are marked not
     trading.
     """
-    now = _dt(now_ms)
+    now = from_ms(now_ms)
     starts = starts or {}
     result: dict[str, int] = {}
     created: list[Symbol] = []
@@ -37,7 +33,7 @@ def record_universe(
         for symbol, info in listed.items():
             row = existing.get(symbol)
             onboard = info.get("onboardDate")
-            onboard_dt = _dt(int(onboard)) if onboard else None
+            onboard_dt = from_ms(int(onboard)) if onboard else None
             fields = {
                 "status": info.get("status", "TRADING"),
                 "contract_type": info.get("contractType", ""),
@@ -48,18 +44,18 @@ def record_universe(
             }
             if row is None:
                 # Unknown onboard date: the venue's klines themselves tell where history begins.
-                begin = _dt(starts[symbol]) if symbol in starts else (onboard_dt or _dt(0))
+                begin = from_ms(starts[symbol]) if symbol in starts else (onboard_dt or from_ms(0))
                 row = Symbol(
                     symbol=symbol, first_seen=now, last_seen=now, history_start=min(begin, now), **fields
                 )
                 created.append(row)
             elif not row.trading or any(getattr(row, name) != value for name, value in fields.items()):
                 if not row.trading:
-                    row.history_start = _dt(starts.get(symbol, now_ms))
+                    row.history_start = from_ms(starts.get(symbol, now_ms))
                 for name, value in fields.items():
                     setattr(row, name, value)
                 changed.append(row)
-            result[symbol] = int(row.history_start.timestamp() * 1000)
+            result[symbol] = to_ms(row.history_start)
         # A refresh usually changes nothing but last_seen: one statement, not a save per symbol (a save
         # loop held the collector's event loop for a second at 600 symbols).
         Symbol.objects.bulk_create(created)
@@ -76,7 +72,3 @@ def record_universe(
         if gone:
             Symbol.objects.filter(symbol__in=gone).update(trading=False, status="NOT_LISTED")
     return result
-
-
-def mark_not_trading(symbol: str, status: str) -> None:
-    Symbol.objects.filter(symbol=symbol).update(trading=False, status=status[:32])

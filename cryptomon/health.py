@@ -26,6 +26,7 @@ from django.db import connections
 from django.http import HttpRequest, JsonResponse
 
 from cryptomon import messaging
+from cryptomon.contract import subjects
 
 
 @dataclass
@@ -100,7 +101,7 @@ async def check_nats(timeout: float = 3.0) -> list[Check]:
             checks.append(
                 Check("JetStream", True, f"{account.streams} streams, {account.storage} bytes stored")
             )
-            for name in messaging.STREAM_SUBJECTS:
+            for name in subjects.STREAMS:
                 info = await js.stream_info(name)
                 checks.append(Check(f"stream {name}", True, f"{info.state.messages} messages"))
         except Exception as error:

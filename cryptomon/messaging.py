@@ -1,4 +1,7 @@
-"""The one NATS module every worker shares: connect, streams, subjects, shards, JSON payloads (DESIGN §1, §5)."""
+"""The NATS mechanics every worker shares: connect, streams, consumers, shards, publishing (DESIGN §1, §5).
+
+The names it uses (subjects, streams) and the messages themselves are the contract: `cryptomon.contract`.
+"""
 
 from __future__ import annotations
 
@@ -17,58 +20,17 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy, DiscardPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError, ServiceUnavailableError
 
+from cryptomon.contract.messages import decode_object
+from cryptomon.contract.subjects import DUPLICATE_WINDOW_SECONDS, STREAM_MAX_AGE_SECONDS, STREAMS
+
 logger = logging.getLogger(__name__)
 
-STREAM_MAX_AGE_SECONDS = 3600.0
-DUPLICATE_WINDOW_SECONDS = 600.0
-STREAM_SUBJECTS = {
-    "CANDLES": "candles.1m.>",
-    "METRICS": "metrics.calculated.>",
-    "ALERTS": "alerts.triggered.>",
-}
-
 _encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder()
+decode = decode_object  # a JSON object payload; ValueError names the problem
 
 
-def encode(payload: dict) -> bytes:
+def encode(payload: dict | msgspec.Struct) -> bytes:
     return _encoder.encode(payload)
-
-
-def decode(data: bytes) -> dict:
-    """Decode a JSON object payload; raises ValueError naming the problem."""
-    try:
-        payload = _decoder.decode(data)
-    except msgspec.DecodeError as error:
-        raise ValueError(f"malformed JSON payload: {error}") from None
-    if not isinstance(payload, dict):
-        raise ValueError("payload is not a JSON object")
-    return payload
-
-
-def candle_subject(symbol: str) -> str:
-    return f"candles.1m.{symbol}"
-
-
-def candle_live_subject(symbol: str) -> str:
-    return f"candles.live.{symbol}"
-
-
-def metrics_subject(symbol: str) -> str:
-    return f"metrics.calculated.{symbol}"
-
-
-def metrics_live_subject(symbol: str) -> str:
-    return f"metrics.live.{symbol}"
-
-
-def alert_subject(symbol: str) -> str:
-    return f"alerts.triggered.{symbol}"
-
-
-def symbol_of(subject: str, depth: int = 2) -> str:
-    """The symbol token of a subject like `candles.1m.BTCUSDT` (symbols never contain dots)."""
-    return subject.split(".", depth)[depth]
 
 
 @dataclass(frozen=True)
@@ -116,7 +78,7 @@ def stream_configs(max_bytes: int | None = None) -> list[StreamConfig]:
             max_age=STREAM_MAX_AGE_SECONDS,
             duplicate_window=DUPLICATE_WINDOW_SECONDS,
         )
-        for name, subject in STREAM_SUBJECTS.items()
+        for name, subject in STREAMS.items()
     ]
 
 

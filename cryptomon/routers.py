@@ -6,7 +6,8 @@ from django.conf import settings
 
 TIMESERIES_MODELS = frozenset(
     {
-        "metrics.candle",
+        "metrics.candle",  # StoredCandle before its rename (historical migrations)
+        "metrics.storedcandle",
         "metrics.metricbar",
         "alerts.alerthistory",
         "alerts.outboxentry",

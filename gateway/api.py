@@ -31,6 +31,7 @@ from django.contrib.auth import authenticate
 from django.http import HttpRequest, JsonResponse
 
 from alerts.models import AlertRule
+from cryptomon.contract.times import from_ms
 from gateway import selectors
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def time_param(request: HttpRequest, name: str) -> datetime | None:
     if EPOCH_MS.fullmatch(raw):
         if len(raw) > len(str(MAX_MS)) or not MIN_MS <= int(raw) <= MAX_MS:
             raise bad_parameter(name, f"{raw[:40]} is out of range (epoch milliseconds)")
-        return selectors.from_ms(int(raw))
+        return from_ms(int(raw))
     try:
         moment = datetime.fromisoformat(raw)
     except ValueError:

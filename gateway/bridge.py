@@ -25,6 +25,9 @@ import time
 from collections import OrderedDict
 
 from cryptomon import heap, messaging
+from cryptomon.contract import subjects
+from cryptomon.contract.messages import check_alert
+from cryptomon.workers import Worker
 from gateway import feed
 
 logger = logging.getLogger(__name__)
@@ -34,7 +37,7 @@ MARKET_GROUP = "market"
 FEED_GROUP = "feed"
 RESYNC_GROUP = "resync"
 MARKET_ROW_MAX_AGE_SECONDS = 3600.0  # rows of symbols silent this long leave the table (delisted)
-STATUS_SUBJECT = "collector.status"  # the collector's feed heartbeat (collector/service.py)
+STATUS_SUBJECT = subjects.COLLECTOR_STATUS  # the collector's feed heartbeat
 RECENT_ALERT_IDS = 10_000  # a republished alert (same id, e.g. run_alerts restarted) reaches clients once
 ALERTS_PER_MESSAGE = 100  # alerts in one channel-layer message at most
 
@@ -61,13 +64,13 @@ def _text(frame: dict) -> str:
 
 
 def valid_alert(payload: dict) -> bool:
-    """Enough of DESIGN §5 for a socket to filter and show it; anything else is dropped with a warning."""
-    return (
-        isinstance(payload.get("id"), str)
-        and isinstance(payload.get("symbol"), str)
-        and isinstance(payload.get("rule"), str)
-        and (payload.get("owner") is None or isinstance(payload.get("owner"), int))
-    )
+    """A well-formed §5 alert (a socket filters on its id, symbol, rule and owner); anything else is dropped
+    with a warning."""
+    try:
+        check_alert(payload)
+    except ValueError:
+        return False
+    return True
 
 
 class MarketTable:
@@ -100,8 +103,10 @@ class MarketTable:
         return gone
 
 
-class Bridge:
-    """One bridge per `run_gateway` process. `run()` until `stop` is set."""
+class Bridge(Worker):
+    """One bridge per `run_gateway` process. `run()` until `stop()`; `started` is set once subscribed."""
+
+    graceful = True
 
     def __init__(
         self,
@@ -113,6 +118,7 @@ class Bridge:
         status_ttl_seconds: float = 30.0,
         redis=None,
     ):
+        super().__init__()
         self.layer = channel_layer
         self.nats_url = nats_url
         self.tick_seconds = tick_seconds
@@ -127,15 +133,6 @@ class Bridge:
         self.recent_ids: OrderedDict[str, None] = OrderedDict()
         self.waiting_alerts: list[dict] = []
         self.alert_sender: asyncio.Task | None = None
-        self.counters = {
-            "alerts": 0,
-            "live": 0,
-            "heartbeats": 0,
-            "bad": 0,
-            "duplicates": 0,
-            "resyncs": 0,
-            "send_errors": 0,
-        }
 
     # --- NATS side -------------------------------------------------------------------------------------
 
@@ -178,17 +175,17 @@ class Bridge:
     async def _on_alert(self, msg) -> None:
         payload = self._decode(msg)
         if payload is None or not valid_alert(payload):
-            self.counters["bad"] += 1
+            self.stats.inc("gateway_bad_messages_total")
             if payload is not None:
                 logger.warning("gateway: dropping alert without id/symbol/rule on %s", msg.subject)
             return
         if payload["id"] in self.recent_ids:
-            self.counters["duplicates"] += 1
+            self.stats.inc("gateway_duplicate_alerts_total")
             return
         self.recent_ids[payload["id"]] = None
         if len(self.recent_ids) > RECENT_ALERT_IDS:
             self.recent_ids.popitem(last=False)
-        self.counters["alerts"] += 1
+        self.stats.inc("gateway_alerts_total")
         self.waiting_alerts.append(payload)
         if self.alert_sender is None or self.alert_sender.done():
             self.alert_sender = asyncio.get_running_loop().create_task(self._send_alerts())
@@ -204,23 +201,23 @@ class Bridge:
         payload = self._decode(msg)
         row = None if payload is None else feed.market_row(payload)
         if row is None:
-            self.counters["bad"] += 1
+            self.stats.inc("gateway_bad_messages_total")
             return
-        self.counters["live"] += 1
+        self.stats.inc("gateway_live_total")
         self.market.update(row)
 
     async def _on_heartbeat(self, msg) -> None:
         payload = self._decode(msg)
         if payload is None:
-            self.counters["bad"] += 1
+            self.stats.inc("gateway_bad_messages_total")
             return
         try:
             beat = feed.Heartbeat.parse(payload)
         except ValueError as error:
-            self.counters["bad"] += 1
+            self.stats.inc("gateway_bad_messages_total")
             logger.warning("gateway: dropping a bad %s heartbeat: %s", STATUS_SUBJECT, error)
             return
-        self.counters["heartbeats"] += 1
+        self.stats.inc("gateway_heartbeats_total")
         self.tracker.saw(beat)
 
     # --- Channels / Redis side -------------------------------------------------------------------------
@@ -229,7 +226,7 @@ class Bridge:
         try:
             await asyncio.wait_for(self.layer.group_send(group, message), timeout=5)
         except Exception as error:
-            self.counters["send_errors"] += 1
+            self.stats.inc("gateway_send_errors_total")
             if self.redis_ok:
                 logger.warning("gateway: channel layer unavailable (%s); will resync when it is back", error)
             self.redis_ok = False
@@ -268,12 +265,14 @@ class Bridge:
         if self.resync_wanted.is_set() and self.redis_ok:
             self.resync_wanted.clear()
             if await self._group_send(RESYNC_GROUP, {"type": "resync.event"}):
-                self.counters["resyncs"] += 1
+                self.stats.inc("gateway_resyncs_total")
             else:
                 self.resync_wanted.set()
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def serve(self) -> None:
+        stop = self.stopping
         await self.connect()
+        self.started.set()
         logger.info("gateway: bridging alerts.triggered.>, metrics.live.>, %s", STATUS_SUBJECT)
         freezer = asyncio.create_task(heap.keep_collections_short("run_gateway"))
         try:

@@ -30,15 +30,14 @@ from dataclasses import dataclass
 
 from asgiref.sync import async_to_sync
 from channels.consumer import get_handler_name
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import connections
 
 from alerts.selectors import visible_alerts
 from alerts.visibility import AlertAudience
 from cryptomon import messaging
+from cryptomon.workers import in_thread
 from gateway import feed, flow
 from gateway.bridge import ALERTS_GROUP, FEED_GROUP, MARKET_GROUP, RESYNC_GROUP
 
@@ -175,20 +174,6 @@ def _text(frame: dict) -> str:
     return messaging.encode(frame).decode()
 
 
-def _db(function: Callable) -> Callable:
-    """Reads in a worker thread of their own: Channels' default (thread-sensitive) runs every socket's
-    queries one after another in a single thread, which stalls a reconnect storm. The pool thread's
-    connections are closed after each read (they would otherwise stay open, idle, per pool thread)."""
-
-    def read(*args, **kwargs):
-        try:
-            return function(*args, **kwargs)
-        finally:
-            connections.close_all()
-
-    return database_sync_to_async(read, thread_sensitive=False)
-
-
 class AlertsConsumer(AsyncWebsocketConsumer):
     """The §10 protocol for one socket. Every outgoing frame goes through a bounded buffer (``outbox``)
     drained by one writer task; when the connection applies back-pressure (``gateway.flow`` under daphne,
@@ -204,7 +189,7 @@ class AlertsConsumer(AsyncWebsocketConsumer):
 
     async def dispatch(self, message: dict) -> None:
         # Channels' default runs close_old_connections in a thread before EVERY message; our events never
-        # touch the database outside database_sync_to_async (which cleans up itself), so skip the hop.
+        # touch the database outside `in_thread` (a pool thread, its connection closed after), so skip the hop.
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")
@@ -381,7 +366,7 @@ class AlertsConsumer(AsyncWebsocketConsumer):
 
     async def _load_audience(self) -> None:
         user = self.scope.get("user")
-        self.audience = await _db(AlertAudience.for_user)(user)
+        self.audience = await in_thread(AlertAudience.for_user, user)
         self.audience_loaded_at = time.monotonic()
 
     async def _send_snapshot(self) -> None:
@@ -389,7 +374,7 @@ class AlertsConsumer(AsyncWebsocketConsumer):
             return
         since = round(time.time() * 1000) - SNAPSHOT_HOURS * 3600 * 1000
         sub = self.subscription
-        alerts = await _db(visible_alerts)(self.audience, sub.symbols, sub.rules, since, SNAPSHOT_SIZE)
+        alerts = await in_thread(visible_alerts, self.audience, sub.symbols, sub.rules, since, SNAPSHOT_SIZE)
         self.snapshot_ids = {alert["id"] for alert in alerts}
         await self._enqueue(_text({"type": "snapshot", "alerts": alerts}))
 

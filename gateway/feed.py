@@ -21,65 +21,20 @@ from __future__ import annotations
 
 import time
 import weakref
-from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from django.conf import settings
 
 from cryptomon import messaging
+from cryptomon.contract.messages import Heartbeat
+from cryptomon.contract.names import MARKET_METRICS
 
 FEED_KEY = "cryptomon:gateway:feed"
 MARKET_KEY = "cryptomon:gateway:market"
 FORGET_AFTER_STALE_PERIODS = 10
 REDIS_POOL_SIZE = 50
-MARKET_METRICS = (
-    "change_5m",
-    "change_15m",
-    "change_1h",
-    "change_4h",
-    "change_8h",
-    "change_1d",
-    "volume_1h",
-    "volume_1d",
-    "rsi_14",
-)
 
 UNKNOWN_STATUS = {"symbols_live": 0, "lag_ms": None, "last_open_time": None, "stale": True}
-
-
-@dataclass(frozen=True)
-class Heartbeat:
-    """The fields of one `collector.status` message the gateway uses."""
-
-    shard: str
-    shards: int
-    symbols_live: int
-    lag_ms: int | None
-    last_open_time: int | None
-    stale: bool
-
-    @classmethod
-    def parse(cls, payload: dict) -> Heartbeat:
-        """Raises ValueError naming the bad field."""
-        shard = payload.get("shard", "0/1")
-        index, _, count = shard.partition("/") if isinstance(shard, str) else ("", "", "")
-        if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
-            raise ValueError(f"shard must look like 'k/N' (got {shard!r})")
-        live = payload.get("symbols_live")
-        if not _is_int(live) or live < 0:
-            raise ValueError(f"symbols_live must be a non-negative integer (got {live!r})")
-        lag, last = payload.get("lag_ms"), payload.get("last_open_time")
-        for name, value in (("lag_ms", lag), ("last_open_time", last)):
-            if value is not None and not _is_int(value):
-                raise ValueError(f"{name} must be an integer or null (got {value!r})")
-        stale = payload.get("stale")
-        if not isinstance(stale, bool):
-            raise ValueError(f"stale must be true or false (got {stale!r})")
-        return cls(shard, int(count), live, lag, last, stale)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class FeedTracker:

@@ -8,7 +8,7 @@ may see.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from django.db import connections
 from django.db.models import QuerySet
@@ -16,19 +16,10 @@ from django.db.models import QuerySet
 from alerts.models import AlertHistory, AlertRule, UserSettings
 from alerts.selectors import visible_alerts_queryset
 from collector.models import Symbol
-from metrics.models import TIMEFRAMES, Candle, MetricBar
+from cryptomon.contract.names import INDICATOR_NAMES, TIMEFRAMES, WINDOW_STEMS
+from cryptomon.contract.times import to_ms
+from metrics.models import MetricBar, StoredCandle
 
-WINDOW_COLUMNS = ("open", "high", "low", "change", "volume", "volume_ratio", "trades", "taker_buy_ratio")
-INDICATOR_COLUMNS = (
-    "rsi_14",
-    "macd",
-    "macd_signal",
-    "macd_hist",
-    "bb_upper",
-    "bb_middle",
-    "bb_lower",
-    "vcp",
-)
 CANDLE_NUMBERS = (
     "open",
     "high",
@@ -39,14 +30,6 @@ CANDLE_NUMBERS = (
     "taker_buy_volume",
     "taker_buy_quote_volume",
 )
-
-
-def ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
-
-
-def from_ms(value: int) -> datetime:
-    return datetime.fromtimestamp(value / 1000, UTC)
 
 
 @dataclass(frozen=True)
@@ -103,11 +86,11 @@ def symbols() -> list[dict]:
                 "contract_type": symbol.contract_type,
                 "base_asset": symbol.base_asset,
                 "quote_asset": symbol.quote_asset,
-                "history_start": ms(symbol.history_start),
+                "history_start": to_ms(symbol.history_start),
                 "price": price,
                 "change_1d": change,
                 "volume_1d": volume,
-                "open_time": None if time is None else ms(time),
+                "open_time": None if time is None else to_ms(time),
             }
         )
     return rows
@@ -115,12 +98,14 @@ def symbols() -> list[dict]:
 
 def symbol_exists(symbol: str) -> bool:
     """Known to the collector, or at least has stored candles (e.g. imported history)."""
-    return Symbol.objects.filter(symbol=symbol).exists() or Candle.objects.filter(symbol=symbol).exists()
+    return (
+        Symbol.objects.filter(symbol=symbol).exists() or StoredCandle.objects.filter(symbol=symbol).exists()
+    )
 
 
 def candles(symbol: str, start: datetime | None, end: datetime | None, limit: int) -> list[dict]:
     """Stored 1-minute candles of `symbol` in [start, end), oldest first; the newest `limit` of them."""
-    queryset = Candle.objects.filter(symbol=symbol)
+    queryset = StoredCandle.objects.filter(symbol=symbol)
     if start is not None:
         queryset = queryset.filter(time__gte=start)
     if end is not None:
@@ -129,7 +114,7 @@ def candles(symbol: str, start: datetime | None, end: datetime | None, limit: in
     rows.reverse()
     return [
         {
-            "open_time": ms(row.time),
+            "open_time": to_ms(row.time),
             **{name: float(getattr(row, name)) for name in CANDLE_NUMBERS},
             "trades": row.trades,
             "source": row.source,
@@ -154,14 +139,14 @@ def latest_metrics(symbol: str, at: datetime | None = None) -> dict | None:
     timeframes: dict[str, dict[str, float | None]] = {}
     for timeframe in TIMEFRAMES:
         row = rows.get(timeframe)
-        values = {column: getattr(row, column) if row else None for column in WINDOW_COLUMNS}
+        values = {column: getattr(row, column) if row else None for column in WINDOW_STEMS}
         timeframes[timeframe] = values
         metrics.update({f"{column}_{timeframe}": value for column, value in values.items()})
     any_row = next(iter(rows.values()))
-    indicators = {column: getattr(any_row, column) for column in INDICATOR_COLUMNS}
+    indicators = {column: getattr(any_row, column) for column in INDICATOR_NAMES}
     return {
         "symbol": symbol,
-        "open_time": ms(newest),
+        "open_time": to_ms(newest),
         "price": any_row.price,
         "metrics": {"price": any_row.price, **metrics, **indicators},
         "timeframes": timeframes,

@@ -26,9 +26,9 @@ from django.views.decorators.http import require_POST
 
 from alerts import services as alert_services
 from alerts.rule_language import RuleError, compile_rule
+from cryptomon.contract.names import TIMEFRAMES
 from gateway import selectors
 from gateway.forms import HistoryFilterForm, MuteForm, PersonalRuleForm, PreferencesForm
-from metrics.models import TIMEFRAMES
 
 HISTORY_PAGE_SIZE = 50
 CSV_MAX_ROWS = 100_000

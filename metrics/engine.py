@@ -27,13 +27,14 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from asgiref.sync import sync_to_async
-from django.db import connections
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from cryptomon import heap, messaging
+from cryptomon.contract import subjects
+from cryptomon.contract.candles import Candle, decode_payload
+from cryptomon.contract.times import MINUTE_MS
+from cryptomon.workers import Worker, in_thread
 from metrics import selectors, services
-from metrics.candles import MINUTE_MS, Candle, decode_payload
 from metrics.ordering import BarSequencer
 from metrics.windows import HISTORY_MINUTES, Bar
 
@@ -75,44 +76,21 @@ class WorkerConfig:
         return cls(**values)
 
 
-async def in_thread(function, *args):
-    """A database call off the event loop; the thread's connection is closed (no leaked sessions)."""
-
-    def call():
-        try:
-            return function(*args)
-        finally:
-            connections.close_all()
-
-    return await sync_to_async(call, thread_sensitive=False)()
-
-
 async def _ack(messages: list) -> None:
     """Acknowledge in order; each ack is a plain publish (no task per message, as `gather` would make)."""
     for message in messages:
         await message.ack()
 
 
-@dataclass
-class Stats:
-    bars_published_total: int = 0
-    candles_stored_total: int = 0
-    bad_messages_total: int = 0
-    refused_rows_total: int = 0
-    live_published_total: int = 0
-    live_dropped_total: int = 0
-    restarts_total: int = 0
-
-
-class MetricsWorker:
-    """One shard of the metrics engine. `run()` until cancelled; `started` is set once live."""
+class MetricsWorker(Worker):
+    """One shard of the metrics engine. `run()` until `stop()`; `started` is set once live."""
 
     def __init__(self, config: WorkerConfig) -> None:
+        super().__init__()
         self.config = config
-        self.stats = Stats()
-        self.started = asyncio.Event()
         self.sequencer = self._new_sequencer()
         self.gaps_forced_total = 0  # across internal restarts
+        self.stats.gauge("metrics_gaps_forced_total", lambda: self.gaps_forced)
         self._lock = asyncio.Lock()
         self._live: dict[str, Candle] = {}
         self._live_sent: dict[str, float] = {}
@@ -137,7 +115,7 @@ class MetricsWorker:
 
     # --- lifecycle ------------------------------------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def serve(self) -> None:
         options = {"reconnect_time_wait": 0.2} if self.config.nats_url else {}
         self.nc, self.js = await messaging.connect_jetstream(
             self.shard.consumer_name(BARS_KIND), self.config.nats_url, **options
@@ -150,7 +128,7 @@ class MetricsWorker:
                 except (asyncio.CancelledError, KeyboardInterrupt):
                     raise
                 except Exception:
-                    self.stats.restarts_total += 1
+                    self.stats.inc("metrics_restarts_total")
                     logger.exception("metrics worker failed; rebuilding from storage and JetStream")
                     await asyncio.sleep(self.config.restart_delay_seconds)
         finally:
@@ -171,7 +149,7 @@ class MetricsWorker:
             asyncio.create_task(self._tick_loop()),
             asyncio.create_task(heap.keep_collections_short("run_metrics")),  # after the warm-up
         ]
-        live = await self.nc.subscribe("candles.live.>", cb=self._on_live)
+        live = await self.nc.subscribe(subjects.CANDLES_LIVE, cb=self._on_live)
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
@@ -197,17 +175,17 @@ class MetricsWorker:
 
     async def _start(self) -> None:
         js = self.js
-        metric_subjects = await self._stream_subjects("METRICS", "metrics.calculated.>")
+        metric_subjects = await self._stream_subjects(subjects.METRICS_STREAM, subjects.METRICS)
         stored = await in_thread(selectors.newest_metrics)
-        universe = set(stored) | {messaging.symbol_of(s) for s in metric_subjects}
+        universe = set(stored) | {subjects.symbol_of(s) for s in metric_subjects}
         if self.shard.count > 1:
             universe |= set(await in_thread(selectors.known_symbols))
         self._symbols = {symbol for symbol in universe if self.shard.owns(symbol)}
         from_stream: dict[str, int] = {}
         for subject in metric_subjects:
-            symbol = messaging.symbol_of(subject)
+            symbol = subjects.symbol_of(subject)
             if self.shard.owns(symbol):
-                payload = await messaging.last_payload(js, "METRICS", subject)
+                payload = await messaging.last_payload(js, subjects.METRICS_STREAM, subject)
                 if payload is not None:
                     from_stream[symbol] = int(payload["open_time"])
         self._stored = stored
@@ -230,9 +208,9 @@ class MetricsWorker:
 
     def _filters(self) -> list[str] | None:
         if self.shard.count == 1:
-            return ["candles.1m.>"]
-        subjects = self.shard.filter_subjects("candles.1m", self._symbols)
-        return subjects or None
+            return [subjects.CANDLES]
+        owned = self.shard.filter_subjects(subjects.CANDLES_ROOT, self._symbols)
+        return owned or None
 
     async def _ensure_consumers(self, resume: bool = False) -> None:
         """Create or update the two durable consumers; on start (`resume`) a consumer with unacknowledged
@@ -244,7 +222,7 @@ class MetricsWorker:
         for kind in (BARS_KIND, STORE_KIND):
             await apply(
                 self.js,
-                "CANDLES",
+                subjects.CANDLES_STREAM,
                 self.shard.consumer_name(kind),
                 filters,
                 ack_policy=AckPolicy.EXPLICIT,
@@ -284,7 +262,7 @@ class MetricsWorker:
                     bars += self.sequencer.offer(candle, now)
             await self._confirm(await self._publish(bars))
             refused = await in_thread(services.store, [], bars + healed)
-            self.stats.refused_rows_total += len(refused)
+            self.stats.inc("metrics_refused_rows_total", len(refused))
             if len(page) < self.config.warmup_page:
                 return
 
@@ -293,7 +271,7 @@ class MetricsWorker:
     async def _pull(self, kind: str):
         while self._filters() is None:  # a shard without symbols yet waits for the universe
             await asyncio.sleep(self.config.fetch_timeout_seconds)
-        return await self.js.pull_subscribe_bind(self.shard.consumer_name(kind), "CANDLES")
+        return await self.js.pull_subscribe_bind(self.shard.consumer_name(kind), subjects.CANDLES_STREAM)
 
     async def _fetch(self, subscription) -> list:
         return await messaging.fetch_available(
@@ -304,13 +282,13 @@ class MetricsWorker:
         """(messages to ack, candles); a bad message is logged and terminated, never redelivered forever."""
         good, candles = [], []
         for message in messages:
-            symbol = messaging.symbol_of(message.subject)
+            symbol = subjects.symbol_of(message.subject)
             try:
                 candle = decode_payload(message.data)
                 if candle.symbol != symbol:
                     raise ValueError(f"symbol {candle.symbol!r} does not match the subject")
             except ValueError as error:
-                self.stats.bad_messages_total += 1
+                self.stats.inc("metrics_bad_messages_total")
                 logger.error("bad candle on %s: %s", message.subject, error)
                 if acked:
                     asyncio.get_running_loop().create_task(message.term())
@@ -370,7 +348,7 @@ class MetricsWorker:
             await self._confirm(published)
             await self._after_bars()
             refused = await in_thread(services.store, candles, bars)
-            self.stats.refused_rows_total += len(refused)
+            self.stats.inc("metrics_refused_rows_total", len(refused))
             await _ack(messages)
 
     async def _after_bars(self) -> None:
@@ -398,7 +376,7 @@ class MetricsWorker:
             self.js,
             (
                 (
-                    messaging.metrics_subject(bar.symbol),
+                    subjects.metrics_subject(bar.symbol),
                     messaging.encode(bar.payload()),
                     f"{bar.symbol}:{bar.open_time}",
                 )
@@ -411,7 +389,7 @@ class MetricsWorker:
         for error in await messaging.ack_errors(published, 10.0):
             if error is not None:
                 raise error
-        self.stats.bars_published_total += len(published)
+        self.stats.inc("metrics_bars_published_total", len(published))
 
     async def _emit(self, bars: list[Bar], candles: list[Candle]) -> None:
         """Publish the bars now; their commit joins the pipeline (commits stay in publishing order, so the
@@ -443,8 +421,8 @@ class MetricsWorker:
                 await asyncio.gather(*(message.nak(delay=1.0) for message in good), return_exceptions=True)
                 await asyncio.sleep(1.0)
                 continue
-            self.stats.refused_rows_total += len(refused)
-            self.stats.candles_stored_total += len(candles) - len(refused)
+            self.stats.inc("metrics_refused_rows_total", len(refused))
+            self.stats.inc("metrics_candles_stored_total", len(candles) - len(refused))
             await _ack(good)
 
     # --- live previews, gap timeouts, universe --------------------------------------------------------------
@@ -476,10 +454,9 @@ class MetricsWorker:
             if now >= next_log:
                 next_log = now + self.config.status_log_seconds
                 logger.info(
-                    "metrics %s: %s, gaps_forced_total=%d",
+                    "metrics %s: %s",
                     self.shard.consumer_name(BARS_KIND),
-                    self.stats,
-                    self.gaps_forced,
+                    self.stats.summary(),
                 )
 
     async def _publish_live(self, now: float) -> None:
@@ -513,11 +490,11 @@ class MetricsWorker:
             self._live_sent[symbol] = now
             # A live update may be lost (counted), never a final bar.
             if await self.live_frames.publish(
-                messaging.metrics_live_subject(symbol), messaging.encode(bar.payload())
+                subjects.metrics_live_subject(symbol), messaging.encode(bar.payload())
             ):
-                self.stats.live_published_total += 1
+                self.stats.inc("metrics_live_published_total")
             else:
-                self.stats.live_dropped_total += 1
+                self.stats.inc("metrics_live_dropped_total")
 
     async def _refresh_universe(self) -> None:
         """A shard's consumers follow the universe; a new symbol's earlier candles are caught up first."""
@@ -534,16 +511,16 @@ class MetricsWorker:
         """Candles of newly owned symbols already in the stream (the durable consumer skips them)."""
         name = f"{self.shard.consumer_name('metrics-catchup')}-{uuid.uuid4().hex[:8]}"
         await self.js.add_consumer(
-            "CANDLES",
+            subjects.CANDLES_STREAM,
             ConsumerConfig(
                 name=name,
                 deliver_policy=DeliverPolicy.ALL,
                 ack_policy=AckPolicy.NONE,
-                filter_subjects=[messaging.candle_subject(symbol) for symbol in symbols],
+                filter_subjects=[subjects.candle_subject(symbol) for symbol in symbols],
                 inactive_threshold=60.0,
             ),
         )
-        subscription = await self.js.pull_subscribe_bind(name, "CANDLES")
+        subscription = await self.js.pull_subscribe_bind(name, subjects.CANDLES_STREAM)
         try:
             while True:
                 messages = await self._fetch(subscription)
@@ -557,4 +534,4 @@ class MetricsWorker:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
             with contextlib.suppress(Exception):
-                await self.js.delete_consumer("CANDLES", name)
+                await self.js.delete_consumer(subjects.CANDLES_STREAM, name)

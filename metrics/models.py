@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from django.db import models
 
-TIMEFRAMES = ("5m", "15m", "1h", "4h", "8h", "1d")
+from cryptomon.contract.names import TIMEFRAMES
+
 PRICE_DIGITS = {"max_digits": 38, "decimal_places": 8}
 
 
-class Candle(models.Model):
-    """One closed 1-minute candle as Binance had it (`source` ws/rest) or a flat filler (`filled`)."""
+class StoredCandle(models.Model):
+    """One row of `candles_1m`: a closed 1-minute candle as Binance had it (`source` ws/rest) or a flat filler (`filled`)."""
 
     pk = models.CompositePrimaryKey("symbol", "time")
     symbol = models.TextField()

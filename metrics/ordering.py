@@ -9,7 +9,8 @@ are declared a permanent gap (counted in `gaps_forced_total`) and the waiting ca
 
 from __future__ import annotations
 
-from metrics.candles import MINUTE_MS, Candle
+from cryptomon.contract.candles import Candle
+from cryptomon.contract.times import MINUTE_MS
 from metrics.windows import Bar, SymbolState
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from metrics.candles import Candle
+from cryptomon.contract.candles import Candle
 from metrics.windows import Bar, SymbolState
 
 

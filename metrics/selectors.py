@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from django.db import connections
 
-from metrics.candles import Candle, volume_units
+from cryptomon.contract.candles import Candle, volume_units
+from cryptomon.contract.times import from_ms
 
 ALIAS = "timeseries"
-
-
-def _dt(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 def newest_metrics() -> dict[str, int]:
@@ -54,10 +49,10 @@ def candles_page(
         "taker_buy_quote_volume::text, source, (extract(epoch FROM event_time) * 1000)::bigint "
         "FROM candles_1m WHERE time >= %s"
     )
-    params: list = [_dt(since_ms)]
+    params: list = [from_ms(since_ms)]
     if after is not None:
         sql += " AND (symbol, time) > (%s, %s)"
-        params += [after[0], _dt(after[1])]
+        params += [after[0], from_ms(after[1])]
     if symbols is not None:
         sql += " AND symbol = ANY(%s)"
         params.append(list(symbols))

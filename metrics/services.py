@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime
 
 import msgspec
 from django.db import DataError, IntegrityError, connections, transaction
 
-from alerts.rule_language import WINDOWS
-from metrics.candles import Candle, units_text
+from cryptomon.contract.candles import Candle, units_text
+from cryptomon.contract.names import EVERY_ROW_NAMES, TIMEFRAMES, WINDOW_STEMS
+from cryptomon.contract.times import from_ms
 from metrics.windows import Bar
 
 logger = logging.getLogger(__name__)
@@ -28,26 +28,14 @@ _CANDLE_SQL = (
     "taker_buy_volume, taker_buy_quote_volume, source, event_time) "
     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
 )
-_STEMS = ("open", "high", "low", "change", "volume", "volume_ratio", "trades", "taker_buy_ratio")
-_EVERY_ROW = (
-    "price",
-    "rsi_14",
-    "macd",
-    "macd_signal",
-    "macd_hist",
-    "bb_upper",
-    "bb_middle",
-    "bb_lower",
-    "vcp",
-)
-_METRIC_COLUMNS = (*_STEMS, *_EVERY_ROW)
+_METRIC_COLUMNS = (*WINDOW_STEMS, *EVERY_ROW_NAMES)
 _METRIC_SQL = (
     f"INSERT INTO metrics_calculated (symbol, timeframe, time, {', '.join(_METRIC_COLUMNS)}) "
     f"VALUES ({', '.join(['%s'] * (3 + len(_METRIC_COLUMNS)))}) "
     "ON CONFLICT (symbol, timeframe, time) DO UPDATE SET "
     + ", ".join(f"{column} = EXCLUDED.{column}" for column in _METRIC_COLUMNS)
 )
-_WINDOW_NAMES = tuple((window, tuple(f"{stem}_{window}" for stem in _STEMS)) for window in WINDOWS)
+_WINDOW_NAMES = tuple((window, tuple(f"{stem}_{window}" for stem in WINDOW_STEMS)) for window in TIMEFRAMES)
 
 
 # Whole batches go in as one statement over one JSON array of rows: far faster than a statement per row,
@@ -100,7 +88,7 @@ def _candle_json(candle: Candle) -> tuple:
 
 def _metric_json(bar: Bar) -> list[tuple]:
     metrics = bar.metrics_dict()
-    shared = tuple(metrics[name] for name in _EVERY_ROW)
+    shared = tuple(metrics[name] for name in EVERY_ROW_NAMES)
     return [
         (bar.symbol, window, bar.open_time, *(metrics[name] for name in names), *shared)
         for window, names in _WINDOW_NAMES
@@ -114,15 +102,11 @@ def _encode(rows: list) -> str:
     return _encoder.encode(rows).decode()
 
 
-def _dt(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
-
-
 def candle_row(candle: Candle) -> tuple:
     """The `candles_1m` row; volumes exact, a missing event time is taken as the close time."""
     return (
         candle.symbol,
-        _dt(candle.open_time),
+        from_ms(candle.open_time),
         candle.decimal("open"),
         candle.decimal("high"),
         candle.decimal("low"),
@@ -133,15 +117,15 @@ def candle_row(candle: Candle) -> tuple:
         candle.decimal("taker_buy_volume"),
         candle.decimal("taker_buy_quote_volume"),
         candle.source or "",
-        _dt(candle.close_time if candle.event_time is None else candle.event_time),
+        from_ms(candle.close_time if candle.event_time is None else candle.event_time),
     )
 
 
 def metric_rows(bar: Bar) -> list[tuple]:
     """The 6 `metrics_calculated` rows of a bar (one per timeframe)."""
-    time = _dt(bar.open_time)
+    time = from_ms(bar.open_time)
     metrics = bar.metrics_dict()
-    shared = tuple(metrics[name] for name in _EVERY_ROW)
+    shared = tuple(metrics[name] for name in EVERY_ROW_NAMES)
     return [
         (bar.symbol, window, time, *(_float(metrics[name]) for name in names), *shared)
         for window, names in _WINDOW_NAMES

@@ -31,15 +31,23 @@ import math
 from array import array
 from collections.abc import Iterator, Mapping
 from itertools import accumulate
-from typing import Any
+from typing import Any, Literal, overload
 
-from alerts.rule_language import INDICATOR_NAMES, METRIC_NAMES, WINDOW_MINUTES, WINDOW_STEMS, WINDOWS
-from metrics.candles import MINUTE_MS, Candle
+from cryptomon.contract.candles import Candle
+from cryptomon.contract.messages import metrics_payload
+from cryptomon.contract.names import (
+    INDICATOR_NAMES,
+    METRIC_NAMES,
+    TIMEFRAME_MINUTES,
+    TIMEFRAMES,
+    WINDOW_STEMS,
+)
+from cryptomon.contract.times import MINUTE_MS
 
 __all__ = ["HISTORY_MINUTES", "METRIC_NAMES", "WINDOW_SIZES", "Bar", "BarMetrics", "SymbolState"]
 
 HISTORY_MINUTES = 2880  # 1-day windows plus the day before them (volume_ratio_1d)
-WINDOW_SIZES: tuple[int, ...] = tuple(WINDOW_MINUTES[window] for window in WINDOWS)
+WINDOW_SIZES: tuple[int, ...] = tuple(TIMEFRAME_MINUTES[window] for window in TIMEFRAMES)
 _WRAP = 1 << 64
 _MASK = _WRAP - 1
 _BIG_MINUTE = _WRAP // HISTORY_MINUTES  # from this volume per minute on, a window sum may wrap
@@ -49,26 +57,26 @@ _TRIM_BY = 12 * _BLOCK  # a run's columns are cut by this many minutes (whole bl
 _TRIM_AT = HISTORY_MINUTES + _TRIM_BY  # ... when they reach this length, keeping the newest 2880
 _NULL_WINDOW = (None,) * len(WINDOW_STEMS)
 
-# The engine emits values in exactly this order; checked once at import against the rule language.
-_ORDER = ("price", *(f"{stem}_{window}" for window in WINDOWS for stem in WINDOW_STEMS), *INDICATOR_NAMES)
-if _ORDER != METRIC_NAMES:  # pragma: no cover - a change in the rule language must be mirrored here
-    raise ImportError("metrics.windows is out of step with alerts.rule_language.METRIC_NAMES")
+# The engine emits values in exactly this order; checked once at import against the contract.
+_ORDER = ("price", *(f"{stem}_{window}" for window in TIMEFRAMES for stem in WINDOW_STEMS), *INDICATOR_NAMES)
+if _ORDER != METRIC_NAMES:  # pragma: no cover - a change in the contract must be mirrored here
+    raise ImportError("metrics.windows is out of step with cryptomon.contract.names.METRIC_NAMES")
 
 # Which group computes a name: per window its sums and its range (high/low, the dearer part), then the
 # recursive indicators, the bands and vcp. A backtest reads only the groups its rules reference.
 _STEMS_CORE = ("open", "change", "volume", "volume_ratio", "trades", "taker_buy_ratio")
-_RANGES = len(WINDOWS)
+_RANGES = len(TIMEFRAMES)
 _RECURSIVE, _BANDS, _VCP = 2 * _RANGES, 2 * _RANGES + 1, 2 * _RANGES + 2
 _GROUP_NAMES: tuple[tuple[str, ...], ...] = (
-    *(tuple(f"{stem}_{window}" for stem in _STEMS_CORE) for window in WINDOWS),
-    *((f"high_{window}", f"low_{window}") for window in WINDOWS),
+    *(tuple(f"{stem}_{window}" for stem in _STEMS_CORE) for window in TIMEFRAMES),
+    *((f"high_{window}", f"low_{window}") for window in TIMEFRAMES),
     ("price", "rsi_14", "macd", "macd_signal", "macd_hist"),
     ("bb_upper", "bb_middle", "bb_lower"),
     ("vcp",),
 )
 _GROUP_OF: dict[str, int] = {name: group for group, names in enumerate(_GROUP_NAMES) for name in names}
 if WINDOW_STEMS[:3] != ("open", "high", "low") or WINDOW_STEMS[3:] != _STEMS_CORE[1:]:  # pragma: no cover
-    raise ImportError("metrics.windows is out of step with alerts.rule_language.WINDOW_STEMS")
+    raise ImportError("metrics.windows is out of step with cryptomon.contract.names.WINDOW_STEMS")
 _UNSET = object()
 
 
@@ -365,15 +373,9 @@ class Bar:
 
     def payload(self) -> dict[str, Any]:
         """The §5 `metrics.calculated` / `metrics.live` payload."""
-        return {
-            "v": 1,
-            "symbol": self.symbol,
-            "open_time": self.open_time,
-            "final": self.final,
-            "late": self.late,
-            "price": self.price,
-            "metrics": self.metrics_dict(),
-        }
+        return metrics_payload(
+            self.symbol, self.open_time, self.price, self.metrics_dict(), self.final, self.late
+        )
 
     def __repr__(self) -> str:
         return f"Bar({self.symbol!r}, {self.open_time}, final={self.final}, late={self.late})"
@@ -482,7 +484,7 @@ class SymbolState:
 
     def absorb(self, candle: Candle) -> None:
         """Like `add_final` without making the bar: the warm-up from stored history."""
-        self.add_final(candle, False)
+        self._advance(candle, False)
 
     def preview(self, candle: Candle) -> Bar:
         """The bar the open minute `candle` would give now (`final=False`); this state is not changed.
@@ -512,8 +514,18 @@ class SymbolState:
         bar.final = False
         return bar
 
-    def add_final(self, c: Candle, emit: bool = True) -> Bar:
+    def add_final(self, candle: Candle) -> Bar:
         """Add the next final candle (a missing minute before it starts a new run) and return its bar."""
+        return self._advance(candle, True)
+
+    @overload
+    def _advance(self, c: Candle, emit: Literal[True]) -> Bar: ...
+
+    @overload
+    def _advance(self, c: Candle, emit: Literal[False]) -> None: ...
+
+    def _advance(self, c: Candle, emit: bool) -> Bar | None:
+        """Add the next final candle; its bar when `emit` (the warm-up makes none: it is never read)."""
         m = c.open_time // MINUTE_MS
         if m != self._minute + 1:
             if m <= self._minute:
@@ -599,7 +611,7 @@ class SymbolState:
             if r == 26:
                 self._e26 = self._s26 / 26
                 macd = self._ssig = self._e12 - self._e26
-        return Bar(self.symbol, c.open_time, x, columns, i, rsi, macd, signal) if emit else None  # type: ignore[return-value]
+        return Bar(self.symbol, c.open_time, x, columns, i, rsi, macd, signal) if emit else None
 
 
 def _unwrap(modular: int, approximate: float) -> int:

@@ -35,12 +35,14 @@ from django.db.models import Max
 from nats.js.errors import NotFoundError
 
 from cryptomon import messaging
+from cryptomon.contract import subjects
+from cryptomon.contract.messages import decode_heartbeat
+from cryptomon.contract.times import MINUTE_MS
 from notifications import operator
 from notifications.services import redis_client
 
 logger = logging.getLogger(__name__)
 
-STATUS_SUBJECT = "collector.status"  # the collector's heartbeat (collector/service.py)
 FEED_STALE = "feed_stale"
 REST_BANNED = "rest_banned"
 REST_REGION_BLOCKED = "rest_region_blocked"
@@ -48,7 +50,6 @@ GAPS_FORCED = "gaps_forced"
 CONSUMER_LAG_PREFIX = "consumer_lag:"
 HEARD_KEY = "cryptomon:watchdog:heartbeats"  # hash: collector shard "k/N" -> wall ms last heard
 SILENT_KEY = "cryptomon:watchdog:silent_since"  # wall ms since which no shard was ever heard
-MINUTE_MS = 60_000
 MAX_NAMED = 10  # symbols or shards named in one message
 
 
@@ -93,18 +94,16 @@ async def read_heartbeats(nc, wait_seconds: float) -> dict[str, dict]:
 
     async def on_message(msg) -> None:
         try:
-            payload = messaging.decode(msg.data)
+            beat = decode_heartbeat(msg.data)
         except ValueError:
             return
-        shard = payload.get("shard")
-        if not isinstance(shard, str):
-            return
-        beats[shard] = payload
+        shard = beat.shard
+        beats[shard] = beat.as_dict()
         count = shard.partition("/")[2]
         if count.isdigit() and all(f"{k}/{count}" in beats for k in range(int(count))):
             everyone.set()
 
-    subscription = await nc.subscribe(STATUS_SUBJECT, cb=on_message)
+    subscription = await nc.subscribe(subjects.COLLECTOR_STATUS, cb=on_message)
     try:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(everyone.wait(), wait_seconds)
@@ -118,7 +117,7 @@ async def consumer_lags(js, threshold_seconds: float | None = None) -> list[Cons
     if threshold_seconds is None:
         threshold_seconds = settings.OPERATOR_CONSUMER_LAG_SECONDS
     lags: list[ConsumerLag] = []
-    for stream, root in messaging.STREAM_SUBJECTS.items():
+    for stream, root in subjects.STREAMS.items():
         try:
             infos = await js.consumers_info(stream)
             while infos and len(infos) % 256 == 0:  # the API pages at 256
@@ -267,12 +266,12 @@ def _reference_ms(heartbeats: dict[str, dict], wall: int) -> int:
 def stored_feed_problem(now_ms: int) -> str | None:
     """The newest `candles_1m` row is too old while symbols are TRADING (None when fine or nothing stored)."""
     from collector.models import Symbol
-    from metrics.models import Candle
+    from metrics.models import StoredCandle
 
     trading = Symbol.objects.filter(trading=True).count()
     if not trading:
         return None
-    newest = Candle.objects.aggregate(newest=Max("time"))["newest"]
+    newest = StoredCandle.objects.aggregate(newest=Max("time"))["newest"]
     if newest is None:
         return None
     newest_ms = int(newest.timestamp() * 1000)
@@ -356,13 +355,13 @@ ORDER BY symbol, previous
 
 def forced_gaps(now_ms: int | None = None) -> Condition:
     """Minutes missing between stored candles that the metrics engine has given up waiting for."""
-    from metrics.models import Candle
+    from metrics.models import StoredCandle
 
     now = datetime.fromtimestamp((now_ms or time.time() * 1000) / 1000, UTC)
     start = now - timedelta(minutes=settings.OPERATOR_GAP_LOOKBACK_MINUTES)
     # The bar after a hole waits METRICS_GAP_TIMEOUT_SECONDS from the next candle's arrival (~2 min later).
     cutoff = now - timedelta(seconds=settings.METRICS_GAP_TIMEOUT_SECONDS) - timedelta(minutes=2)
-    with connections[router.db_for_read(Candle)].cursor() as cursor:
+    with connections[router.db_for_read(StoredCandle)].cursor() as cursor:
         cursor.execute(_HOLES_SQL, {"start": start, "cutoff": cutoff})
         holes = cursor.fetchall()
     if not holes:

@@ -12,6 +12,7 @@ import pytest
 import pytest_asyncio
 
 from cryptomon import embedded, messaging
+from cryptomon.contract import subjects
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,7 +22,7 @@ async def jetstream():
     """A NATS connection with the three streams freshly created (previous tests' messages removed)."""
     nc = await messaging.connect("test")
     js = nc.jetstream()
-    for name in messaging.STREAM_SUBJECTS:
+    for name in subjects.STREAMS:
         with contextlib.suppress(Exception):
             await js.delete_stream(name)
     await messaging.ensure_streams(js)

@@ -7,7 +7,8 @@ from decimal import Decimal
 
 from alerts.models import AlertHistory
 from collector.models import Symbol
-from metrics.models import TIMEFRAMES, Candle, MetricBar
+from cryptomon.contract.names import TIMEFRAMES
+from metrics.models import MetricBar, StoredCandle
 
 NOW = datetime.now(UTC).replace(second=0, microsecond=0)
 
@@ -26,14 +27,14 @@ def symbol(name: str, trading: bool = True) -> Symbol:
     )
 
 
-def candles(name: str, minutes: int, end: datetime = NOW, start_price: float = 100.0) -> list[Candle]:
+def candles(name: str, minutes: int, end: datetime = NOW, start_price: float = 100.0) -> list[StoredCandle]:
     """`minutes` closed 1-minute candles ending before `end`, rising by 0.1 each minute."""
     rows = []
     for i in range(minutes):
         time = end - timedelta(minutes=minutes - i)
         price = Decimal(str(round(start_price + i * 0.1, 8)))
         rows.append(
-            Candle(
+            StoredCandle(
                 symbol=name,
                 time=time,
                 open=price,
@@ -49,7 +50,7 @@ def candles(name: str, minutes: int, end: datetime = NOW, start_price: float = 1
                 event_time=time + timedelta(seconds=62),
             )
         )
-    return Candle.objects.bulk_create(rows)
+    return StoredCandle.objects.bulk_create(rows)
 
 
 def metrics(name: str, time: datetime, change_1h: float | None = 1.5, price: float = 101.0) -> None:

@@ -21,6 +21,7 @@ from alerts import services
 from alerts.engine import AlertWorker
 from alerts.models import AlertHistory, AlertRule, OutboxEntry
 from cryptomon import messaging
+from cryptomon.contract import subjects
 
 from .conftest import ROOT, run_manage
 
@@ -45,7 +46,7 @@ def bar(symbol: str, minute: int, change_5m: float | None, *, late: bool = False
 async def publish_bar(js, payload: dict, msg_id: str | None = None) -> None:
     symbol = payload["symbol"]
     headers = {"Nats-Msg-Id": msg_id or f"{symbol}:{payload['open_time']}"}
-    await js.publish(messaging.metrics_subject(symbol), messaging.encode(payload), headers=headers)
+    await js.publish(subjects.metrics_subject(symbol), messaging.encode(payload), headers=headers)
 
 
 async def until(predicate, timeout: float = 15.0, what: str = "condition") -> None:
@@ -64,17 +65,16 @@ async def until(predicate, timeout: float = 15.0, what: str = "condition") -> No
 @contextlib.asynccontextmanager
 async def running(shard: str = "0/1"):
     worker = AlertWorker(messaging.Shard.parse(shard))
-    stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(worker.run(stop, ready.set))
+    task = asyncio.create_task(worker.run())
     done, _ = await asyncio.wait(
-        {task, asyncio.create_task(ready.wait())}, timeout=30, return_when="FIRST_COMPLETED"
+        {task, asyncio.create_task(worker.started.wait())}, timeout=30, return_when="FIRST_COMPLETED"
     )
     if task in done:
         task.result()  # raises the startup error
     try:
         yield worker
     finally:
-        stop.set()
+        worker.stop()
         await asyncio.wait_for(task, 30)
 
 
@@ -129,7 +129,7 @@ async def test_it_stores_publishes_and_queues_one_alert_per_rule_symbol_and_bar(
         await publish_bar(js, bar("BTCUSDT", 0, 2.0), msg_id="again-1")  # the same bar delivered twice
         await publish_bar(js, bar("BTCUSDT", 1, 0.5))  # false
         await publish_bar(js, bar("BTCUSDT", 2, 3.0))
-        await until(lambda: worker.engine.counters.bars >= 4, what="4 bars")
+        await until(lambda: worker.stats.get("alerts_bars_total") >= 4, what="4 bars")
         await until(lambda: len(seen.payloads) >= 2, what="2 published alerts")
     rows = await history()
     assert [(r.rule, r.symbol, r.open_time) for r in rows] == [
@@ -152,7 +152,7 @@ async def test_a_true_bar_inside_the_cooldown_does_not_fire_or_restart_it(jetstr
     async with running() as worker:
         for minute in range(0, 11):
             await publish_bar(js, bar("ETHUSDT", minute, 2.0))
-        await until(lambda: worker.engine.counters.bars >= 11, what="11 bars")
+        await until(lambda: worker.stats.get("alerts_bars_total") >= 11, what="11 bars")
     assert [r.open_time for r in await history()] == [T0, T0 + 5 * MINUTE, T0 + 10 * MINUTE]
 
 
@@ -161,11 +161,11 @@ async def test_the_cooldown_holds_across_a_restart(jetstream, rules):
     await sync_to_async(make_rule)("pump", "change_5m > 1", cooldown_seconds=300)
     async with running() as worker:
         await publish_bar(js, bar("SOLUSDT", 0, 2.0))
-        await until(lambda: worker.engine.counters.bars >= 1)
+        await until(lambda: worker.stats.get("alerts_bars_total") >= 1)
     async with running() as worker:  # a new process: its state comes from alert_history
         await publish_bar(js, bar("SOLUSDT", 3, 2.0))
         await publish_bar(js, bar("SOLUSDT", 5, 2.0))
-        await until(lambda: worker.engine.counters.bars >= 2, what="2 bars after the restart")
+        await until(lambda: worker.stats.get("alerts_bars_total") >= 2, what="2 bars after the restart")
     assert [r.open_time for r in await history()] == [T0, T0 + 5 * MINUTE]
 
 
@@ -195,7 +195,7 @@ async def test_the_cooldown_holds_across_two_shards_and_each_symbol_has_one_owne
     async with running("0/1") as worker:
         for symbol in symbols:
             await publish_bar(js, bar(symbol, 0, 2.0))
-        await until(lambda: worker.engine.counters.bars >= len(symbols))
+        await until(lambda: worker.stats.get("alerts_bars_total") >= len(symbols))
     async with running("0/2") as first, running("1/2") as second:
         assert (first.durable, second.durable) == ("alerts-p0of2", "alerts-p1of2")
         for minute in (2, 5):
@@ -203,13 +203,19 @@ async def test_the_cooldown_holds_across_two_shards_and_each_symbol_has_one_owne
                 await publish_bar(js, bar(symbol, minute, 2.0))
         # New consumers start at the stream's beginning: minute 0 is seen again and changes nothing.
         total = 3 * len(symbols)
-        await until(lambda: first.engine.counters.bars + second.engine.counters.bars >= total)
+        await until(
+            lambda: first.stats.get("alerts_bars_total") + second.stats.get("alerts_bars_total") >= total
+        )
         await asyncio.sleep(0.3)
-    assert (first.engine.counters.bars, second.engine.counters.bars) == (
+    assert (first.stats.get("alerts_bars_total"), second.stats.get("alerts_bars_total")) == (
         3 * owned,
         3 * (len(symbols) - owned),
     )
-    assert first.engine.counters.skipped_not_owned == second.engine.counters.skipped_not_owned == 0
+    assert (
+        first.stats.get("alerts_skipped_not_owned_total")
+        == second.stats.get("alerts_skipped_not_owned_total")
+        == 0
+    )
     rows = await history()
     for symbol in symbols:
         assert [r.open_time for r in rows if r.symbol == symbol] == [T0, T0 + 5 * MINUTE], symbol
@@ -220,18 +226,18 @@ async def test_a_rule_edit_reaches_the_running_engine_without_a_restart(jetstrea
     rule = await sync_to_async(make_rule)("pump", "change_5m > 5", cooldown_seconds=0)
     async with running() as worker:
         await publish_bar(js, bar("BTCUSDT", 0, 2.0))
-        await until(lambda: worker.engine.counters.bars >= 1)
+        await until(lambda: worker.stats.get("alerts_bars_total") >= 1)
         await sync_to_async(services.update_rule)(rule, expression="change_5m > 1")
         await until(
             lambda: worker.engine.rules.final and worker.engine.rules.final[0].expression == "change_5m > 1",
             what="the edited rule",
         )
         await publish_bar(js, bar("BTCUSDT", 1, 2.0))
-        await until(lambda: worker.engine.counters.bars >= 2)
+        await until(lambda: worker.stats.get("alerts_bars_total") >= 2)
         await sync_to_async(services.set_enabled)([rule], False)
         await until(lambda: not worker.engine.rules.final, what="the disabled rule to go")
         await publish_bar(js, bar("BTCUSDT", 2, 2.0))
-        await until(lambda: worker.engine.counters.bars >= 3)
+        await until(lambda: worker.stats.get("alerts_bars_total") >= 3)
     assert [r.open_time for r in await history()] == [T0 + MINUTE]
 
 
@@ -318,8 +324,10 @@ async def test_a_failed_write_is_retried_and_the_bar_is_not_lost(jetstream, rule
     with caplog.at_level(logging.WARNING, logger="alerts.engine"):
         async with running() as worker:
             await publish_bar(js, bar("BTCUSDT", 0, 2.0))
-            await until(lambda: worker.engine.counters.alerts >= 1, what="the alert after the retry")
-            assert worker.engine.counters.retries >= 1
+            await until(
+                lambda: worker.stats.get("alerts_created_total") >= 1, what="the alert after the retry"
+            )
+            assert worker.stats.get("alerts_retries_total") >= 1
     rows = await history()
     assert [r.open_time for r in rows] == [T0]
     assert await sync_to_async(OutboxEntry.objects.filter(alert_id=rows[0].id).count)() == 1
@@ -360,10 +368,10 @@ async def test_a_bad_payload_is_logged_and_terminated_and_the_worker_goes_on(jet
                 headers={"Nats-Msg-Id": "x2"},
             )
             await publish_bar(js, bar("BTCUSDT", 1, 2.0))
-            await until(lambda: worker.engine.counters.bars >= 1, what="the good bar")
+            await until(lambda: worker.stats.get("alerts_bars_total") >= 1, what="the good bar")
             info = await js.consumer_info("METRICS", worker.durable)
-            await until(lambda: worker.engine.counters.bad_payloads >= 2)
-    assert worker.engine.counters.bad_payloads == 2
+            await until(lambda: worker.stats.get("alerts_bad_payloads_total") >= 2)
+    assert worker.stats.get("alerts_bad_payloads_total") == 2
     assert [r.open_time for r in await history()] == [T0 + MINUTE]
     assert "bad payload on metrics.calculated.BTCUSDT" in caplog.text
     assert "malformed JSON" in caplog.text and "open_time 'yesterday'" in caplog.text
@@ -377,11 +385,11 @@ async def test_intrabar_rules_fire_on_the_first_true_live_update_once_per_bar(je
     async with running() as worker:
         for change in (0.5, 2.0, 3.0):  # the open minute 0, updated
             await nc.publish("metrics.live.BTCUSDT", messaging.encode(bar("BTCUSDT", 0, change, final=False)))
-        await until(lambda: worker.engine.counters.live_updates >= 3, what="live updates")
-        await until(lambda: worker.engine.counters.alerts >= 1)
+        await until(lambda: worker.stats.get("alerts_live_updates_total") >= 3, what="live updates")
+        await until(lambda: worker.stats.get("alerts_created_total") >= 1)
         assert [(r.rule, r.metrics["change_5m"]) for r in await history()] == [("fast", 2.0)]
         await publish_bar(js, bar("BTCUSDT", 0, 2.5))  # the final bar: `slow` fires, `fast` already did
-        await until(lambda: worker.engine.counters.bars >= 1)
+        await until(lambda: worker.stats.get("alerts_bars_total") >= 1)
     assert sorted((r.rule, r.open_time) for r in await history()) == [("fast", T0), ("slow", T0)]
 
 
@@ -453,7 +461,7 @@ def jetstream_sync():
     async def reset():
         nc = await messaging.connect("test-reset")
         js = nc.jetstream()
-        for name in messaging.STREAM_SUBJECTS:
+        for name in subjects.STREAMS:
             with contextlib.suppress(Exception):
                 await js.delete_stream(name)
         await messaging.ensure_streams(js)
@@ -494,7 +502,7 @@ async def test_the_live_pipeline_stores_exactly_what_the_backtest_of_the_same_ca
     from django.db import connections
 
     from alerts.presets import PRESETS
-    from metrics.candles import Candle
+    from cryptomon.contract.candles import Candle
     from metrics.replay import replay
 
     from .test_backtest import store_candles
@@ -527,8 +535,8 @@ async def test_the_live_pipeline_stores_exactly_what_the_backtest_of_the_same_ca
     async with running() as worker:
         for item in bars:
             await publish_bar(js, item.payload())
-        await until(lambda: worker.engine.counters.bars >= len(bars), timeout=60, what="every bar")
-        assert (worker.engine.counters.numpy_waves > 0) == (vector_from == 2)
+        await until(lambda: worker.stats.get("alerts_bars_total") >= len(bars), timeout=60, what="every bar")
+        assert (worker.stats.get("alerts_numpy_waves_total") > 0) == (vector_from == 2)
     live = {(r.rule, r.symbol, r.open_time): (r.price, r.metrics) for r in await history()}
     monkeypatch.setenv("BACKTEST_PROCESSES", "1")
     output = tmp_path / "backtest.jsonl"

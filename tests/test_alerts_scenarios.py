@@ -13,7 +13,7 @@ from alerts.backtest import evaluate
 from alerts.presets import PRESETS_BY_SLUG, preset_specs
 from collector.emulator.market import FAMOUS, Market
 from collector.emulator.scenarios import compile_scenario, load_file
-from metrics.candles import Candle
+from cryptomon.contract.candles import Candle
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "collector" / "emulator" / "scenarios"
 T0 = 1_767_225_600_000  # 2026-01-01 00:00 UTC

@@ -11,7 +11,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from alerts.models import UserSettings
-from gateway.selectors import ms
+from cryptomon.contract.times import to_ms as ms
 from tests import dashboard_data as data
 
 pytestmark = pytest.mark.django_db(databases=["default", "timeseries"])

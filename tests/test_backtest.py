@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from alerts.backtest import InputError, read_candles
 from cryptomon import embedded
 
 from .conftest import ROOT
@@ -244,10 +245,10 @@ def store_candles(symbol: str, rows: list[list[str]]) -> None:
     from datetime import UTC, datetime
     from decimal import Decimal
 
-    from metrics.models import Candle
+    from metrics.models import StoredCandle
 
-    Candle.objects.bulk_create(
-        Candle(
+    StoredCandle.objects.bulk_create(
+        StoredCandle(
             symbol=symbol,
             time=datetime.fromtimestamp(int(r[0]) / 1000, UTC),
             open=Decimal(r[1]),
@@ -285,3 +286,51 @@ def test_without_input_it_reads_candles_1m_with_the_enabled_rules(tmp_path):
     assert [a["rule"] for a in alerts_of(named.stdout)] == ["off"]  # its cooldown of 300 s: one alert
     unknown = backtest("--rules", "jump,nope", cwd=tmp_path, env=database_env(tmp_path))
     assert unknown.returncode == 2 and "unknown rule slug(s): nope" in unknown.stderr
+
+
+# --- the candle-file reader (JSON Lines and Binance CSV, DESIGN §9) ------------------------------------
+
+
+def test_a_binance_csv_file_is_read_with_its_header_microseconds_and_exponents(tmp_path):
+    path = tmp_path / "ETHUSDT-1m-2026-01-01.csv"
+    path.write_text(
+        "open_time,open,high,low,close,volume,close_time,quote_volume,count,taker_buy_volume,"
+        "taker_buy_quote_volume,ignore\n"
+        f"{T0},3000,3001,2999,3000.5,1.5,{T0 + 59_999},4500.75,7,1,3000.5,0\n"
+        f"{(T0 + 60_000) * 1000},3000.5,3002,3000,3001,2E0,{(T0 + 119_999) * 1000},6.0015e3,9,1,3001,0\n"
+    )
+    first, second = read_candles(path)
+    assert first.symbol == second.symbol == "ETHUSDT"
+    assert second.open_time == T0 + 60_000 and second.close_time == T0 + 119_999
+    assert second.quote_volume_e8 == 600150000000 and second.volume_e8 == 200000000
+    assert first.trades == 7 and first.event_time is None
+
+
+def test_a_bad_csv_line_names_the_file_and_the_line(tmp_path):
+    path = tmp_path / "X-1m.csv"
+    path.write_text(
+        f"{T0},1,1,1,1,1,{T0 + 59_999},1,1,1,1,0\n{T0 + 60_000},1,1,1,oops,1,{T0 + 119_999},1,1,1,1,0\n"
+    )
+    with pytest.raises(InputError, match=r"X-1m.csv:2: close: not a number"):
+        list(read_candles(path))
+
+
+def test_a_wrong_csv_header_is_refused(tmp_path):
+    path = tmp_path / "X-1m.csv"
+    path.write_text("time,open,high,low,close,volume,close_time,quote_volume,count,a,b,c\n")
+    with pytest.raises(InputError, match="header must be"):
+        list(read_candles(path))
+
+
+def test_json_lines_are_read_and_a_bad_line_is_named(tmp_path):
+    path = tmp_path / "candles.jsonl"
+    good = (
+        f'{{"symbol":"X","open_time":{T0},"close_time":{T0 + 59_999},"open":"1","high":"2","low":"1",'
+        '"close":"2","volume":"1","quote_volume":"1.5","trades":1,"taker_buy_volume":"0",'
+        '"taker_buy_quote_volume":"0"}'
+    )
+    path.write_text(good + "\n\n" + good.replace('"close":"2"', '"close":"x"') + "\n")
+    reader = read_candles(path)
+    assert next(reader).quote_volume_e8 == 150000000
+    with pytest.raises(InputError, match=r"candles.jsonl:3: close: not a number"):
+        next(reader)

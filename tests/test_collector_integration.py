@@ -17,8 +17,9 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.db import connections
 
-from collector.service import Collector, CollectorConfig
+from collector.worker import Collector, CollectorConfig
 from cryptomon import messaging
+from cryptomon.contract import subjects
 from tests import venue_adapter as venue_mod
 
 pytestmark = [pytest.mark.django_db(transaction=True, databases=["default", "timeseries"])]
@@ -71,8 +72,8 @@ async def running(config: CollectorConfig):
         await asyncio.wait_for(collector.started.wait(), 30)
         yield collector
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        collector.stop()
+        await asyncio.wait_for(task, 30)
 
 
 async def published(js, subject: str = "candles.1m.>") -> dict[str, list[dict]]:
@@ -134,7 +135,7 @@ def assert_equal_to_venue(venue, candles: list[dict]) -> None:
 async def newest_times(js, symbols) -> dict[str, int]:
     out = {}
     for symbol in symbols:
-        payload = await messaging.last_payload(js, "CANDLES", messaging.candle_subject(symbol))
+        payload = await messaging.last_payload(js, "CANDLES", subjects.candle_subject(symbol))
         out[symbol] = payload["open_time"] if payload else 0
     return out
 
@@ -287,7 +288,7 @@ async def test_a_nats_restart_loses_nothing(private_nats):
 
 
 async def test_the_hole_scan_republishes_minutes_missing_from_candles_1m(jetstream):
-    from metrics.models import Candle as StoredCandle
+    from metrics.models import StoredCandle
 
     nc, js = jetstream
     symbols = ["AAAUSDT"]

@@ -8,12 +8,13 @@ import time
 import msgspec
 import pytest
 
-from collector.binance import MINUTE_MS, Candle, parse_frame, parse_rest_rows
-from collector.metrics_export import Stats
+from collector.binance import Kline, parse_frame, parse_rest_rows
 from collector.rest import VenueClock, WeightLimiter, klines_weight
 from collector.sequencer import Sequencer
 from collector.universe import select_symbols
 from cryptomon import messaging
+from cryptomon.contract.times import MINUTE_MS
+from cryptomon.workers import Stats
 
 T0 = 1_767_225_600_000  # 2026-01-01 00:00 UTC
 
@@ -206,14 +207,14 @@ class ScriptedVenue:
     def venue_now_ms(self) -> int:
         return self.clock.now_ms()
 
-    async def klines(self, symbol: str, start: int, limit: int) -> list[Candle]:
+    async def klines(self, symbol: str, start: int, limit: int) -> list[Kline]:
         self.requests.append((start, limit))
         now = self.venue_now_ms()
         out = []
         for t in sorted(self.rows):
             if t >= start and len(out) < limit and t + MINUTE_MS - 1 < now - 5000:
                 out.append(
-                    Candle(
+                    Kline(
                         symbol,
                         t,
                         t + MINUTE_MS - 1,
@@ -235,20 +236,20 @@ class ScriptedVenue:
 
 class Collecting:
     def __init__(self, room: int = 1_000_000):
-        self.sent: list[Candle] = []
+        self.sent: list[Kline] = []
         self.room = room
         self.on_room = None
 
     def has_room(self) -> bool:
         return len(self.sent) < self.room
 
-    def offer(self, candle: Candle) -> bool:
+    def offer(self, candle: Kline) -> bool:
         if not self.has_room():
             return False
         self.sent.append(candle)
         return True
 
-    async def put(self, candle: Candle) -> None:
+    async def put(self, candle: Kline) -> None:
         while not self.has_room():
             await asyncio.sleep(0.01)
         self.sent.append(candle)
@@ -257,8 +258,8 @@ class Collecting:
         pass
 
 
-def ws_candle(t: int, close: str = "7") -> Candle:
-    return Candle(
+def ws_candle(t: int, close: str = "7") -> Kline:
+    return Kline(
         "BTCUSDT", t, t + MINUTE_MS - 1, "1", "8", "0.5", close, "1", "1", 1, "0", "0", t + 62_000, "ws"
     )
 

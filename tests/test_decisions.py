@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from alerts.decisions import CooldownTracker, RuleSpec, alert_id, alert_metrics, evaluate_bar
+from alerts.decisions import CooldownTracker, RuleSpec, alert_metrics, evaluate_bar
 from alerts.presets import PRESETS_BY_SLUG
 from alerts.rule_language import RuleError
+from cryptomon.contract.messages import alert_id
 
 MINUTE = 60_000
 T0 = 1_767_225_600_000  # 2026-01-01 00:00 UTC

@@ -16,7 +16,7 @@ from alerts.models import AlertHistory, AlertRule, OutboxEntry, UserSettings
 from collector.models import Symbol
 from cryptomon import embedded, messaging
 from cryptomon.routers import TimeseriesRouter
-from metrics.models import Candle, MetricBar
+from metrics.models import MetricBar, StoredCandle
 from tests.conftest import ROOT, run_manage
 from tests.contract_docs import kline_presets
 
@@ -42,7 +42,7 @@ def test_migrations_create_each_table_on_its_own_database():
 
 def test_the_router_sends_each_model_to_its_alias():
     router = TimeseriesRouter()
-    for model in (Candle, MetricBar, AlertHistory, OutboxEntry, Symbol):
+    for model in (StoredCandle, MetricBar, AlertHistory, OutboxEntry, Symbol):
         assert router.db_for_write(model) == "timeseries"
         assert router.db_for_read(model) == "timeseries"
     for model in (AlertRule, UserSettings):
@@ -67,11 +67,11 @@ def test_the_composite_keys_refuse_a_second_candle_for_the_same_minute():
         source="ws",
         event_time=now,
     )
-    Candle.objects.create(symbol="BTCUSDT", time=now, **fields)
+    StoredCandle.objects.create(symbol="BTCUSDT", time=now, **fields)
     with pytest.raises(IntegrityError), transaction.atomic(using="timeseries"):
-        Candle.objects.create(symbol="BTCUSDT", time=now, **fields)
-    Candle.objects.create(symbol="我踏马来了USDT", time=now, **fields)
-    assert Candle.objects.filter(symbol="我踏马来了USDT").count() == 1
+        StoredCandle.objects.create(symbol="BTCUSDT", time=now, **fields)
+    StoredCandle.objects.create(symbol="我踏马来了USDT", time=now, **fields)
+    assert StoredCandle.objects.filter(symbol="我踏马来了USDT").count() == 1
 
 
 @pytest.mark.django_db
@@ -240,10 +240,10 @@ def test_retention_deletes_expired_candles_and_keeps_the_warm_up():
         event_time=now,
     )
     for minutes_ago in (60 * 51, 2880, 10):
-        Candle.objects.create(symbol="ETHUSDT", time=now - timedelta(minutes=minutes_ago), **fields)
+        StoredCandle.objects.create(symbol="ETHUSDT", time=now - timedelta(minutes=minutes_ago), **fields)
     deleted = delete_expired(now=now, batch_size=1)
     assert deleted["candles_1m"] == 1
-    kept = sorted(int((now - c.time).total_seconds() // 60) for c in Candle.objects.all())
+    kept = sorted(int((now - c.time).total_seconds() // 60) for c in StoredCandle.objects.all())
     assert kept == [10, 2880]
 
 

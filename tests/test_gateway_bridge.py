@@ -15,6 +15,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
 from cryptomon import messaging
+from cryptomon.contract.messages import Heartbeat
 from cryptomon.embedded import free_port
 from gateway import bridge, feed
 
@@ -56,7 +57,7 @@ def live(symbol: str, price: float, open_time: int = 1_700_000_060_000) -> dict:
 
 
 def heartbeat(shard: str = "0/1", symbols_live: int = 300, lag_ms: int = 900, stale: bool = False) -> dict:
-    """A `collector.status` message as collector/service.py publishes it every 5 s."""
+    """A `collector.status` message as the collector publishes it every 5 s."""
     return {
         "v": 1,
         "shard": shard,
@@ -95,8 +96,7 @@ class Listener:
 
 @contextlib.asynccontextmanager
 async def running(gateway: bridge.Bridge):
-    stop = asyncio.Event()
-    task = asyncio.create_task(gateway.run(stop))
+    task = asyncio.create_task(gateway.run())
     async with asyncio.timeout(15):
         while gateway.nc is None or not gateway.nc.is_connected:
             if task.done():
@@ -105,7 +105,7 @@ async def running(gateway: bridge.Bridge):
     try:
         yield gateway
     finally:
-        stop.set()
+        gateway.stop()
         await asyncio.wait_for(task, 15)
 
 
@@ -158,7 +158,10 @@ async def test_the_bridge_creates_the_streams_forwards_alerts_and_coalesces_mark
         await js.publish("alerts.triggered.ETHUSDT", messaging.encode(alert("ETHUSDT")))
         event = await listener.next("alert.batch")
         assert [a["symbol"] for a in event["alerts"]] == ["ETHUSDT"]  # bad ones dropped, the duplicate too
-        assert gateway.counters["bad"] == 3 and gateway.counters["duplicates"] == 1
+        assert (
+            gateway.stats.get("gateway_bad_messages_total") == 3
+            and gateway.stats.get("gateway_duplicate_alerts_total") == 1
+        )
         await nc.close()
 
 
@@ -205,7 +208,7 @@ async def test_after_a_nats_restart_every_socket_gets_a_fresh_snapshot(private_n
             frame = await receive(socket, timeout=10)
         assert frame["alert"]["symbol"] == "ETHUSDT"  # and the bridge is subscribed again
         await nc.close()
-    assert gateway.counters["resyncs"] == 1
+    assert gateway.stats.get("gateway_resyncs_total") == 1
     await socket.disconnect()
 
 
@@ -229,8 +232,7 @@ async def test_the_bridge_starts_before_nats_and_connects_when_it_comes_up(priva
     private_nats.stop()
     listener = await Listener().join(bridge.ALERTS_GROUP)
     gateway = bridge.Bridge(get_channel_layer(), nats_url=private_nats.url, tick_seconds=0.2)
-    stop = asyncio.Event()
-    task = asyncio.create_task(gateway.run(stop))
+    task = asyncio.create_task(gateway.run())
     await asyncio.sleep(0.5)
     assert gateway.nc is None
     private_nats.start()
@@ -241,7 +243,7 @@ async def test_the_bridge_starts_before_nats_and_connects_when_it_comes_up(priva
     await js.publish("alerts.triggered.BTCUSDT", messaging.encode(alert()))
     assert [a["id"] for a in (await listener.next("alert.batch"))["alerts"]] == [alert()["id"]]
     await nc.close()
-    stop.set()
+    gateway.stop()
     await asyncio.wait_for(task, 15)
 
 
@@ -249,12 +251,12 @@ def test_the_feed_status_folds_every_collector_shards_heartbeat():
     now = [1000.0]
     tracker = feed.FeedTracker(stale_after=15, clock=lambda: now[0])
     assert tracker.status() == feed.UNKNOWN_STATUS
-    tracker.saw(feed.Heartbeat.parse(heartbeat("0/2", 300, 800) | {"last_open_time": 1_700_000_060_000}))
-    tracker.saw(feed.Heartbeat.parse(heartbeat("1/2", 290, 1500)))
+    tracker.saw(Heartbeat.parse(heartbeat("0/2", 300, 800) | {"last_open_time": 1_700_000_060_000}))
+    tracker.saw(Heartbeat.parse(heartbeat("1/2", 290, 1500)))
     both = {"symbols_live": 590, "lag_ms": 1500, "last_open_time": 1_700_000_000_000, "stale": False}
     assert tracker.status() == both  # the slowest shard decides the lag and the complete minute
     now[0] = 1010.0
-    tracker.saw(feed.Heartbeat.parse(heartbeat("0/2", 300, 800)))
+    tracker.saw(Heartbeat.parse(heartbeat("0/2", 300, 800)))
     now[0] = 1020.0  # shard 1 silent for 20 s (> 15): the feed is stale, its symbols are not live
     assert tracker.status() == {
         "symbols_live": 300,
@@ -262,14 +264,14 @@ def test_the_feed_status_folds_every_collector_shards_heartbeat():
         "last_open_time": 1_700_000_000_000,
         "stale": True,
     }
-    tracker.saw(feed.Heartbeat.parse(heartbeat("0/1", 600, 700)))  # re-sharded to one collector
+    tracker.saw(Heartbeat.parse(heartbeat("0/1", 600, 700)))  # re-sharded to one collector
     assert tracker.status() == {
         "symbols_live": 600,
         "lag_ms": 700,
         "last_open_time": 1_700_000_000_000,
         "stale": False,
     }
-    tracker.saw(feed.Heartbeat.parse(heartbeat("0/1", 600, 700, stale=True)))  # the collector says so
+    tracker.saw(Heartbeat.parse(heartbeat("0/1", 600, 700, stale=True)))  # the collector says so
     assert tracker.status()["stale"] is True
     now[0] = 1100.0  # every collector silent: unknown, but the last complete minute stays known
     assert tracker.status() == {**feed.UNKNOWN_STATUS, "last_open_time": 1_700_000_000_000}
@@ -287,7 +289,7 @@ def test_the_feed_status_folds_every_collector_shards_heartbeat():
 )
 def test_a_bad_heartbeat_is_refused_naming_the_field(bad, problem):
     with pytest.raises(ValueError, match=problem):
-        feed.Heartbeat.parse(heartbeat() | bad)
+        Heartbeat.parse(heartbeat() | bad)
 
 
 def test_run_gateway_bridges_until_sigterm(redis_client, jetstream):

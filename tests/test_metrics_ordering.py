@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from metrics.candles import Candle
+from cryptomon.contract.candles import Candle
 from metrics.ordering import BarSequencer
 
 MINUTE = 60_000

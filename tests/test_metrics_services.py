@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from cryptomon.contract.candles import Candle
 from metrics import selectors, services
-from metrics.candles import Candle
 from metrics.replay import replay
 
 pytestmark = [pytest.mark.django_db(transaction=True, databases=["default", "timeseries"])]

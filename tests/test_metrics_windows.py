@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alerts.rule_language import METRIC_NAMES
-from metrics.candles import Candle
+from cryptomon.contract.candles import Candle
+from cryptomon.contract.names import METRIC_NAMES
 from metrics.replay import replay
 from metrics.windows import SymbolState
 

@@ -17,7 +17,8 @@ from nats.js.api import AckPolicy
 from collector.emulator import EmulatorServer
 from collector.rest import RestClient, RestError
 from cryptomon import messaging
-from metrics.models import Candle
+from cryptomon.contract import subjects
+from metrics.models import StoredCandle
 from notifications import operator, watchdog
 from tests.dashboard_data import candles, symbol
 from tests.test_notifications_delivery import Receiver, celery_worker, wait_for  # noqa: F401 - fixture
@@ -26,7 +27,7 @@ DB = pytest.mark.django_db(databases=["default", "timeseries"], transaction=True
 
 
 def heartbeat(shard: str = "0/1", **fields) -> dict:
-    """A `collector.status` payload as collector/service.py publishes it, healthy unless told otherwise."""
+    """A `collector.status` payload as the collector publishes it, healthy unless told otherwise."""
     now = int(time.time() * 1000)
     return {
         "v": 1,
@@ -64,7 +65,7 @@ class Collector:
         try:
             while not self.stopped.is_set():
                 for beat in list(self.beats.values()):
-                    await nc.publish(watchdog.STATUS_SUBJECT, messaging.encode(beat))
+                    await nc.publish(subjects.COLLECTOR_STATUS, messaging.encode(beat))
                 await nc.flush()
                 await asyncio.sleep(0.1)
         finally:
@@ -87,7 +88,7 @@ def watch(settings, redis_client):
     async def fresh_streams():
         nc = await messaging.connect("test")
         js = nc.jetstream()
-        for name in messaging.STREAM_SUBJECTS:
+        for name in subjects.STREAMS:
             with contextlib.suppress(Exception):
                 await js.delete_stream(name)
         await messaging.ensure_streams(js)
@@ -321,7 +322,7 @@ def test_minutes_missing_between_stored_candles_past_the_gap_timeout_raise_gaps_
     candles("BTCUSDT", 1, end=now - timedelta(minutes=10))  # the collector's hole scan mended it
     watchdog.apply(watchdog.forced_gaps())
     assert watchdog.GAPS_FORCED not in active()
-    assert Candle.objects.filter(symbol="BTCUSDT").count() == 31
+    assert StoredCandle.objects.filter(symbol="BTCUSDT").count() == 31
 
 
 # --- the beat task -----------------------------------------------------------------------------------------

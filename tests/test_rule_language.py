@@ -13,12 +13,12 @@ import pytest
 from alerts.rule_language import (
     MAX_DEPTH,
     MAX_LENGTH,
-    METRIC_NAMES,
     CompiledRule,
     RuleError,
     compile_rule,
     validate_rule,
 )
+from cryptomon.contract.names import METRIC_NAMES
 
 T, F, U = True, False, None
 

@@ -18,8 +18,8 @@ from array import array
 from dataclasses import dataclass, field
 
 from collector.emulator.scenarios import CompiledScenario, MinuteRule
+from cryptomon.contract.times import MINUTE_MS
 
-MINUTE_MS = 60_000
 _MASK = (1 << 64) - 1
 _TWO_PI = 2 * math.pi
 

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-MINUTE_MS = 60_000
+from cryptomon.contract.times import MINUTE_MS
 
 _SCENARIO_KEYS = {"name", "description", "symbol", "symbols", "start_minute", "start_ms", "steps", "faults"}
 _STEP_KEYS = {"minutes", "change_pct", "close", "quote_volume", "trades", "taker_buy_ratio", "range_pct"}

@@ -6,12 +6,12 @@ Long-running; stop with Ctrl-C or SIGTERM (the message in hand is finished first
 from __future__ import annotations
 
 import asyncio
-import signal
 
 from django.core.management.base import BaseCommand, CommandError
 
 from alerts.engine import AlertWorker
 from cryptomon import messaging
+from cryptomon.workers import run_until_signalled
 
 
 class Command(BaseCommand):
@@ -29,14 +29,9 @@ class Command(BaseCommand):
         asyncio.run(self._run(AlertWorker(shard, nats_url=options["nats_url"])))
 
     async def _run(self, worker: AlertWorker) -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-
         def started() -> None:
             self.stdout.write(f"run_alerts: started as {worker.durable}")
             self.stdout.flush()
 
-        await worker.run(stop, started)
-        self.stdout.write(f"run_alerts: stopped {worker.engine.counters.as_dict()}")
+        await run_until_signalled(worker, started)
+        self.stdout.write(f"run_alerts: stopped ({worker.stats.summary()})")

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
 
 from django.core.management.base import BaseCommand, CommandError
 
-from collector.service import Collector, CollectorConfig
+from collector.worker import Collector, CollectorConfig
 from cryptomon import messaging
+from cryptomon.workers import run_until_signalled
 
 
 class Command(BaseCommand):
@@ -32,13 +31,4 @@ class Command(BaseCommand):
             raise CommandError(str(error)) from None
         symbols = [s.strip() for s in options["symbols"].split(",") if s.strip()] or None
         config = CollectorConfig.from_settings(symbols=symbols, shard=shard, clock_rate=options["clock_rate"])
-        asyncio.run(self._run(config))
-
-    async def _run(self, config: CollectorConfig) -> None:
-        task = asyncio.create_task(Collector(config).run())
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, task.cancel)
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        asyncio.run(run_until_signalled(Collector(config)))

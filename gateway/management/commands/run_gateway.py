@@ -7,12 +7,12 @@ Ctrl-C or SIGTERM.
 from __future__ import annotations
 
 import asyncio
-import signal
 
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
+from cryptomon.workers import run_until_signalled
 from gateway.bridge import Bridge
 
 
@@ -26,10 +26,6 @@ class Command(BaseCommand):
         asyncio.run(self._run(options["nats_url"]))
 
     async def _run(self, nats_url: str | None) -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
         bridge = Bridge(
             get_channel_layer(),
             nats_url=nats_url,
@@ -39,5 +35,5 @@ class Command(BaseCommand):
         )
         self.stdout.write("run_gateway: started")
         self.stdout.flush()
-        await bridge.run(stop)
-        self.stdout.write(f"run_gateway: stopped {bridge.counters}")
+        await run_until_signalled(bridge)
+        self.stdout.write(f"run_gateway: stopped ({bridge.stats.summary()})")

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
 
 from django.core.management.base import BaseCommand, CommandError
 
 from cryptomon import messaging
+from cryptomon.workers import run_until_signalled
 from metrics.engine import MetricsWorker, WorkerConfig
 
 
@@ -25,13 +24,4 @@ class Command(BaseCommand):
             shard = messaging.Shard.parse(options["shard"])
         except ValueError as error:
             raise CommandError(str(error)) from None
-        asyncio.run(self._run(WorkerConfig.from_settings(shard=shard)))
-
-    async def _run(self, config: WorkerConfig) -> None:
-        task = asyncio.create_task(MetricsWorker(config).run())
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, task.cancel)
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        asyncio.run(run_until_signalled(MetricsWorker(WorkerConfig.from_settings(shard=shard))))

@@ -1,4 +1,5 @@
-"""One closed (or open) 1-minute candle as the metrics engine and the backtest read it (DESIGN §5, §9).
+"""The `candles.1m` / `candles.live` message: one 1-minute candle as the metrics engine and the backtest read it
+(DESIGN §5, §9).
 
 Framework-free. Prices become floats (the §7 formulas are float math on them, and any decimal price with at
 most 15 significant digits survives the round trip exactly); the four volumes are kept as exact integers of
@@ -8,17 +9,16 @@ with an exponent, as Binance's CSV files sometimes have) and `Decimal`, and name
 
 from __future__ import annotations
 
-import csv
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
-from pathlib import Path
 from typing import Any
 
 import msgspec
 
-MINUTE_MS = 60_000
+from cryptomon.contract.times import MINUTE_MS
+
 VOLUME_SCALE = 100_000_000  # volumes are integers of 10⁻⁸
 MAX_VOLUME_E8 = 10**19  # 10^11 of base or quote asset in one minute: beyond any market, fits 64 bits
 _MAX_VOLUME = Decimal(10**11)
@@ -298,53 +298,3 @@ def decode_payload(data: bytes, symbol: str | None = None) -> Candle:
     if not isinstance(payload, dict):
         raise ValueError("payload is not a JSON object")
     return Candle.from_payload(payload, symbol=symbol)
-
-
-class CandleFileError(ValueError):
-    """Bad input in a candle file; the message names the file and the line."""
-
-
-def read_candle_file(path: str | Path, symbol: str | None = None) -> Iterator[Candle]:
-    """Candles of a JSON Lines or Binance CSV file (DESIGN §9), in file order.
-
-    The format is decided by the first non-blank character (`{` = JSON Lines). For CSV the symbol is
-    `symbol` or the file name's first `-` field (`BTCUSDT-1m-2026-01-01.csv`). Raises CandleFileError.
-    """
-    path = Path(path)
-    with path.open("r", encoding="utf-8", newline="") as handle:
-        head = handle.read(4096).lstrip()
-        handle.seek(0)
-        if head.startswith("{"):
-            yield from _read_jsonl(path, handle, symbol)
-        else:
-            yield from _read_csv(path, handle, symbol or path.name.split("-", 1)[0])
-
-
-def _read_jsonl(path: Path, handle, symbol: str | None) -> Iterator[Candle]:
-    for number, line in enumerate(handle, 1):
-        if not line.strip():
-            continue
-        try:
-            candle = decode_payload(line.encode(), symbol=symbol)
-        except ValueError as error:
-            raise CandleFileError(f"{path}:{number}: {error}") from None
-        yield candle
-
-
-def _read_csv(path: Path, handle, symbol: str) -> Iterator[Candle]:
-    for number, row in enumerate(csv.reader(handle), 1):
-        if not row or (len(row) == 1 and not row[0].strip()):
-            continue
-        first = row[0].strip()
-        if number == 1 and not first.lstrip("+-").isdigit():
-            header = tuple(field.strip() for field in row)
-            if header != CSV_COLUMNS:
-                raise CandleFileError(
-                    f"{path}:{number}: header must be {','.join(CSV_COLUMNS)} (got {','.join(header)})"
-                )
-            continue
-        try:
-            candle = Candle.from_csv_row(symbol, [field.strip() for field in row])
-        except ValueError as error:
-            raise CandleFileError(f"{path}:{number}: {error}") from None
-        yield candle

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from metrics.candles import Candle, CandleFileError, decode_payload, read_candle_file
+from cryptomon.contract.candles import Candle, decode_payload
 
 T0 = 1_767_225_600_000
 
@@ -73,48 +73,3 @@ def test_the_payload_round_trips_exactly():
 def test_bad_input_is_refused_with_the_field_named(field, value, message):
     with pytest.raises(ValueError, match=message):
         Candle.from_payload(PAYLOAD | {field: value})
-
-
-def test_a_binance_csv_file_is_read_with_its_header_microseconds_and_exponents(tmp_path):
-    path = tmp_path / "ETHUSDT-1m-2026-01-01.csv"
-    path.write_text(
-        "open_time,open,high,low,close,volume,close_time,quote_volume,count,taker_buy_volume,"
-        "taker_buy_quote_volume,ignore\n"
-        f"{T0},3000,3001,2999,3000.5,1.5,{T0 + 59_999},4500.75,7,1,3000.5,0\n"
-        f"{(T0 + 60_000) * 1000},3000.5,3002,3000,3001,2E0,{(T0 + 119_999) * 1000},6.0015e3,9,1,3001,0\n"
-    )
-    first, second = read_candle_file(path)
-    assert first.symbol == second.symbol == "ETHUSDT"
-    assert second.open_time == T0 + 60_000 and second.close_time == T0 + 119_999
-    assert second.quote_volume_e8 == 600150000000 and second.volume_e8 == 200000000
-    assert first.trades == 7 and first.event_time is None
-
-
-def test_a_bad_csv_line_names_the_file_and_the_line(tmp_path):
-    path = tmp_path / "X-1m.csv"
-    path.write_text(
-        f"{T0},1,1,1,1,1,{T0 + 59_999},1,1,1,1,0\n{T0 + 60_000},1,1,1,oops,1,{T0 + 119_999},1,1,1,1,0\n"
-    )
-    with pytest.raises(CandleFileError, match=r"X-1m.csv:2: close: not a number"):
-        list(read_candle_file(path))
-
-
-def test_a_wrong_csv_header_is_refused(tmp_path):
-    path = tmp_path / "X-1m.csv"
-    path.write_text("time,open,high,low,close,volume,close_time,quote_volume,count,a,b,c\n")
-    with pytest.raises(CandleFileError, match="header must be"):
-        list(read_candle_file(path))
-
-
-def test_json_lines_are_read_and_a_bad_line_is_named(tmp_path):
-    path = tmp_path / "candles.jsonl"
-    good = (
-        f'{{"symbol":"X","open_time":{T0},"close_time":{T0 + 59_999},"open":"1","high":"2","low":"1",'
-        '"close":"2","volume":"1","quote_volume":"1.5","trades":1,"taker_buy_volume":"0",'
-        '"taker_buy_quote_volume":"0"}'
-    )
-    path.write_text(good + "\n\n" + good.replace('"close":"2"', '"close":"x"') + "\n")
-    reader = read_candle_file(path)
-    assert next(reader).quote_volume_e8 == 150000000
-    with pytest.raises(CandleFileError, match=r"candles.jsonl:3: close: not a number"):
-        next(reader)

@@ -1,6 +1,6 @@
 """The collector process: universe → pool → parser → sequencer → publisher, wired on one asyncio loop.
 
-`Collector(CollectorConfig.from_settings()).run()` is what `run_collector` starts; tests build a config
+`Collector(CollectorConfig.from_settings()).run()` is what `run_collector` runs (until `stop()`); tests build a config
 directly (short timings, an emulator URL, a private NATS) instead of patching settings.
 """
 
@@ -13,22 +13,20 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from asgiref.sync import sync_to_async
-from django.db import connections
-
 from collector import metrics_export, selectors, services
-from collector.binance import MINUTE_MS, parse_frame
-from collector.metrics_export import Stats
+from collector.binance import parse_frame
 from collector.pool import Pool, PoolConfig, backoff_delay
 from collector.publisher import Publisher
 from collector.rest import RestClient, RestError
 from collector.sequencer import Sequencer
 from collector.universe import CONTRACT_STREAM, Universe
 from cryptomon import heap, messaging
+from cryptomon.contract import subjects
+from cryptomon.contract.messages import Heartbeat
+from cryptomon.contract.times import MINUTE_MS
+from cryptomon.workers import Worker, in_thread
 
 logger = logging.getLogger(__name__)
-
-STATUS_SUBJECT = "collector.status"
 
 
 @dataclass
@@ -90,10 +88,12 @@ class CollectorConfig:
         return dataclasses.replace(self, **changes)
 
 
-class Collector:
+class Collector(Worker):
+    """One collector shard: `run()` until `stop()`; `started` is set once the feed is being collected."""
+
     def __init__(self, config: CollectorConfig):
+        super().__init__()
         self.config = config
-        self.stats = Stats()
         self.symbol_set: frozenset[str] = frozenset()
         self.rest: RestClient | None = None
         self.publisher: Publisher | None = None
@@ -102,7 +102,6 @@ class Collector:
         self.pool: Pool | None = None
         self.nc = None
         self.js = None
-        self.started = asyncio.Event()
         self._invalid_logged: dict[str, int] = {}
         self._tasks: list[asyncio.Task] = []
 
@@ -128,7 +127,7 @@ class Collector:
                 logger.warning("venue REST unavailable (%s); retry in %.1f s", error, wait)
                 await asyncio.sleep(wait)
 
-    async def run(self) -> None:
+    async def serve(self) -> None:
         cfg = self.config
         self.rest = rest = await self._start_rest()
         nats_options = {"reconnect_time_wait": cfg.nats_reconnect_wait_seconds}
@@ -241,7 +240,7 @@ class Collector:
 
     async def _apply_universe(self, selected: dict[str, dict], starts: dict[str, int]) -> None:
         now = self.rest.venue_now_ms()
-        history = await _in_thread(services.record_universe, selected, now, starts, self.config.shard.owns)
+        history = await in_thread(services.record_universe, selected, now, starts, self.config.shard.owns)
         for symbol in self.symbol_set - selected.keys():
             self.sequencer.remove(symbol)
             logger.info("stopped following %s", symbol)
@@ -258,7 +257,7 @@ class Collector:
             for attempt in range(30):
                 try:
                     payload = await messaging.last_payload(
-                        self.js, "CANDLES", messaging.candle_subject(symbol)
+                        self.js, subjects.CANDLES_STREAM, subjects.candle_subject(symbol)
                     )
                     break
                 except Exception as error:  # NATS away: wait for it, never guess
@@ -266,14 +265,14 @@ class Collector:
                     await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
             if payload is not None:
                 found[symbol] = (int(payload["open_time"]), _decimal_text(payload["close"]))
-        stored = await _in_thread(selectors.newest_stored, symbols)
+        stored = await in_thread(selectors.newest_stored, symbols)
         for symbol, point in stored.items():
             if symbol not in found or point[0] > found[symbol][0]:
                 found[symbol] = point
         return found
 
     async def _holes(self, bounds, tolerance_ms):
-        return await _in_thread(selectors.holes, bounds, tolerance_ms)
+        return await in_thread(selectors.holes, bounds, tolerance_ms)
 
     # --- hot path -----------------------------------------------------------------------------------------
     def on_message(self, data: bytes) -> None:
@@ -315,8 +314,8 @@ class Collector:
         stats.gauge("collector_rest_region_blocked_total", lambda: rest.stats.region_blocked)
         stats.gauge("collector_backfills_running", lambda: self.sequencer.backfilling())
 
-    def status(self) -> dict:
-        """The feed heartbeat (`collector.status`, core NATS) the dashboard shows."""
+    def status(self) -> Heartbeat:
+        """The feed heartbeat (`collector.status`, core NATS) the dashboard and the operator watchdog read."""
         now = self.rest.venue_now_ms()
         current = now // MINUTE_MS * MINUTE_MS
         fresh_after = current - 3 * MINUTE_MS
@@ -327,22 +326,21 @@ class Collector:
         )
         last_open = self.publisher.last_open_time or None
         rest_state = self.rest.state()
-        return {
-            "v": 1,
-            "shard": f"{self.config.shard.index}/{self.config.shard.count}",
-            "symbols": len(self.symbol_set),
-            "symbols_live": live,
-            "connections": self.pool.connections(),
-            "streams": self.pool.streams(),
-            "last_open_time": last_open,
-            "lag_ms": self.sequencer.last_ws_lag_ms,
-            "stale": last_open is None or last_open < fresh_after,
-            "buffered": self.publisher.buffered,
-            "backfilling": self.sequencer.backfilling(),
-            "venue_time": now,
-            "rest": rest_state,  # ok | banned | region_blocked (operator alerts)
-            "banned_until": self.rest.banned_until_ms if rest_state == "banned" else None,
-        }
+        return Heartbeat(
+            shard=f"{self.config.shard.index}/{self.config.shard.count}",
+            symbols=len(self.symbol_set),
+            symbols_live=live,
+            connections=self.pool.connections(),
+            streams=self.pool.streams(),
+            last_open_time=last_open,
+            lag_ms=self.sequencer.last_ws_lag_ms,
+            stale=last_open is None or last_open < fresh_after,
+            buffered=self.publisher.buffered,
+            backfilling=self.sequencer.backfilling(),
+            venue_time=now,
+            rest=rest_state,  # ok | banned | region_blocked (operator alerts)
+            banned_until=self.rest.banned_until_ms if rest_state == "banned" else None,
+        )
 
     async def _report_status(self) -> None:
         last_log = 0.0
@@ -351,35 +349,23 @@ class Collector:
             status = self.status()
             if self.nc.is_connected:
                 with contextlib.suppress(Exception):
-                    await self.nc.publish(STATUS_SUBJECT, messaging.encode(status))
+                    await self.nc.publish(subjects.COLLECTOR_STATUS, messaging.encode(status))
             if time.monotonic() - last_log >= 60:
                 last_log = time.monotonic()
                 logger.info(
                     "feed: %d/%d symbols live, %d connections, lag %s ms, %d buffered, %d backfilling, "
                     "%d frames, %d invalid, %d live dropped, REST weight %d",
-                    status["symbols_live"],
-                    status["symbols"],
-                    status["connections"],
-                    status["lag_ms"],
-                    status["buffered"],
-                    status["backfilling"],
+                    status.symbols_live,
+                    status.symbols,
+                    status.connections,
+                    status.lag_ms,
+                    status.buffered,
+                    status.backfilling,
                     self.stats.total("collector_frames_total"),
                     self.stats.total("collector_invalid_frames_total"),
                     self.stats.total("collector_live_dropped_total"),
                     self.rest.limiter.used,
                 )
-
-
-async def _in_thread(function, *args):
-    """Run a database call off the event loop; the thread's connection is closed after it (no leaks)."""
-
-    def call():
-        try:
-            return function(*args)
-        finally:
-            connections.close_all()
-
-    return await sync_to_async(call, thread_sensitive=False)()
 
 
 def _decimal_text(value) -> str:
