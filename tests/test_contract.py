@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -88,56 +87,3 @@ def test_a_heartbeat_round_trips_and_names_the_bad_field():
         decode_heartbeat(b'{"shard": "0/1", "symbols_live": true, "stale": false}')
     with pytest.raises(ValueError, match="shard"):
         decode_heartbeat(b'{"shard": "3/2", "symbols_live": 1, "stale": false}')
-
-
-# --- the import graph -----------------------------------------------------------------------------------
-
-APPS = ("collector", "metrics", "alerts", "gateway")
-WIRING = {"cryptomon/urls.py", "cryptomon/asgi.py", "cryptomon/websocket_routes.py"}
-
-
-def imports_of(path: Path) -> set[str]:
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            found.add(node.module)
-    return found
-
-
-def sources(*folders: str) -> list[Path]:
-    return [
-        path
-        for folder in folders
-        for path in sorted((ROOT / folder).rglob("*.py"))
-        if "migrations" not in path.parts
-    ]
-
-
-def test_the_contract_imports_only_the_standard_library_and_msgspec():
-    for path in sources("cryptomon/contract"):
-        for module in imports_of(path):
-            top = module.split(".")[0]
-            assert module.startswith("cryptomon.contract") or top not in (
-                *APPS,
-                "cryptomon",
-                "django",
-                "nats",
-            ), f"{path.relative_to(ROOT)} imports {module}"
-
-
-def test_metrics_imports_nothing_from_alerts_or_gateway():
-    for path in sources("metrics"):
-        for module in imports_of(path):
-            assert module.split(".")[0] not in ("alerts", "gateway"), (
-                f"{path.relative_to(ROOT)} imports {module}"
-            )
-
-
-def test_no_app_but_the_project_wiring_imports_gateway():
-    for path in sources("cryptomon", "collector", "metrics", "alerts"):
-        if str(path.relative_to(ROOT)) in WIRING:
-            continue
-        for module in imports_of(path):
-            assert module.split(".")[0] != "gateway", f"{path.relative_to(ROOT)} imports {module}"
