@@ -1,4 +1,4 @@
-"""The backtest of DESIGN §9: candles in, the alerts the live engine would have stored out.
+"""The backtest of docs/contract.md §9: candles in, the alerts the live engine would have stored out.
 
 Same code as live: `metrics.replay` computes the bars exactly as `run_metrics` does, and the decisions
 are those of `run_alerts` (`alerts.decisions` semantics, taken with numpy over many bars at once by
@@ -78,7 +78,7 @@ def plan_sources(paths: Sequence[str], symbol: str | None) -> list[Source]:
 
 
 def read_candles(path: str | Path, symbol: str | None = None) -> Iterator[Candle]:
-    """The candles of one JSON Lines or Binance CSV file, in file order, read by the rules of DESIGN §9
+    """The candles of one JSON Lines or Binance CSV file, in file order, read by the rules of docs/contract.md §9
     (the one candle-file reader); UsageError or InputError say what is wrong."""
     for candle, _ in read_source(plan_sources([str(path)], symbol)[0]):
         yield candle

@@ -1,7 +1,7 @@
-"""Which rules fire on a bar: one alert per (rule, symbol, bar) and the cooldown of DESIGN §8.
+"""Which rules fire on a bar: one alert per (rule, symbol, bar) and the cooldown of docs/contract.md §8.
 
 Framework-free so the live engine and the backtest take exactly the same decisions (`alert_history`
-equals the backtest of `candles_1m`, DESIGN §7). The engine seeds the tracker from `alert_history` on
+equals the backtest of `candles_1m`, docs/contract.md §7). The engine seeds the tracker from `alert_history` on
 start; the backtest starts it empty.
 """
 

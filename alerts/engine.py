@@ -1,4 +1,4 @@
-"""The live alert engine behind `run_alerts` (DESIGN §1, §5, §8).
+"""The live alert engine behind `run_alerts` (docs/contract.md §1, §5, §8).
 
 Final bars come from the durable JetStream consumer `alerts-p<k>of<N>` on `metrics.calculated.>` and are
 handled one at a time in stream order, so each symbol's bars are evaluated in bar order. Intrabar rules
@@ -195,7 +195,7 @@ class _Stopping(Exception):
 
 
 class AlertWorker(Worker):
-    """`run_alerts`: the consumer loop around an AlertEngine (DESIGN §1 sharding, §5 wire contract).
+    """`run_alerts`: the consumer loop around an AlertEngine (docs/contract.md §1 sharding, §5 wire contract).
 
     `run()` until `stop()`, which lets the message in hand finish; `started` is set once consuming."""
 

@@ -1,6 +1,6 @@
 """Rules and user settings (metadata alias) and alert history with its outbox (timeseries alias).
 
-No foreign key crosses the two aliases (DESIGN §3): history rows keep rule slugs and user ids as
+No foreign key crosses the two aliases (docs/contract.md §3): history rows keep rule slugs and user ids as
 plain values.
 """
 
@@ -35,7 +35,7 @@ class AlertRule(models.Model):
     name = models.CharField(max_length=120)
     description = models.TextField(blank=True, default="")
     expression = models.TextField(
-        help_text="DESIGN §8 rule language, e.g. change_1h > 2 and volume_1h > 1_000_000"
+        help_text="docs/contract.md §8 rule language, e.g. change_1h > 2 and volume_1h > 1_000_000"
     )
     severity = models.CharField(max_length=8, choices=Severity.choices, default=Severity.INFO)
     direction = models.CharField(max_length=8, choices=Direction.choices, default=Direction.NEUTRAL)
@@ -86,7 +86,7 @@ class AlertRule(models.Model):
 
 
 class UserSettings(models.Model):
-    """One row per user: what they want to see and where alerts go (DESIGN §6)."""
+    """One row per user: what they want to see and where alerts go (docs/contract.md §6)."""
 
     user = models.OneToOneField(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="alert_settings"
@@ -118,7 +118,7 @@ class UserSettings(models.Model):
 
 
 class AlertHistory(models.Model):
-    """One triggered alert: unique per (rule, symbol, bar); the DESIGN §5 payload in columns."""
+    """One triggered alert: unique per (rule, symbol, bar); the docs/contract.md §5 payload in columns."""
 
     id = models.BigAutoField(primary_key=True)
     rule = models.TextField()
@@ -158,7 +158,7 @@ class AlertHistory(models.Model):
         return messages.alert_id(self.rule, self.symbol, self.open_time)
 
     def to_payload(self) -> dict:
-        """The `alerts.triggered` payload of DESIGN §5."""
+        """The `alerts.triggered` payload of docs/contract.md §5."""
         return {
             "v": 1,
             "id": self.alert_id,
@@ -178,7 +178,7 @@ class AlertHistory(models.Model):
 
 
 class OutboxEntry(models.Model):
-    """A notification waiting to be delivered; written in the alert's transaction (DESIGN §6)."""
+    """A notification waiting to be delivered; written in the alert's transaction (docs/contract.md §6)."""
 
     id = models.BigAutoField(primary_key=True)
     alert_id = models.BigIntegerField(unique=True, help_text="alert_history.id")

@@ -1,5 +1,5 @@
-"""The 10 global presets of DESIGN §8 as plain data, for the backtest's `--rules presets` (which needs no
-database) and for tests. Expressions are copied character for character from DESIGN.md."""
+"""The 10 global presets of docs/contract.md §8 as plain data, for the backtest's `--rules presets` (which needs no
+database) and for tests. Expressions are those of docs/contract.md §8, character for character."""
 
 from __future__ import annotations
 

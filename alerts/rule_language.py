@@ -1,4 +1,4 @@
-"""The alert rule language of DESIGN §8: a hand-written tokenizer, a recursive-descent parser and a
+"""The alert rule language of docs/contract.md §8: a hand-written tokenizer, a recursive-descent parser and a
 compiler to a tree of closures.
 
 Framework-free on purpose: the live engine, the backtest and Django's model validation all share it, and

@@ -52,7 +52,7 @@ def visible_alerts(
     since: datetime | int | None = None,
     limit: int = 100,
 ) -> list[dict]:
-    """The newest ``limit`` visible alerts as DESIGN §5 payloads, newest first (the §10 snapshot)."""
+    """The newest ``limit`` visible alerts as docs/contract.md §5 payloads, newest first (the §10 snapshot)."""
     symbols = None if symbols is None else list(symbols)
     rules = None if rules is None else list(rules)
     if symbols == [] or rules == [] or limit <= 0:
@@ -83,7 +83,7 @@ def rules_version() -> tuple:
 
 def last_fired_marks() -> list[tuple[str, str, int]]:
     """(rule, symbol, open time ms of its newest alert) for every pair in `alert_history`: the cooldown
-    state the engine rebuilds on start (DESIGN §8)."""
+    state the engine rebuilds on start (docs/contract.md §8)."""
     from django.db import connections
 
     with connections["timeseries"].cursor() as cursor:

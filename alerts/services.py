@@ -2,7 +2,7 @@
 settings, and the rule editor's backtest preview (CPU-bound work, so a service rather than a read).
 
 `record_alerts` is the only writer of `alert_history`. It is idempotent and decides from the table
-itself (DESIGN §8): a rule fires for a symbol at bar t only when no stored alert of that rule and symbol
+itself (docs/contract.md §8): a rule fires for a symbol at bar t only when no stored alert of that rule and symbol
 lies within the cooldown before t or at/after t. The engine's in-memory tracker is a cache in front of
 this check; across restarts, shards and overlapping workers the table is the truth.
 """
@@ -222,7 +222,7 @@ _NAME_SLUG = re.compile(r"[^a-z0-9_]+")
 
 
 def personal_slug(owner_id: int, name: str) -> str:
-    """`u<owner_id>-<name>` (DESIGN §6) with the name reduced to a slug."""
+    """`u<owner_id>-<name>` (docs/contract.md §6) with the name reduced to a slug."""
     stem = _NAME_SLUG.sub("_", name.strip().lower()).strip("_") or "rule"
     return f"u{owner_id}-{stem}"[:120]
 
@@ -355,7 +355,7 @@ PREVIEW_MAX_SYMBOLS = 25
 
 @dataclass(frozen=True)
 class Preview:
-    """What a rule would have fired over stored candles (the backtest engine, DESIGN §9)."""
+    """What a rule would have fired over stored candles (the backtest engine, docs/contract.md §9)."""
 
     symbols_checked: list[str]
     symbols_stored: int

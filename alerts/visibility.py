@@ -1,4 +1,4 @@
-"""Who may see an alert (DESIGN §10): the one rule behind the live feed, the pages, the API and notifications.
+"""Who may see an alert (docs/contract.md §10): the one rule behind the live feed, the pages, the API and notifications.
 
 - a personal rule's alert (payload ``owner`` set) is shown to its owner only, unfiltered: the user wrote
   the rule for themselves;
@@ -104,7 +104,7 @@ class AlertAudience:
         )
 
     def is_visible(self, payload: Mapping[str, Any], now: datetime | None = None) -> bool:
-        """May this viewer see this `alerts.triggered` payload (DESIGN §5)?"""
+        """May this viewer see this `alerts.triggered` payload (docs/contract.md §5)?"""
         owner = payload.get("owner")
         if owner is not None:
             return self.user_id is not None and owner == self.user_id

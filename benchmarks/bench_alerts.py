@@ -1,4 +1,4 @@
-"""The alert engine (issue 6): deciding one bar, the backtest end to end, and metrics → alert latency.
+"""The alert engine (docs/alerts.md): deciding one bar, the backtest end to end, and metrics → alert latency.
 
 1. decide: the 10 presets + 200 generated rules over 600 symbols for one bar (`evaluate_bar`, the code
    run_alerts and the backtest share), market-shaped synthetic metrics; median and worst of N bars.

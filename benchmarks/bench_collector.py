@@ -1,4 +1,4 @@
-"""Collector benchmarks (issue 4).
+"""Collector benchmarks (docs/collector.md).
 
 1. Parse + validate rate of kline frames on one core, against a plain `orjson.loads` of the same frames.
 2. End to end (needs the emulator and NATS): the emulator streams N symbols at 250 ms into the collector,
@@ -110,7 +110,7 @@ async def bench_end_to_end(symbols: int, seconds: float, speed: float) -> dict:
     await asyncio.to_thread(call_command, "migrate", verbosity=0)
     await asyncio.to_thread(call_command, "migrate", database="timeseries", verbosity=0)
 
-    from collector.emulator import EmulatorServer  # written by the emulator issue
+    from collector.emulator import EmulatorServer
     from collector.worker import Collector, CollectorConfig
     from cryptomon import messaging
 

@@ -1,4 +1,4 @@
-"""Emulator benchmark (issue 3): frames per second one emulator process serves to 1 and to 10 clients.
+"""Emulator benchmark (docs/emulator.md): frames per second one emulator process serves to 1 and to 10 clients.
 
 The emulator runs as its own process (`manage.py run_emulator`, 600 symbols at speed 1: 2,400 frames/s per
 client); each client opens 3 combined-stream connections of 200 streams, as the collector does, and counts

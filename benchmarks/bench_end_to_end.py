@@ -6,7 +6,7 @@ process is the measuring client: it listens to the kline streams of a few symbol
 (`--watch`, 20 by default) to learn when each minute's finals are sent (the emulator sends all of a minute's
 finals in one tick with one `E`, host clock; the spread within the watched symbols is printed, and a symbol
 not watched is timed from the earliest `E` of its minute, which can only overstate its latency) and holds a
-`/ws/alerts/` socket (DESIGN §10). Watching all 600 (`--watch 600`) makes this client parse 2,400 frames/s,
+`/ws/alerts/` socket (docs/contract.md §10). Watching all 600 (`--watch 600`) makes this client parse 2,400 frames/s,
 600 of them at the very moment the burst starts, on the same two cores as the product. A global rule that is true for about half of the symbols on
 every bar (`change_5m > 0`, cooldown 0) makes each minute close produce a burst of alerts in the same
 second, the worst case for the pipeline. Reported: latency p50/p95/p99/max per alert, CPU seconds and

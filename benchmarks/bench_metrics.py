@@ -1,4 +1,4 @@
-"""Metrics engine benchmarks (issue 5).
+"""Metrics engine benchmarks (docs/metrics.md).
 
 1. Replay: 600 symbols × 2 days (2880 minutes, 1.73 million candles) through `metrics.replay` on one core;
    candles/s end to end (including creating the Candle objects, as a backtest does) and for the engine

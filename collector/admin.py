@@ -1,4 +1,4 @@
-"""Admin for the traded universe (read-only: the collector owns it; DESIGN §4)."""
+"""Admin for the traded universe (read-only: the collector owns it; docs/contract.md §4)."""
 
 from __future__ import annotations
 

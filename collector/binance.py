@@ -1,4 +1,4 @@
-"""Binance USDⓈ-M market data, parsed and validated without Django (DESIGN §4).
+"""Binance USDⓈ-M market data, parsed and validated without Django (docs/contract.md §4).
 
 Compiled msgspec decoders turn a combined-stream frame into one small struct; everything a frame can get
 wrong (bad JSON, wrong types, high < low, times off the minute, an unknown symbol, NaN or negative numbers)
@@ -17,7 +17,7 @@ import msgspec
 
 from cryptomon.contract.times import MINUTE_MS
 
-# How much older than venue time a REST row's close must be before the row is final (DESIGN §4).
+# How much older than venue time a REST row's close must be before the row is final (docs/contract.md §4).
 REST_CLOSED_MARGIN_MS = 5_000
 
 _INFINITIES = (math.inf, -math.inf)
@@ -87,7 +87,7 @@ _any_decoder = msgspec.json.Decoder()
 
 class Kline(msgspec.Struct):
     """One 1-minute kline (from the WebSocket, from REST, or a filled minute) on its way to NATS as a `candles.1m`
-    message (DESIGN §5), numbers kept as the venue's decimal text."""
+    message (docs/contract.md §5), numbers kept as the venue's decimal text."""
 
     symbol: str
     open_time: int
@@ -272,7 +272,7 @@ def parse_rest_rows(
 ) -> tuple[list[Kline], list[tuple[int, str]]]:
     """Closed, valid candles of a /fapi/v1/klines answer, plus (open_time, reason) for rows refused.
 
-    A row is closed only when its close time is more than 5 s before venue time (DESIGN §4); the still-open
+    A row is closed only when its close time is more than 5 s before venue time (docs/contract.md §4); the still-open
     last row is silently left out (not an error).
     """
     rows = _rows_decoder.decode(body)

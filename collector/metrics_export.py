@@ -1,4 +1,4 @@
-"""The collector's health in Prometheus text format (issue 4 §6), served on COLLECTOR_METRICS_PORT."""
+"""The collector's health in Prometheus text format (docs/collector.md, "Health"), served on COLLECTOR_METRICS_PORT."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ from django.db import models
 
 
 class Symbol(models.Model):
-    """A USDⓈ-M perpetual; `history_start` moves when a symbol leaves TRADING and returns (DESIGN §4)."""
+    """A USDⓈ-M perpetual; `history_start` moves when a symbol leaves TRADING and returns (docs/contract.md §4)."""
 
     symbol = models.TextField(primary_key=True)
     status = models.CharField(max_length=32)

@@ -1,4 +1,4 @@
-"""WebSocket connection pool on BINANCE_WS_URL (DESIGN §4).
+"""WebSocket connection pool on BINANCE_WS_URL (docs/contract.md §4).
 
 Symbols are spread over slots of at most `streams_per_connection` combined `<sym>@kline_1m` streams. Each
 slot keeps one connection alive forever: full-jitter exponential backoff between attempts, a wall-clock

@@ -1,4 +1,4 @@
-"""Candles into NATS (DESIGN §5): pipelined JetStream publishes, throttled live updates, a bounded buffer.
+"""Candles into NATS (docs/contract.md §5): pipelined JetStream publishes, throttled live updates, a bounded buffer.
 
 Final candles go out in the order the sequencer hands them over, many in flight at once (publish_async),
 each with `Nats-Msg-Id: <SYMBOL>:<open_time>` so a retry after a lost acknowledgement is a no-op. While NATS

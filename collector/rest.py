@@ -1,4 +1,4 @@
-"""The venue's REST API behind one clock and one weight limiter (DESIGN §4).
+"""The venue's REST API behind one clock and one weight limiter (docs/contract.md §4).
 
 Every REST caller of the collector goes through one `RestClient`, so the 2400-weight-per-minute budget,
 429 (stop until the next venue minute), 418 (banned until the time in the error) and 451 (region blocked:

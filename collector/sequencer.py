@@ -1,4 +1,4 @@
-"""Per-symbol ordering and gap filling (DESIGN §5): every minute once, in strictly increasing open time.
+"""Per-symbol ordering and gap filling (docs/contract.md §5): every minute once, in strictly increasing open time.
 
 Each symbol has a cursor, `next_open`, the next minute to publish. A live final for exactly that minute goes
 straight to the publisher. Anything else (a later minute, or any final while the symbol's backfill runs)
@@ -24,7 +24,7 @@ from cryptomon.workers import Stats
 logger = logging.getLogger(__name__)
 
 WARMUP_MINUTES = 2880
-PAGE_ROWS = 500  # weight 2 per 500 rows is the cheapest weight per row (DESIGN §4)
+PAGE_ROWS = 500  # weight 2 per 500 rows is the cheapest weight per row (docs/contract.md §4)
 
 ResumeLookup = Callable[[list[str]], Awaitable[dict[str, tuple[int, str]]]]
 HoleLookup = Callable[[dict[str, tuple[int, int]], int], Awaitable[tuple[list, list[str]]]]

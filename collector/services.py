@@ -18,7 +18,7 @@ def record_universe(
 ) -> dict[str, int]:
     """Upsert what exchangeInfo says; return each listed symbol's history start (ms).
 
-    `listed` maps symbol → its exchangeInfo entry (only symbols passing the DESIGN §4 filter). A symbol
+    `listed` maps symbol → its exchangeInfo entry (only symbols passing the docs/contract.md §4 filter). A symbol
     seen for the first time, or back in TRADING after leaving it, starts a new history at `starts[symbol]`
     (when the change was observed) or now. Symbols this shard `owns` that are no longer listed are marked not
     trading.

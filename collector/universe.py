@@ -1,4 +1,4 @@
-"""Which markets the collector follows (DESIGN §4), kept current without a restart.
+"""Which markets the collector follows (docs/contract.md §4), kept current without a restart.
 
 exchangeInfo is the source of truth: USDT-quoted PERPETUAL contracts in status TRADING (TRADIFI_PERPETUAL
 only with BINANCE_INCLUDE_TRADIFI). It is re-read every COLLECTOR_UNIVERSE_REFRESH_SECONDS and, sooner,
@@ -22,7 +22,7 @@ CONTRACT_STREAM = "!contractInfo"
 def select_symbols(
     exchange_info: dict, include_tradifi: bool = False, only: Iterable[str] | None = None
 ) -> dict[str, dict]:
-    """The DESIGN §4 filter. Symbols are kept exactly as the venue spells them (Unicode included)."""
+    """The docs/contract.md §4 filter. Symbols are kept exactly as the venue spells them (Unicode included)."""
     contract_types = {"PERPETUAL", "TRADIFI_PERPETUAL"} if include_tradifi else {"PERPETUAL"}
     wanted = set(only) if only else None
     selected: dict[str, dict] = {}

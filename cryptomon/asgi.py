@@ -1,4 +1,4 @@
-"""ASGI entry point: HTTP through Django, WebSockets through Channels (DESIGN §10)."""
+"""ASGI entry point: HTTP through Django, WebSockets through Channels (docs/contract.md §10)."""
 
 import os
 

@@ -17,7 +17,7 @@ def needs_servers(argv: list[str]) -> bool:
     if command in SERVERLESS_COMMANDS:
         return False
     if command == "backtest":
-        # DESIGN §9: presets over input files need no server at all.
+        # docs/contract.md §9: presets over input files need no server at all.
         args = argv[2:]
         has_input = any(arg == "--input" or arg.startswith("--input=") for arg in args)
         rules = next((args[i + 1] for i, arg in enumerate(args[:-1]) if arg == "--rules"), None)

@@ -1,5 +1,5 @@
 """Reachability checks: the thorough ones behind `manage.py check_infra`, and the cheap read-only ones
-behind `/readyz` (issue 16 item 2; docs/security.md).
+behind `/readyz` (docs/security.md).
 
 `/readyz` is safe on a public address: anonymous callers get ``{"status": ...}`` only; staff users, or a
 caller with ``Authorization: Bearer <READYZ_TOKEN>``, also get each check with every URL masked. The checks

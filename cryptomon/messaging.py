@@ -1,4 +1,4 @@
-"""The NATS mechanics every worker shares: connect, streams, consumers, shards, publishing (DESIGN §1, §5).
+"""The NATS mechanics every worker shares: connect, streams, consumers, shards, publishing (docs/contract.md §1, §5).
 
 The names it uses (subjects, streams) and the messages themselves are the contract: `cryptomon.contract`.
 """
@@ -35,7 +35,7 @@ def encode(payload: dict | msgspec.Struct) -> bytes:
 
 @dataclass(frozen=True)
 class Shard:
-    """Worker k of N owns the symbols with crc32(UTF-8 symbol) mod N = k (DESIGN §1)."""
+    """Worker k of N owns the symbols with crc32(UTF-8 symbol) mod N = k (docs/contract.md §1)."""
 
     index: int = 0
     count: int = 1
@@ -94,7 +94,7 @@ def _differs(current: StreamConfig, wanted: StreamConfig) -> bool:
 
 
 async def ensure_streams(js: JetStreamContext, max_bytes: int | None = None) -> list[str]:
-    """Create the three streams, or update them back to DESIGN §5; returns what was created or corrected."""
+    """Create the three streams, or update them back to docs/contract.md §5; returns what was created or corrected."""
     changed: list[str] = []
     for wanted in stream_configs(max_bytes):
         try:
@@ -143,7 +143,7 @@ async def connect(name: str, url: str | None = None, **options) -> NATS:
 
 
 async def connect_jetstream(name: str, url: str | None = None, **options) -> tuple[NATS, JetStreamContext]:
-    """Connect and make sure the streams exist, as every JetStream user must first (DESIGN §5)."""
+    """Connect and make sure the streams exist, as every JetStream user must first (docs/contract.md §5)."""
     nc = await connect(name, url, **options)
     js = nc.jetstream()
     await ensure_streams(js)
@@ -305,7 +305,7 @@ async def resume_consumer(
 
 
 async def last_payload(js: JetStreamContext, stream: str, subject: str) -> dict | None:
-    """The newest message on a subject (DESIGN §5 "last-by-subject"), or None."""
+    """The newest message on a subject (docs/contract.md §5 "last-by-subject"), or None."""
     try:
         message = await js.get_last_msg(stream, subject)
     except NotFoundError:

@@ -1,6 +1,6 @@
 """Deleting expired rows in batches on plain PostgreSQL (TimescaleDB's retention policies do it there).
 
-Retention (DESIGN §3): candles and metrics 50 hours, never below the 2880-minute warm-up; alert
+Retention (docs/contract.md §3): candles and metrics 50 hours, never below the 2880-minute warm-up; alert
 history 90 days. Batches keep each transaction short so the writers are never blocked for long.
 """
 

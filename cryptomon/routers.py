@@ -1,4 +1,4 @@
-"""Sends the time-series models to the `timeseries` alias (DESIGN §3)."""
+"""Sends the time-series models to the `timeseries` alias (docs/contract.md §3)."""
 
 from __future__ import annotations
 

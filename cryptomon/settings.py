@@ -1,4 +1,4 @@
-"""Settings, all from the environment (DESIGN §3). See README "Configuration" for every variable."""
+"""Settings, all from the environment (docs/contract.md §3). See README "Configuration" for every variable."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ VAR_DIR = Path(os.environ.get("CRYPTOMON_VAR_DIR") or BASE_DIR / "var")
 
 
 def _embedded_urls() -> dict[str, str]:
-    """URLs a previous command wrote for the embedded servers (DESIGN §3), if any."""
+    """URLs a previous command wrote for the embedded servers (docs/contract.md §3), if any."""
     env_file = VAR_DIR / "embedded.env"
     if not env_file.exists():
         return {}
@@ -77,7 +77,7 @@ INSTALLED_APPS = [
     "alerts",
     "notifications",
     "gateway",
-    "axes",  # failed sign-in throttling (issue 16 item 3)
+    "axes",  # failed sign-in throttling (docs/security.md)
 ]
 
 MIDDLEWARE = [
@@ -110,7 +110,7 @@ TEMPLATES = [
 WSGI_APPLICATION = None
 ASGI_APPLICATION = "cryptomon.asgi.application"
 
-# --- databases (DESIGN §3): metadata on "default", candles/metrics/history/outbox on "timeseries"
+# --- databases (docs/contract.md §3): metadata on "default", candles/metrics/history/outbox on "timeseries"
 _database_url = _server_url("DATABASE_URL")
 if _database_url:
     _timeseries_url = os.environ.get("TIMESERIES_DATABASE_URL") or _database_url
@@ -161,7 +161,7 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
-# --- Binance (DESIGN §4)
+# --- Binance (docs/contract.md §4)
 BINANCE_REST_URL = check_url(
     "BINANCE_REST_URL", env_str("BINANCE_REST_URL", "https://fapi.binance.com"), {"http", "https"}
 )
@@ -179,11 +179,11 @@ COLLECTOR_UNIVERSE_REFRESH_SECONDS = env_float("COLLECTOR_UNIVERSE_REFRESH_SECON
 COLLECTOR_BUFFER_LIMIT = env_int("COLLECTOR_BUFFER_LIMIT", 500_000, minimum=1)
 COLLECTOR_METRICS_PORT = env_int("COLLECTOR_METRICS_PORT", 0, minimum=0)  # 0: no /metrics endpoint
 
-# --- NATS / JetStream (DESIGN §5)
+# --- NATS / JetStream (docs/contract.md §5)
 NATS_STREAM_MAX_BYTES = env_int("NATS_STREAM_MAX_BYTES", 1024**3, minimum=1024 * 1024)
 NATS_RECONNECT_WAIT_SECONDS = env_float("NATS_RECONNECT_WAIT_SECONDS", 2.0, minimum=0.01)
 
-# --- metrics and alerts (DESIGN §7, §8)
+# --- metrics and alerts (docs/contract.md §7, §8)
 METRICS_LATE_AFTER_SECONDS = env_float("METRICS_LATE_AFTER_SECONDS", 180.0, minimum=0)
 METRICS_GAP_TIMEOUT_SECONDS = env_float("METRICS_GAP_TIMEOUT_SECONDS", 900.0, minimum=0.1)
 ALERTS_NOTIFY_LATE = env_bool("ALERTS_NOTIFY_LATE", False)
@@ -191,7 +191,7 @@ ALERTS_MAX_PERSONAL_RULES = env_int("ALERTS_MAX_PERSONAL_RULES", 50, minimum=0)
 ALERTS_RULE_RELOAD_SECONDS = env_float("ALERTS_RULE_RELOAD_SECONDS", 2.0, minimum=0.1)
 ALERTS_UNIVERSE_REFRESH_SECONDS = env_float("ALERTS_UNIVERSE_REFRESH_SECONDS", 60.0, minimum=0.1)
 
-# --- notifications (issue 9; docs/notifications.md). Secrets (keys, tokens) come only from the environment.
+# --- notifications (docs/notifications.md). Secrets (keys, tokens) come only from the environment.
 NOTIFICATIONS_KEY = os.environ.get("NOTIFICATIONS_KEY", "")  # Fernet key(s), comma-separated for rotation
 NOTIFICATIONS_GROUP_SECONDS = env_float("NOTIFICATIONS_GROUP_SECONDS", 10.0, minimum=0)
 NOTIFICATIONS_RETRY_BASE_SECONDS = env_float("NOTIFICATIONS_RETRY_BASE_SECONDS", 5.0, minimum=0.001)
@@ -229,12 +229,12 @@ EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
 EMAIL_TIMEOUT = env_float("EMAIL_TIMEOUT", 10.0, minimum=0.1)
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "cryptomon <alerts@localhost>")
 
-# --- retention (DESIGN §3): candles and metrics never below the 2880-minute warm-up
+# --- retention (docs/contract.md §3): candles and metrics never below the 2880-minute warm-up
 RETENTION_CANDLES_HOURS = max(env_float("RETENTION_CANDLES_HOURS", 50.0), 48.0)
 RETENTION_ALERTS_DAYS = env_float("RETENTION_ALERTS_DAYS", 90.0, minimum=1)
 RETENTION_BATCH_SIZE = env_int("RETENTION_BATCH_SIZE", 10_000, minimum=1)
 
-# --- realtime (DESIGN §10)
+# --- realtime (docs/contract.md §10)
 ALLOW_ANONYMOUS_DASHBOARD = env_bool("ALLOW_ANONYMOUS_DASHBOARD", False)
 WS_MAX_SOCKETS_PER_USER = env_int("WS_MAX_SOCKETS_PER_USER", 5, minimum=1)
 WS_SEND_BUFFER = env_int("WS_SEND_BUFFER", 1000, minimum=1)
@@ -251,7 +251,7 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
-# --- sign-in throttling (issue 16 item 3; docs/security.md): django-axes checks before the password is, on
+# --- sign-in throttling (docs/security.md): django-axes checks before the password is, on
 # /login/, /admin/login/ and the API's Basic auth; failures are counted in the `default` database, per
 # client address and per user name separately. REMOTE_ADDR is the address: behind the TLS proxy, daphne
 # runs with --proxy-headers and the proxy must overwrite X-Forwarded-For (docs/security.md).
@@ -285,7 +285,7 @@ WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 warnings.filterwarnings("ignore", message="No directory at")  # WhiteNoise: STATIC_ROOT is optional
 
-# --- dashboard and JSON API (issue 8; docs/dashboard.md)
+# --- dashboard and JSON API (docs/dashboard.md)
 API_RATE_LIMIT_PER_MINUTE = env_int("API_RATE_LIMIT_PER_MINUTE", 120, minimum=1)
 API_MAX_PAGE_SIZE = env_int("API_MAX_PAGE_SIZE", 500, minimum=1)
 API_MAX_CANDLES = env_int("API_MAX_CANDLES", 5000, minimum=1)
@@ -298,7 +298,7 @@ READYZ_RATE_LIMIT_PER_MINUTE = env_int("READYZ_RATE_LIMIT_PER_MINUTE", 120, mini
 SESSION_COOKIE_HTTPONLY = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
 
-# --- transport (issue 16 item 4; docs/security.md). Production-safe unless the embedded servers (or DEBUG)
+# --- transport (docs/security.md). Production-safe unless the embedded servers (or DEBUG)
 # are in use: the embedded/demo mode and the test harnesses serve plain HTTP on 127.0.0.1. Production runs
 # behind the documented TLS proxy, which sets X-Forwarded-Proto. Each value can be overridden.
 PLAIN_HTTP_DEFAULTS = EMBEDDED or DEBUG

@@ -1,4 +1,4 @@
-"""pytest plugin (`-p cryptomon.testing`): real servers for the test session (DESIGN §3).
+"""pytest plugin (`-p cryptomon.testing`): real servers for the test session (docs/contract.md §3).
 
 With no server URLs configured, the session starts its own PostgreSQL, NATS and Valkey in a temporary
 directory before Django's settings load, and stops them at the end. The time-series alias gets its

@@ -1,4 +1,4 @@
-"""WebSocket routes; the gateway adds `/ws/alerts/` (DESIGN §10)."""
+"""WebSocket routes; the gateway adds `/ws/alerts/` (docs/contract.md §10)."""
 
 from django.urls import path
 

@@ -9,7 +9,7 @@
   web process shares the count); a client is the user, or the remote address when anonymous. Over the
   limit: 429 with ``Retry-After``. If Redis is unreachable the request is served (logged): the API stays
   up, and the limit is back with Redis.
-- Times are epoch milliseconds (UTC) or ISO 8601 (UTC when no offset is given), as on the wire (DESIGN §5).
+- Times are epoch milliseconds (UTC) or ISO 8601 (UTC when no offset is given), as on the wire (docs/contract.md §5).
 """
 
 from __future__ import annotations
@@ -238,7 +238,7 @@ def symbols(request: HttpRequest) -> dict:
 
 @api_endpoint("rule", "symbol", "direction", "since", "until", "page", "page_size")
 def alerts(request: HttpRequest) -> dict:
-    """The caller's visible alerts (DESIGN §5 payloads), newest first, a page at a time."""
+    """The caller's visible alerts (docs/contract.md §5 payloads), newest first, a page at a time."""
     since, until = time_range(request, "since", "until")
     filters = selectors.AlertFilters(
         rule=text_param(request, "rule"),

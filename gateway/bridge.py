@@ -1,6 +1,6 @@
-"""The NATS → Channels bridge behind `run_gateway` (DESIGN §1, §10).
+"""The NATS → Channels bridge behind `run_gateway` (docs/contract.md §1, §10).
 
-It subscribes (core NATS; the streams are created first, DESIGN §5) to
+It subscribes (core NATS; the streams are created first, docs/contract.md §5) to
 
 - ``alerts.triggered.>``: alerts go at once to the ``alerts`` group, those that arrive while the previous
   group message is being sent together in the next one (a minute's burst of hundreds of alerts is a few

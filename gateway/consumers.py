@@ -1,4 +1,4 @@
-"""`/ws/alerts/`: the realtime protocol of DESIGN §10.
+"""`/ws/alerts/`: the realtime protocol of docs/contract.md §10.
 
 One :class:`AlertsConsumer` per browser socket. It joins the ASCII groups the bridge (`run_gateway`) feeds
 — ``alerts``, ``feed``, ``resync`` and, while subscribed to the market, ``market`` — and filters every alert
@@ -123,7 +123,7 @@ async def open_sockets(user_id: int) -> int:
 
 @dataclass(frozen=True)
 class Subscription:
-    """`symbols`/`rules`: None = all, empty = none (DESIGN §10). The initial one: all, all, no market."""
+    """`symbols`/`rules`: None = all, empty = none (docs/contract.md §10). The initial one: all, all, no market."""
 
     symbols: frozenset[str] | None = None
     rules: frozenset[str] | None = None

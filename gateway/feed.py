@@ -1,4 +1,4 @@
-"""Feed status and the market table the gateway shares through Redis (DESIGN §10 `status` and `market`).
+"""Feed status and the market table the gateway shares through Redis (docs/contract.md §10 `status` and `market`).
 
 The feed status comes from the collector's heartbeat: every collector shard publishes ``collector.status``
 on core NATS every 5 s (docs/collector.md). The bridge (`run_gateway`) folds the shards' latest heartbeats

@@ -1,4 +1,4 @@
-"""Back-pressure from daphne to a socket's bounded send buffer (DESIGN §10: a client that cannot keep up is
+"""Back-pressure from daphne to a socket's bounded send buffer (docs/contract.md §10: a client that cannot keep up is
 closed with 4008).
 
 ASGI gives an application no back-pressure signal, and daphne's ``send`` never waits: it hands each frame to
@@ -37,7 +37,7 @@ class TransportFlow:
         protocol.unregisterProducer()
         protocol.registerProducer(self, True)
         # autobahn refuses a message over daphne's 1 MiB limit by dropping the TCP connection unless told to
-        # send the close frame first: DESIGN §10 says the client gets 1009.
+        # send the close frame first: docs/contract.md §10 says the client gets 1009.
         protocol.failByDrop = False
         # The close frame queues behind what is buffered; autobahn drops the connection 1 s after sending it
         # unless this is longer, and a slow (not dead) client would then see 1006 instead of 4008.

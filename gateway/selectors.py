@@ -126,7 +126,7 @@ def candles(symbol: str, start: datetime | None, end: datetime | None, limit: in
 def latest_metrics(symbol: str, at: datetime | None = None) -> dict | None:
     """The newest stored final bar of `symbol` (at or before `at`): every §7 metric by name, or None.
 
-    Names follow DESIGN §7 (`change_1h`, `rsi_14`, ...); `timeframes` repeats the window metrics per
+    Names follow docs/contract.md §7 (`change_1h`, `rsi_14`, ...); `timeframes` repeats the window metrics per
     timeframe for tables. A timeframe without a row for that bar has nulls (unknown, never zero)."""
     bars = MetricBar.objects.filter(symbol=symbol)
     if at is not None:

@@ -1,4 +1,4 @@
-"""The `run_metrics` worker: candles in from JetStream, final bars out to NATS and the database (DESIGN §1, §7).
+"""The `run_metrics` worker: candles in from JetStream, final bars out to NATS and the database (docs/contract.md §1, §7).
 
 Three inputs, one asyncio loop:
 - `metrics-store-p<k>of<N>` (durable, CANDLES): every candle into `candles_1m` (batched, DO NOTHING), acked

@@ -1,4 +1,4 @@
-"""Candles and computed metrics (DESIGN §6). Both live on the `timeseries` alias."""
+"""Candles and computed metrics (docs/contract.md §6). Both live on the `timeseries` alias."""
 
 from __future__ import annotations
 

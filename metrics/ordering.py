@@ -1,4 +1,4 @@
-"""Which final bars to emit, and when (DESIGN §7): per-symbol watermark, missing-minute wait, gap timeout.
+"""Which final bars to emit, and when (docs/contract.md §7): per-symbol watermark, missing-minute wait, gap timeout.
 
 Framework-free so the rules are tested without servers. Each symbol's final bars are emitted once, in
 open-time order. Whether a candle makes a bar depends only on the watermark (the newest bar emitted),

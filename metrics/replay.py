@@ -1,4 +1,4 @@
-"""The live engine offline: candles in, final bars out (DESIGN §7, §9). The backtest builds on this.
+"""The live engine offline: candles in, final bars out (docs/contract.md §7, §9). The backtest builds on this.
 
 Framework-free. Missing minutes in the input are permanent gaps (a new run starts after each), exactly as
 the live worker treats a gap after its safety timeout.

@@ -1,4 +1,4 @@
-"""Reads of the metrics worker: warm-up candles and the stored part of each symbol's watermark (DESIGN §7)."""
+"""Reads of the metrics worker: warm-up candles and the stored part of each symbol's watermark (docs/contract.md §7)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 A batch is one multi-row statement pipeline in one transaction. If the database refuses the batch because of
 its data (a bad value in one row), the batch is written again row by row so the good rows are kept and each
-bad row is reported by the caller (DESIGN §6: a bad row never loses its batch). Connection problems are
+bad row is reported by the caller (docs/contract.md §6: a bad row never loses its batch). Connection problems are
 raised: the caller does not acknowledge, and JetStream redelivers.
 """
 

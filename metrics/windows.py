@@ -20,7 +20,7 @@ How each metric is O(1) (or small) per bar:
 - RSI (Wilder) and EMA(12/26/9) are recursive and stepped with every candle; Bollinger bands read the
   last 20 closes.
 
-A minute without a candle starts a new run (DESIGN §7): windows need their N minutes present (`volume_ratio`
+A minute without a candle starts a new run (docs/contract.md §7): windows need their N minutes present (`volume_ratio`
 2N), indicators count closes from the run's start. Runs longer than 2880 minutes keep their recursive
 indicators going; windows never need more than 2880 minutes.
 """
@@ -246,7 +246,7 @@ class BarMetrics(Mapping):
 
 
 class Bar:
-    """The metrics of one minute of one symbol; `late` is decided by the caller (DESIGN §5).
+    """The metrics of one minute of one symbol; `late` is decided by the caller (docs/contract.md §5).
 
     `metrics` is a read-only mapping computed on first read of each name; `metrics_dict()` all of them."""
 

@@ -33,7 +33,7 @@ class Message:
     title: str
     header: str
     lines: list[str] = field(default_factory=list)
-    alerts: list[dict] = field(default_factory=list)  # DESIGN §5 payloads
+    alerts: list[dict] = field(default_factory=list)  # docs/contract.md §5 payloads
     event: dict | None = None  # webhook body for "test" / "operator"
     idempotency_key: str = ""
 

@@ -55,7 +55,7 @@ def decrypt_json(token: str) -> dict:
 
 
 def mask(secret: str | None) -> str:
-    """`…abcd`: the last 4 characters only (DESIGN: secrets masked in admin, API and logs)."""
+    """`…abcd`: the last 4 characters only (secrets are masked in the admin, the API and logs: docs/security.md)."""
     if not secret:
         return ""
     secret = str(secret)

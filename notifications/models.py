@@ -3,7 +3,7 @@
 Channels are a model of their own (one row per channel, not JSON on the user's settings): their secrets are
 encrypted at rest (`crypto`) and they carry delivery state (disabled reason, last error, last
 success) that the admin shows. Deliveries live beside `alert_history` and the outbox on the
-time-series alias and keep channel and user ids as plain integers (no FK crosses aliases, DESIGN §3).
+time-series alias and keep channel and user ids as plain integers (no FK crosses aliases, docs/contract.md §3).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Operator watchdog: detects the conditions of issue 9 item 4 and raises or resolves their operator alerts.
+"""Operator watchdog: detects the conditions listed in docs/notifications.md ("What raises them") and raises or resolves their operator alerts.
 
 Celery beat runs `check_operator_conditions` (notifications/tasks.py) every OPERATOR_CHECK_SECONDS; it calls
 `check()`.

@@ -1,4 +1,4 @@
-"""Generic webhook: the DESIGN §5 alert payload (or `{v: 1, alerts: [...]}` for a group), signed.
+"""Generic webhook: the docs/contract.md §5 alert payload (or `{v: 1, alerts: [...]}` for a group), signed.
 
 Headers: `Idempotency-Key` (the first delivery id of the group, stable across retries, so a receiver
 can drop the repeat of a send whose answer was lost) and `X-Cryptomon-Signature: sha256=<hex>`, the

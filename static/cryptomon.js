@@ -1,4 +1,4 @@
-// cryptomon dashboard: one small module speaking the realtime protocol of DESIGN §10 over /ws/alerts/.
+// cryptomon dashboard: one small module speaking the realtime protocol of docs/contract.md §10 over /ws/alerts/.
 // Pages say who they are with <body data-page="live|symbol|settings">; nothing here needs a build step.
 
 const body = document.body;
@@ -19,7 +19,7 @@ const shortTime = new Intl.DateTimeFormat("en-GB", {
 });
 const fmtTime = (ms) => (ms == null ? "–" : timeFormat.format(new Date(ms)));
 const fmtNum = (v, digits = 4) => {
-  if (v == null || Number.isNaN(v)) return "–";  // unknown, never zero (DESIGN §7)
+  if (v == null || Number.isNaN(v)) return "–";  // unknown, never zero (docs/contract.md §7)
   const a = Math.abs(v);
   if (a >= 1e9) return (v / 1e9).toFixed(2) + "B";
   if (a >= 1e6) return (v / 1e6).toFixed(2) + "M";

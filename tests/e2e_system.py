@@ -1,9 +1,9 @@
-"""The whole product as separate processes on servers of its own, for the end-to-end tests (issue 10).
+"""The whole product as separate processes on servers of its own, for the end-to-end tests (docs/operations.md).
 
 A `System` owns a private PostgreSQL, NATS and Valkey (so restarting them disturbs no other test), the
 Binance emulator, and every worker started with `manage.py` exactly as an operator would run them. Tests
 read the outcome the way a user or an outside check would: the database, the emulator's REST klines,
-the backtest command and a WebSocket client speaking DESIGN §10.
+the backtest command and a WebSocket client speaking docs/contract.md §10.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ FAST_SETTINGS = {
     "ALLOW_ANONYMOUS_DASHBOARD": "true",
     "ALLOWED_HOSTS": "127.0.0.1,localhost",
     "SECRET_KEY": "end-to-end-test-secret",
-    # Plain HTTP on 127.0.0.1 with explicit server URLs: not the embedded mode, so say so (issue 16 item 4).
+    # Plain HTTP on 127.0.0.1 with explicit server URLs: not the embedded mode, so say so (docs/security.md).
     "SECURE_SSL_REDIRECT": "false",
     "SESSION_COOKIE_SECURE": "false",
     "CSRF_COOKIE_SECURE": "false",
@@ -309,7 +309,7 @@ def wait_until(check, what: str, timeout: float, interval: float = 0.2):
 
 
 class FeedClient:
-    """A browser's view of `/ws/alerts/` (DESIGN §10), kept in a background thread with reconnects."""
+    """A browser's view of `/ws/alerts/` (docs/contract.md §10), kept in a background thread with reconnects."""
 
     def __init__(self, url: str, origin: str):
         self.url = url

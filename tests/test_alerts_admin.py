@@ -1,5 +1,5 @@
 """The rules admin (filters, validation naming the column, enable/disable, backtest on stored data), the
-user settings and alert history admin, and personal-rule writes (DESIGN §6, §8; issue 6)."""
+user settings and alert history admin, and personal-rule writes (docs/contract.md §6, §8; docs/alerts.md)."""
 
 from __future__ import annotations
 

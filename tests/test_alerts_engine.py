@@ -1,4 +1,4 @@
-"""The live alert engine over real NATS JetStream and PostgreSQL (DESIGN §5, §8): one alert per bar,
+"""The live alert engine over real NATS JetStream and PostgreSQL (docs/contract.md §5, §8): one alert per bar,
 cooldowns that survive restarts and resharding, rule edits without restart, history + outbox in one
 transaction, publish after commit, late alerts, bad payloads."""
 
@@ -493,7 +493,7 @@ def random_rows(seed: int, minutes: int) -> list[list[str]]:
 async def test_the_live_pipeline_stores_exactly_what_the_backtest_of_the_same_candles_finds(
     jetstream, rules, tmp_path, monkeypatch, vector_from
 ):
-    """DESIGN §7: alert_history equals the backtest of candles_1m as stored, whether the engine decides a
+    """docs/contract.md §7: alert_history equals the backtest of candles_1m as stored, whether the engine decides a
     batch's bars with numpy across symbols or bar by bar."""
     import alerts.engine
 

@@ -1,4 +1,4 @@
-"""`manage.py backtest` as DESIGN §9 describes it: formats, merging, duplicates, errors, exit codes, and no
+"""`manage.py backtest` as docs/contract.md §9 describes it: formats, merging, duplicates, errors, exit codes, and no
 server needed for `--rules presets` with `--input`."""
 
 from __future__ import annotations
@@ -288,7 +288,7 @@ def test_without_input_it_reads_candles_1m_with_the_enabled_rules(tmp_path):
     assert unknown.returncode == 2 and "unknown rule slug(s): nope" in unknown.stderr
 
 
-# --- the candle-file reader (JSON Lines and Binance CSV, DESIGN §9) ------------------------------------
+# --- the candle-file reader (JSON Lines and Binance CSV, docs/contract.md §9) ------------------------------------
 
 
 def test_a_binance_csv_file_is_read_with_its_header_microseconds_and_exponents(tmp_path):

@@ -1,4 +1,4 @@
-"""One alert per (rule, symbol, bar) and the cooldown of DESIGN §8, shared by the live engine and backtest."""
+"""One alert per (rule, symbol, bar) and the cooldown of docs/contract.md §8, shared by the live engine and backtest."""
 
 from __future__ import annotations
 

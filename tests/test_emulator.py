@@ -1,4 +1,4 @@
-"""The Binance emulator speaks the venue's protocol over real sockets (DESIGN §4, issue 3).
+"""The Binance emulator speaks the venue's protocol over real sockets (docs/contract.md §4, docs/emulator.md).
 
 Each test talks to a real `EmulatorServer` with a plain aiohttp or websockets client, as a collector would, and
 checks a fact the collector relies on. Payload shapes are compared field by field, types included, with

@@ -1,4 +1,4 @@
-"""The product end to end (issue 10): emulator → collector → metrics → alerts → gateway → a browser's socket.
+"""The product end to end (docs/operations.md): emulator → collector → metrics → alerts → gateway → a browser's socket.
 
 Each test runs every worker as its own process on servers of its own (tests/e2e_system.py), then checks the
 two equalities the design promises: `candles_1m` equals the venue's klines, and `alert_history` equals the

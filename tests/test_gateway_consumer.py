@@ -1,4 +1,4 @@
-"""`/ws/alerts/` (DESIGN §10) through the full ASGI application, real PostgreSQL and Redis channel layer."""
+"""`/ws/alerts/` (docs/contract.md §10) through the full ASGI application, real PostgreSQL and Redis channel layer."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """`/healthz` and `/readyz` on the web app (cryptomon.health): probes an orchestrator can act on, safe on a
-public address (issue 16 item 2): anonymous callers get a status only; staff (or the `READYZ_TOKEN`
+public address (docs/security.md): anonymous callers get a status only; staff (or the `READYZ_TOKEN`
 bearer) get each check with every URL masked; the checks are read-only, cached and rate limited."""
 
 from __future__ import annotations

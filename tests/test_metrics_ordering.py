@@ -1,4 +1,4 @@
-"""Which final bars are emitted and when (DESIGN §7), without servers: watermark, waits, gap timeout, late."""
+"""Which final bars are emitted and when (docs/contract.md §7), without servers: watermark, waits, gap timeout, late."""
 
 from __future__ import annotations
 

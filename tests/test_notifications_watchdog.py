@@ -1,4 +1,4 @@
-"""The operator watchdog: each issue-9 condition raises its operator alert when true and resolves it when it
+"""The operator watchdog: each condition of docs/notifications.md raises its operator alert when true and resolves it when it
 clears, with a message naming what is wrong. Real NATS (heartbeats, JetStream consumers), PostgreSQL
 (candles_1m, symbols), Redis (alert state) and, for the beat task, a real Celery worker and HTTP receiver."""
 

@@ -1,4 +1,4 @@
-"""Integer parameters (issue 16, Low): a superscript digit or a 5,000-digit number is a 400 naming the
+"""Integer parameters (docs/security.md): a superscript digit or a 5,000-digit number is a 400 naming the
 parameter, never a 500 (``"²".isdigit()`` is true but ``int("²")`` fails; Python refuses to convert
 more than 4,300 digits)."""
 

@@ -1,4 +1,4 @@
-"""Password guessing (issue 16 item 3): failed sign-ins on `/login/`, `/admin/login/` and the API's HTTP
+"""Password guessing (docs/security.md): failed sign-ins on `/login/`, `/admin/login/` and the API's HTTP
 Basic auth are counted per client address and per user name (django-axes, in the `default` database);
 after `LOGIN_FAILURE_LIMIT` failures even the right password is refused with a 429 until the cool-off
 passes or an operator runs `manage.py axes_reset`. No sleeps: the cool-off is passed by ageing the

@@ -1,4 +1,4 @@
-"""Transport hardening (issue 16 item 4): outside the embedded/demo mode the settings are production-safe
+"""Transport hardening (docs/security.md): outside the embedded/demo mode the settings are production-safe
 by default — secure cookies, HSTS, HTTPS redirect, the TLS proxy's `X-Forwarded-Proto` trusted — and
 `check --deploy` with production variables reports nothing. Each test runs a separate process with the
 environment an operator would give it (settings are read once per process)."""

@@ -1,4 +1,4 @@
-"""The collector tests' view of the Binance emulator (`collector/emulator/`, issue 3).
+"""The collector tests' view of the Binance emulator (`collector/emulator/`, docs/emulator.md).
 
 Every venue interaction of tests/test_collector_integration.py goes through this adapter, so the tests
 read as what a user would notice and only this file follows the emulator's API.

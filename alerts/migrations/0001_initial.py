@@ -133,7 +133,7 @@ class Migration(migrations.Migration):
                 (
                     "expression",
                     models.TextField(
-                        help_text="DESIGN §8 rule language, e.g. change_1h > 2 and volume_1h > 1_000_000"
+                        help_text="docs/contract.md §8 rule language, e.g. change_1h > 2 and volume_1h > 1_000_000"
                     ),
                 ),
                 (

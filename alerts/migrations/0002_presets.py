@@ -1,4 +1,4 @@
-"""The 10 presets of DESIGN §8, frozen as they were when this migration was written.
+"""The 10 presets of docs/contract.md §8, frozen as they were when this migration was written.
 
 (slug, name, description, expression, severity, direction); global, enabled, bar_close, cooldown 300 s.
 """

@@ -1,4 +1,4 @@
-"""A Binance USDⓈ-M market-data stand-in over real sockets, for tests, benchmarks and the demo (issue 3).
+"""A Binance USDⓈ-M market-data stand-in over real sockets, for tests, benchmarks and the demo (docs/emulator.md).
 
 See docs/emulator.md for the protocol it speaks, the scenario format, faults and the control API.
 """

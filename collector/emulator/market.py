@@ -39,7 +39,7 @@ FAMOUS = (
 )
 NON_ASCII = "币安人生USDT"
 
-# Entries of exchangeInfo the DESIGN §4 filter must leave out (symbol, quote, contract type, status).
+# Entries of exchangeInfo the docs/contract.md §4 filter must leave out (symbol, quote, contract type, status).
 EXCLUDED = (
     ("BTCUSDC", "USDC", "PERPETUAL", "TRADING"),
     ("BTCUSDT_260925", "USDT", "CURRENT_QUARTER", "TRADING"),

@@ -1,4 +1,4 @@
-"""The contract between cryptomon's processes, in one place every app may import (DESIGN §5, §7).
+"""The contract between cryptomon's processes, in one place every app may import (docs/contract.md §5, §7).
 
 It imports no app, only the standard library and msgspec, so the import graph runs one way
 (contract ← collector ← metrics ← alerts ← gateway):

@@ -1,5 +1,5 @@
 """The `candles.1m` / `candles.live` message: one 1-minute candle as the metrics engine and the backtest read it
-(DESIGN §5, §9).
+(docs/contract.md §5, §9).
 
 Framework-free. Prices become floats (the §7 formulas are float math on them, and any decimal price with at
 most 15 significant digits survives the round trip exactly); the four volumes are kept as exact integers of
@@ -23,7 +23,7 @@ VOLUME_SCALE = 100_000_000  # volumes are integers of 10⁻⁸
 MAX_VOLUME_E8 = 10**19  # 10^11 of base or quote asset in one minute: beyond any market, fits 64 bits
 _MAX_VOLUME = Decimal(10**11)
 _TOO_LARGE = "too large for one minute (at most 10^11)"
-_MICROSECONDS_FROM = 10**14  # a CSV open_time at or above this is in microseconds (DESIGN §9)
+_MICROSECONDS_FROM = 10**14  # a CSV open_time at or above this is in microseconds (docs/contract.md §9)
 
 CSV_COLUMNS: tuple[str, ...] = (
     "open_time",

@@ -1,4 +1,4 @@
-"""The `metrics.*`, `alerts.triggered` and `collector.status` messages (DESIGN §5, §10): one parser each, used
+"""The `metrics.*`, `alerts.triggered` and `collector.status` messages (docs/contract.md §5, §10): one parser each, used
 by every process that reads them. Readers ignore unknown keys; times are epoch milliseconds.
 
 (The `candles.*` message is `cryptomon.contract.candles`.)

@@ -1,4 +1,4 @@
-"""Timeframes and metric names (DESIGN §6, §7): the metrics engine computes these, rules read them."""
+"""Timeframes and metric names (docs/contract.md §6, §7): the metrics engine computes these, rules read them."""
 
 from __future__ import annotations
 
@@ -52,4 +52,4 @@ MARKET_METRICS: tuple[str, ...] = (
     "volume_1d",
     "rsi_14",
 )
-"""The metrics of a dashboard market row (DESIGN §10), besides `symbol`, `price` and `open_time`."""
+"""The metrics of a dashboard market row (docs/contract.md §10), besides `symbol`, `price` and `open_time`."""

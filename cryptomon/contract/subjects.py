@@ -1,4 +1,4 @@
-"""NATS subjects, their wildcards and the JetStream streams that hold them (DESIGN §5).
+"""NATS subjects, their wildcards and the JetStream streams that hold them (docs/contract.md §5).
 
 Symbols never contain dots, so the symbol is the last token of every per-symbol subject.
 """

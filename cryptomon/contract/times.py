@@ -1,4 +1,4 @@
-"""Times on the wire are integer milliseconds since the epoch, UTC (DESIGN §5); the database stores datetimes."""
+"""Times on the wire are integer milliseconds since the epoch, UTC (docs/contract.md §5); the database stores datetimes."""
 
 from __future__ import annotations
 

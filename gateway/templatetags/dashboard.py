@@ -1,4 +1,4 @@
-"""Number formatting for the dashboard: unknown values show as a dash, never as zero (DESIGN §7)."""
+"""Number formatting for the dashboard: unknown values show as a dash, never as zero (docs/contract.md §7)."""
 
 from __future__ import annotations
 

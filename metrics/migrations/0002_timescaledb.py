@@ -1,6 +1,6 @@
 """Hypertables, compression and retention when TimescaleDB is available; a no-op on plain PostgreSQL.
 
-DESIGN §3: the stock PostgreSQL engine is used; this migration checks `pg_available_extensions` and
+docs/contract.md §3: the stock PostgreSQL engine is used; this migration checks `pg_available_extensions` and
 only then creates the extension and the policies. Plain PostgreSQL relies on the retention task.
 """
 

@@ -2,7 +2,7 @@
 
 The web server and the bridge run as separate processes on this session's test databases, NATS and Redis,
 exactly as an operator runs them. Market data and alerts are put on NATS the way run_metrics and
-run_alerts publish them (DESIGN §5). Screenshots of the three main pages go to var/screenshots/.
+run_alerts publish them (docs/contract.md §5). Screenshots of the three main pages go to var/screenshots/.
 """
 
 from __future__ import annotations

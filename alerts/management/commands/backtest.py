@@ -1,5 +1,5 @@
 """`python manage.py backtest [--input PATH ...] [--symbol SYMBOL] [--rules all|presets|SLUG,SLUG]
-[--output PATH|-]`: the alerts the live engine would have fired (DESIGN §9; see alerts/backtest.py).
+[--output PATH|-]`: the alerts the live engine would have fired (docs/contract.md §9; see alerts/backtest.py).
 
 Exit codes: 0 success (also with no alerts), 1 bad input (file and line named, nothing written), 2 usage.
 """

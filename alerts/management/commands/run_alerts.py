@@ -1,4 +1,4 @@
-"""`python manage.py run_alerts [--shard k/N]`: evaluate the alert rules on every bar (DESIGN §1, §8).
+"""`python manage.py run_alerts [--shard k/N]`: evaluate the alert rules on every bar (docs/contract.md §1, §8).
 
 Long-running; stop with Ctrl-C or SIGTERM (the message in hand is finished first).
 """

@@ -1,4 +1,4 @@
-"""`python manage.py run_collector`: every USDⓈ-M perpetual's 1-minute candles into NATS (issue 4)."""
+"""`python manage.py run_collector`: every USDⓈ-M perpetual's 1-minute candles into NATS (docs/collector.md)."""
 
 from __future__ import annotations
 

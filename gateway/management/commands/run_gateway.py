@@ -1,4 +1,4 @@
-"""`python manage.py run_gateway`: the NATS → Channels bridge (DESIGN §1, §10; see gateway.bridge).
+"""`python manage.py run_gateway`: the NATS → Channels bridge (docs/contract.md §1, §10; see gateway.bridge).
 
 Long-running; survives NATS and Redis restarts (clients are told to resync after either). Stop with
 Ctrl-C or SIGTERM.

@@ -1,4 +1,4 @@
-"""`python manage.py run_metrics [--shard k/N]`: candles into §7 metrics, stored and published (issue 5)."""
+"""`python manage.py run_metrics [--shard k/N]`: candles into §7 metrics, stored and published (docs/metrics.md)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from metrics.engine import MetricsWorker, WorkerConfig
 
 
 class Command(BaseCommand):
-    help = "Compute the DESIGN §7 metrics of every final candle (metrics.calculated.<SYMBOL>, metrics_calculated)."
+    help = "Compute the docs/contract.md §7 metrics of every final candle (metrics.calculated.<SYMBOL>, metrics_calculated)."
 
     def add_arguments(self, parser):
         parser.add_argument(
