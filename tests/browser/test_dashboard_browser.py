@@ -26,8 +26,8 @@ from django.db import connections
 from playwright import sync_api as playwright_api
 
 from cryptomon import messaging
+from cryptomon.contract.times import to_ms
 from cryptomon.embedded import free_port
-from gateway.selectors import ms
 from tests import dashboard_data as data
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -255,7 +255,7 @@ def test_signed_in_trader_watches_the_market_table_update_live(servers, page, tr
     sign_in(page, servers)
     page.wait_for_selector("#conn[data-state=open]")
     assert page.is_visible("#stale-flag")  # no live data yet: the stale state is visible
-    open_time = ms(data.NOW)
+    open_time = to_ms(data.NOW)
     publish_until(
         page,
         lambda: publish("metrics.live.BTCUSDT", live_payload("BTCUSDT", 100.5, open_time)),
@@ -314,12 +314,12 @@ def test_signed_in_trader_watches_the_market_table_update_live(servers, page, tr
 def test_an_alert_appears_in_the_feed_and_on_the_symbol_chart(servers, page, trader):
     # Not yet the emulator → collector → metrics → alerts pipeline (run_metrics does not exist yet; the
     # lead's end-to-end test covers it): the alert is published on alerts.triggered as run_alerts does.
-    stored_candles = [ms(c.time) for c in data.candles("BTCUSDT", 120)]
+    stored_candles = [to_ms(c.time) for c in data.candles("BTCUSDT", 120)]
     data.metrics("BTCUSDT", data.NOW - timedelta(minutes=1))
     stored = data.alert("futures_top_hunter", "BTCUSDT", 30, direction="bear", late=True)
     sign_in(page, servers)
     page.wait_for_selector(f"#alert-feed li[data-id='{stored.alert_id}'] .late")  # the snapshot
-    open_time = ms(data.NOW - timedelta(minutes=5))
+    open_time = to_ms(data.NOW - timedelta(minutes=5))
     fresh = alert_payload("BTCUSDT", open_time)
     publish_until(
         page,
@@ -331,7 +331,7 @@ def test_an_alert_appears_in_the_feed_and_on_the_symbol_chart(servers, page, tra
     assert first.get_attribute("data-id") == fresh["id"]  # newest first
     assert "dir-bull" in first.get_attribute("class")
     assert "dir-bear" in page.locator("#alert-feed li").nth(1).get_attribute("class")
-    now = ms(data.NOW)
+    now = to_ms(data.NOW)
     for name, price in (("ETHUSDT", 3012.5), ("币安人生USDT", 0.0125)):  # BTCUSDT's comes on its page
         publish(f"metrics.live.{name}", live_payload(name, price, now))
     heartbeat = {"v": 1, "shard": "0/1", "symbols_live": 3, "last_open_time": now - 60_000, "lag_ms": 850}
@@ -352,7 +352,7 @@ def test_an_alert_appears_in_the_feed_and_on_the_symbol_chart(servers, page, tra
     five_minute_bars = len({t // 300_000 for t in stored_candles})
     page.wait_for_function(f"() => document.getElementById('chart').dataset.bars === '{five_minute_bars}'")
     assert page.get_attribute("#chart", "data-markers") == "1"
-    later = alert_payload("BTCUSDT", ms(data.NOW - timedelta(minutes=2)), "futures_top_hunter", "bear")
+    later = alert_payload("BTCUSDT", to_ms(data.NOW - timedelta(minutes=2)), "futures_top_hunter", "bear")
     publish_until(
         page,
         lambda: publish("alerts.triggered.BTCUSDT", later, jetstream=True),
@@ -363,7 +363,7 @@ def test_an_alert_appears_in_the_feed_and_on_the_symbol_chart(servers, page, tra
     page.click("[data-interval='1']")
     publish_until(
         page,
-        lambda: publish("metrics.live.BTCUSDT", live_payload("BTCUSDT", 150.0, ms(data.NOW))),
+        lambda: publish("metrics.live.BTCUSDT", live_payload("BTCUSDT", 150.0, to_ms(data.NOW))),
         "() => document.getElementById('chart').dataset.lastPrice === '150'",
     )
     assert page.get_attribute("#chart", "data-bars") == "121"  # the open minute joined the chart
