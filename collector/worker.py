@@ -129,9 +129,44 @@ class Collector(Worker):
 
     async def serve(self) -> None:
         cfg = self.config
-        self.rest = rest = await self._start_rest()
+        self.rest = await self._start_rest()
         nats_options = {"reconnect_time_wait": cfg.nats_reconnect_wait_seconds}
         self.nc, self.js = await messaging.connect_jetstream("collector", cfg.nats_url, **nats_options)
+        self._build_parts()
+        self._register_gauges()
+        await self._first_universe()
+        runner = None
+        if cfg.metrics_port:
+            runner = await metrics_export.serve(
+                self.stats, cfg.metrics_host, cfg.metrics_port + cfg.shard.index
+            )
+        loops = {
+            "publisher": self.publisher.run(),
+            "live publisher": self.publisher.run_live(),
+            "connection pool": self.pool.run(),
+            "universe refresh": self.universe.run(),
+            "hole scan": self.sequencer.run_hole_scan(cfg.hole_scan_seconds),
+            "venue time sync": self.rest.run_time_sync(),
+            "status report": self._report_status(),
+            "heap upkeep": heap.keep_collections_short("run_collector"),
+        }
+        self._tasks = [asyncio.create_task(loop, name=name) for name, loop in loops.items()]
+        self.started.set()
+        logger.info(
+            "collector started: %d symbols, shard %s/%s, venue %s",
+            len(self.symbol_set),
+            cfg.shard.index,
+            cfg.shard.count,
+            cfg.ws_url,
+        )
+        try:
+            await _until_one_ends(self._tasks)
+        finally:
+            await self._shutdown(runner)
+
+    def _build_parts(self) -> None:
+        """The publisher, the sequencer, the WebSocket pool and the universe, wired to each other."""
+        cfg = self.config
         self.publisher = Publisher(
             self.nc,
             self.js,
@@ -141,7 +176,7 @@ class Collector(Worker):
             live_interval=cfg.live_interval_seconds,
         )
         self.sequencer = Sequencer(
-            rest,
+            self.rest,
             self.publisher,
             self.stats,
             self._resume_points,
@@ -167,54 +202,27 @@ class Collector(Worker):
             fixed_streams=[CONTRACT_STREAM],
         )
         self.universe = Universe(
-            rest,
+            self.rest,
             self._apply_universe,
             include_tradifi=cfg.include_tradifi,
             only=cfg.symbols,
             owns=cfg.shard.owns,
             refresh_seconds=cfg.universe_refresh_seconds,
         )
-        self._register_gauges()
+
+    async def _first_universe(self) -> None:
+        """exchangeInfo once before anything streams, retried with backoff until the venue answers."""
+        cfg = self.config
         attempt = 0
         while True:
             try:
                 await self.universe.refresh()
-                break
+                return
             except (RestError, ValueError, KeyError) as error:
                 wait = backoff_delay(attempt, cfg.backoff_base_seconds, cfg.backoff_cap_seconds)
                 attempt += 1
                 logger.warning("exchangeInfo unavailable (%s); retry in %.1f s", error, wait)
                 await asyncio.sleep(wait)
-        runner = None
-        if cfg.metrics_port:
-            runner = await metrics_export.serve(
-                self.stats, cfg.metrics_host, cfg.metrics_port + cfg.shard.index
-            )
-        loops = [
-            self.publisher.run(),
-            self.publisher.run_live(),
-            self.pool.run(),
-            self.universe.run(),
-            self.sequencer.run_hole_scan(cfg.hole_scan_seconds),
-            rest.run_time_sync(),
-            self._report_status(),
-            heap.keep_collections_short("run_collector"),
-        ]
-        self._tasks = [asyncio.create_task(loop) for loop in loops]
-        self.started.set()
-        logger.info(
-            "collector started: %d symbols, shard %s/%s, venue %s",
-            len(self.symbol_set),
-            cfg.shard.index,
-            cfg.shard.count,
-            cfg.ws_url,
-        )
-        try:
-            done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                task.result()
-        finally:
-            await self._shutdown(runner)
 
     async def _shutdown(self, runner) -> None:
         for task in self._tasks:
@@ -366,6 +374,16 @@ class Collector(Worker):
                     self.stats.total("collector_live_dropped_total"),
                     self.rest.limiter.used,
                 )
+
+
+async def _until_one_ends(tasks: list[asyncio.Task]) -> None:
+    """Wait while every loop runs. Each runs until cancelled, so one that ends, with an error or without,
+    ends the collector (the process exits and its supervisor restarts it): never a silent stop."""
+    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in done:
+        task.result()
+    ended = ", ".join(task.get_name() for task in done)
+    raise RuntimeError(f"collector loop ended unexpectedly: {ended}")
 
 
 def _decimal_text(value) -> str:
