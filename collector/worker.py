@@ -24,7 +24,7 @@ from cryptomon import heap, messaging
 from cryptomon.contract import subjects
 from cryptomon.contract.messages import Heartbeat
 from cryptomon.contract.times import MINUTE_MS
-from cryptomon.workers import Worker, in_thread
+from cryptomon.workers import Worker, in_thread, until_one_ends
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ class Collector(Worker):
             cfg.ws_url,
         )
         try:
-            await _until_one_ends(self._tasks)
+            await until_one_ends(self._tasks, "collector")
         finally:
             await self._shutdown(runner)
 
@@ -374,16 +374,6 @@ class Collector(Worker):
                     self.stats.total("collector_live_dropped_total"),
                     self.rest.limiter.used,
                 )
-
-
-async def _until_one_ends(tasks: list[asyncio.Task]) -> None:
-    """Wait while every loop runs. Each runs until cancelled, so one that ends, with an error or without,
-    ends the collector (the process exits and its supervisor restarts it): never a silent stop."""
-    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    for task in done:
-        task.result()
-    ended = ", ".join(task.get_name() for task in done)
-    raise RuntimeError(f"collector loop ended unexpectedly: {ended}")
 
 
 def _decimal_text(value) -> str:

@@ -115,6 +115,16 @@ class Worker:
             serving.result()
 
 
+async def until_one_ends(tasks: list[asyncio.Task], worker: str) -> None:
+    """Wait while a worker's loops run. Each runs until cancelled, so one that ends, with an error or
+    without, is raised: the worker restarts or its process exits for the supervisor, never a silent stop."""
+    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in done:
+        task.result()
+    ended = ", ".join(task.get_name() for task in done)
+    raise RuntimeError(f"{worker}: a loop ended unexpectedly: {ended}")
+
+
 async def run_until_signalled(worker: Worker, on_started: Callable[[], None] | None = None) -> None:
     """Run a worker in a management command: SIGINT and SIGTERM stop it; `on_started` once it is live."""
     loop = asyncio.get_running_loop()

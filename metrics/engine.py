@@ -33,7 +33,7 @@ from cryptomon import heap, messaging
 from cryptomon.contract import subjects
 from cryptomon.contract.candles import Candle, decode_payload
 from cryptomon.contract.times import MINUTE_MS
-from cryptomon.workers import Worker, in_thread
+from cryptomon.workers import Worker, in_thread, until_one_ends
 from metrics import selectors, services
 from metrics.ordering import BarSequencer
 from metrics.windows import HISTORY_MINUTES, Bar
@@ -143,17 +143,17 @@ class MetricsWorker(Worker):
         await self._start()
         self.started.set()
         tasks = [
-            asyncio.create_task(self._bar_loop()),
-            asyncio.create_task(self._commit_loop()),
-            asyncio.create_task(self._store_loop()),
-            asyncio.create_task(self._tick_loop()),
-            asyncio.create_task(heap.keep_collections_short("run_metrics")),  # after the warm-up
+            asyncio.create_task(self._bar_loop(), name="final bars"),
+            asyncio.create_task(self._commit_loop(), name="commits"),
+            asyncio.create_task(self._store_loop(), name="candle storage"),
+            asyncio.create_task(self._tick_loop(), name="live previews and gap timeouts"),
+            asyncio.create_task(
+                heap.keep_collections_short("run_metrics"), name="heap upkeep"
+            ),  # after warm-up
         ]
         live = await self.nc.subscribe(subjects.CANDLES_LIVE, cb=self._on_live)
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                task.result()
+            await until_one_ends(tasks, self.shard.consumer_name(BARS_KIND))
         finally:
             # Cancelling twice if needed: a cancellation that lands as a fetch completes can be swallowed.
             self._stopping = True
