@@ -45,16 +45,40 @@ class VenueClock:
         self.rate = rate or 1.0
         self._anchor_wall = time.time()
         self._anchor_venue = self._anchor_wall * 1000.0
+        self._anchor_error_wall = 0.0  # half the anchor's round trip (seconds)
+        self._rate_error = 0.0  # relative uncertainty of a measured rate
         self.synced = False
 
     def now_ms(self) -> int:
         return int(self._anchor_venue + (time.time() - self._anchor_wall) * 1000.0 * self.rate)
 
-    def set(self, venue_ms: float, wall: float, rate: float | None = None) -> None:
+    def earliest_now_ms(self) -> int:
+        """The earliest the venue's time can be now: what decides whether a REST row is closed.
+
+        The anchor was read somewhere within a round trip, and a measured rate is known only to the
+        precision of its samples; both errors scale with the rate. Against Binance (rate 1) this is tens of
+        milliseconds below `now_ms`; against the emulator at speed 60 a 300 ms round trip under load is 9 s
+        of venue time, enough to take a still-open minute for a closed one."""
+        elapsed = max(0.0, time.time() - self._anchor_wall)
+        error_wall = self._anchor_error_wall + elapsed * self._rate_error
+        return self.now_ms() - int(error_wall * 1000.0 * self.rate)
+
+    def set(
+        self,
+        venue_ms: float,
+        wall: float,
+        rate: float | None = None,
+        *,
+        anchor_error_seconds: float = 0.0,
+        rate_error: float | None = None,
+    ) -> None:
         if rate is not None:
             self.rate = rate
+        if rate_error is not None:
+            self._rate_error = rate_error
         self._anchor_wall = wall
         self._anchor_venue = venue_ms
+        self._anchor_error_wall = anchor_error_seconds
         self.synced = True
 
     def wall_seconds(self, venue_ms: float) -> float:
@@ -155,7 +179,7 @@ class RestClient:
         self.time_sync_seconds = time_sync_seconds
         self.stats = RestStats()
         self._session: aiohttp.ClientSession | None = None
-        self._samples: list[tuple[float, float]] = []
+        self._samples: list[tuple[float, float, float]] = []  # (wall, venue ms, half round trip)
         self._region_blocked_until = 0.0  # wall clock
         self.banned_until_ms = 0  # venue time of the last 418 ban's end
         self.region_blocked = False  # a 451 not yet followed by a successful call
@@ -199,15 +223,18 @@ class RestClient:
         body = await self._request("/fapi/v1/time", {}, weight=1)
         received = time.time()
         server_ms = float(_time_decoder.decode(body)["serverTime"])
-        wall = (sent + received) / 2
-        self._samples = [*self._samples[-5:], (wall, server_ms)]
-        rate = None
+        wall, half_trip = (sent + received) / 2, (received - sent) / 2
+        self._samples = [*self._samples[-5:], (wall, server_ms, half_trip)]
+        rate = rate_error = None
         if self.clock.fixed_rate is None and len(self._samples) >= 2:
-            (w0, v0), (w1, v1) = self._samples[0], self._samples[-1]
+            (w0, v0, e0), (w1, v1, e1) = self._samples[0], self._samples[-1]
             if w1 - w0 > 0.2:
                 measured = (v1 - v0) / 1000.0 / (w1 - w0)
-                rate = 1.0 if abs(measured - 1.0) < 0.05 else measured
-        self.clock.set(server_ms, wall, rate)
+                if abs(measured - 1.0) < 0.05:  # Binance: real time
+                    rate, rate_error = 1.0, 0.0
+                else:  # an accelerated emulator, known as well as the two samples' round trips allow
+                    rate, rate_error = measured, (e0 + e1) / (w1 - w0)
+        self.clock.set(server_ms, wall, rate, anchor_error_seconds=half_trip, rate_error=rate_error)
 
     async def run_time_sync(self) -> None:
         while True:
@@ -225,7 +252,9 @@ class RestClient:
         limit = max(1, min(limit, 1500))
         params = {"symbol": symbol, "interval": "1m", "startTime": str(start_ms), "limit": str(limit)}
         body = await self._request("/fapi/v1/klines", params, weight=klines_weight(limit))
-        candles, refused = parse_rest_rows(symbol, body, self.clock.now_ms())
+        candles, refused = parse_rest_rows(
+            symbol, body, self.clock.earliest_now_ms(), event_time=self.clock.now_ms()
+        )
         for open_time, reason in refused:
             self.stats.refused_rows[reason] = self.stats.refused_rows.get(reason, 0) + 1
             logger.warning("REST kline %s %s refused: %s", symbol, open_time, reason)

@@ -186,6 +186,30 @@ async def test_a_block_holds_every_caller_until_its_venue_time():
     assert clock.now_ms() >= until
 
 
+def test_the_venue_clock_counts_half_the_anchors_round_trip_at_its_rate_before_calling_a_minute_closed():
+    clock = VenueClock(rate=60.0)  # the emulator at speed 60
+    clock.set(T0 + MINUTE_MS + 10_000, time.time(), anchor_error_seconds=0.3)  # within a 0.6 s round trip
+    assert clock.earliest_now_ms() <= clock.now_ms() - 18_000  # 0.3 s of wall time is 18 s of venue time
+    candles, _ = parse_rest_rows("BTCUSDT", minute_row(T0), clock.earliest_now_ms())
+    assert candles == []  # closed 10 s ago by the midpoint, but it may still be open on the venue
+    candles, _ = parse_rest_rows("BTCUSDT", minute_row(T0), clock.now_ms())
+    assert len(candles) == 1  # what the midpoint alone would have accepted
+
+
+def test_a_measured_rates_error_widens_the_margin_as_the_anchor_ages():
+    clock = VenueClock(rate=None)
+    clock.set(T0, time.time() - 10.0, rate=60.0, anchor_error_seconds=0.0, rate_error=0.01)
+    assert clock.earliest_now_ms() <= clock.now_ms() - 6_000  # 10 s × 1 % × rate 60
+    binance = VenueClock(rate=1.0)
+    binance.set(T0, time.time(), anchor_error_seconds=0.05)
+    assert binance.now_ms() - 100 <= binance.earliest_now_ms() <= binance.now_ms() - 50
+
+
+def minute_row(open_time: int) -> bytes:
+    row = [open_time, "1", "1", "1", "1", "1", open_time + MINUTE_MS - 1, "1", 1, "0.5", "0.5", "0"]
+    return msgspec.json.encode([row])
+
+
 def test_the_venues_weight_header_is_respected():
     limiter = WeightLimiter(VenueClock(), budget=2400)
     limiter.observe("2300")
