@@ -67,6 +67,16 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
+def env_ports(name: str) -> list[int]:
+    """A comma-separated list of TCP ports (1-65535); empty when unset."""
+    ports = []
+    for item in env_list(name, []):
+        if not item.isascii() or not item.isdigit() or not 1 <= int(item) <= 65535:
+            raise ConfigurationError(f"{name} must list TCP ports 1-65535 separated by commas (got {item!r})")
+        ports.append(int(item))
+    return ports
+
+
 def database_from_url(name: str, url: str) -> dict:
     """A Django DATABASES entry from a postgresql:// URL (host may be a Unix socket directory)."""
     parts = urlsplit(url)
