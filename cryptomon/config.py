@@ -108,13 +108,23 @@ def database_from_url(name: str, url: str) -> dict:
     }
 
 
+def shown_url(url: str) -> str:
+    """A URL fit for an error message: whatever precedes `@` in its authority (password, token) masked."""
+    scheme, sep, rest = url.partition("://")
+    authority, at, host = rest.partition("@")
+    if not sep or not at or "/" in authority:
+        return url
+    user = authority.split(":", 1)[0] if ":" in authority else ""
+    return f"{scheme}://{user}:***@{host}" if user else f"{scheme}://***@{host}"
+
+
 def check_url(name: str, url: str, schemes: set[str]) -> str:
     parts = urlsplit(url)
     if parts.scheme not in schemes or not parts.hostname:
         wanted = " or ".join(f"{scheme}://" for scheme in sorted(schemes))
-        raise ConfigurationError(f"{name} must be a {wanted} URL with a host (got {url!r})")
+        raise ConfigurationError(f"{name} must be a {wanted} URL with a host (got {shown_url(url)!r})")
     try:
         parts.port  # noqa: B018 - raises on a malformed port
     except ValueError:
-        raise ConfigurationError(f"{name} has an invalid port (got {url!r})") from None
+        raise ConfigurationError(f"{name} has an invalid port (got {shown_url(url)!r})") from None
     return url
