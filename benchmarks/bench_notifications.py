@@ -66,11 +66,13 @@ def main() -> int:
     args = parser.parse_args()
 
     var_dir = Path(tempfile.mkdtemp(prefix="cryptomon-bench-notify-"))
+    receiver = Receiver()
     os.environ.update(
         CRYPTOMON_VAR_DIR=str(var_dir),
         DJANGO_SETTINGS_MODULE="cryptomon.settings",
         NOTIFICATIONS_GROUP_SECONDS="0",
         NOTIFICATIONS_ALLOW_PRIVATE_TARGETS="true",
+        NOTIFICATIONS_ALLOWED_EXTRA_PORTS=str(receiver.server.server_address[1]),  # the local receiver
         LOG_LEVEL="WARNING",
     )
     from cryptomon import embedded
@@ -93,7 +95,6 @@ def main() -> int:
         from notifications import services
         from notifications.models import Delivery
 
-        receiver = Receiver()
         worker = subprocess.Popen(
             [
                 sys.executable,

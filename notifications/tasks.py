@@ -30,7 +30,15 @@ def dispatch_outbox_entries(outbox_ids: list[int]) -> int:
     return created
 
 
-@shared_task(name=queue.FLUSH_CHANNEL, acks_late=True, ignore_result=True)
+# The delivery tasks' Celery time limits (enforced by the prefork pool; flush_channel also keeps the soft
+# one itself, so a thread pool gets it too). A send has its own deadline well within them.
+DELIVERY_LIMITS = {
+    "soft_time_limit": settings.NOTIFICATIONS_TASK_SOFT_TIME_LIMIT_SECONDS,
+    "time_limit": settings.NOTIFICATIONS_TASK_TIME_LIMIT_SECONDS,
+}
+
+
+@shared_task(name=queue.FLUSH_CHANNEL, acks_late=True, ignore_result=True, **DELIVERY_LIMITS)
 def flush_channel(channel_id: int) -> int:
     """Send a channel's due deliveries as one message; returns alerts delivered."""
     return services.flush_channel(channel_id)
@@ -42,7 +50,12 @@ def requeue_stuck_notifications() -> None:
 
 
 @shared_task(
-    name=queue.SEND_OPERATOR_MESSAGE, bind=True, acks_late=True, ignore_result=True, max_retries=None
+    name=queue.SEND_OPERATOR_MESSAGE,
+    bind=True,
+    acks_late=True,
+    ignore_result=True,
+    max_retries=None,
+    **DELIVERY_LIMITS,
 )
 def send_operator_message(self, index: int, key: str, state: str, text: str, since: int) -> None:
     try:

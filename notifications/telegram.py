@@ -11,7 +11,14 @@ import re
 from django.conf import settings
 
 from notifications import safety
-from notifications.base import Message, PermanentError, RejectedError, TransientError, http_failure
+from notifications.base import (
+    Message,
+    PermanentError,
+    RejectedError,
+    TransientError,
+    clamp_retry_after,
+    http_failure,
+)
 from notifications.crypto import mask
 
 KIND = "telegram"
@@ -52,7 +59,7 @@ def send(config: dict, message: Message) -> None:
         retry_after = (answer.get("parameters") or {}).get("retry_after")
         raise TransientError(
             f"Telegram answered 429: {description}",
-            retry_after=float(retry_after) if isinstance(retry_after, int | float) else None,
+            retry_after=clamp_retry_after(retry_after),
         )
     if response.status == 403:
         raise PermanentError(f"Telegram answered 403: {description}")

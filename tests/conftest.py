@@ -52,7 +52,8 @@ class PrivateNats:
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        """With the embedded credentials, like every embedded server's URL."""
+        return embedded._Nats.url(self.var_dir, self.port)
 
     def start(self) -> None:
         """Start, or start again on the same port with the same store (as after a real server restart)."""

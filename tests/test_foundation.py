@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -191,6 +192,9 @@ def test_two_commands_share_the_embedded_servers_and_check_infra_passes(tmp_path
         assert "✓ publish/subscribe" in check.stdout
         assert "✗" not in check.stdout
         assert "host=" in first and "127.0.0.1:4222" not in first and "127.0.0.1:6379" not in first
+        passwords = json.loads((var_dir / "embedded-credentials.json").read_text()).values()
+        shown = migrate.stdout + migrate.stderr + check.stdout + check.stderr
+        assert not [password for password in passwords if password in shown]  # secrets are never printed
     finally:
         embedded.stop_servers(var_dir)
     assert not (Path(var_dir) / "pgsock" / ".s.PGSQL.5432").exists()
@@ -201,6 +205,7 @@ def test_two_commands_share_the_embedded_servers_and_check_infra_passes(tmp_path
     [
         ("DATABASE_URL", "mysql://localhost/db", "DATABASE_URL must be a postgresql:// URL"),
         ("NATS_URL", "localhost:4222", "NATS_URL must be a nats:// or tls:// URL"),
+        ("REDIS_URL", "redis://:hunter2-secret@/0", "REDIS_URL must be a redis:// or rediss:// URL"),
         ("BINANCE_STREAMS_PER_CONNECTION", "many", "BINANCE_STREAMS_PER_CONNECTION must be an integer"),
         ("SECRET_KEY", "", "SECRET_KEY is not set"),
     ],
@@ -219,6 +224,7 @@ def test_configuration_errors_name_the_variable_in_one_line(variable, value, mes
     assert lines[0].startswith("configuration error: ")
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+    assert "hunter2" not in result.stderr  # a password in a malformed URL is masked
 
 
 @pytest.mark.django_db(databases=BOTH)

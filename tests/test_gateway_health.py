@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from urllib.parse import urlsplit
 
 import nats
 import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
+
+from cryptomon.health import mask_url
 
 pytestmark = pytest.mark.django_db(databases=["default", "timeseries"])
 
@@ -91,7 +94,9 @@ def test_readyz_is_503_and_names_nats_while_nats_is_down(staff, settings, privat
     assert response.status_code == 503
     body = response.json()
     assert body["status"] == "unavailable"
-    assert body["checks"]["NATS"]["ok"] is False and private_nats.url in body["checks"]["NATS"]["detail"]
+    detail = body["checks"]["NATS"]["detail"]
+    assert body["checks"]["NATS"]["ok"] is False and mask_url(private_nats.url) in detail
+    assert urlsplit(private_nats.url).password not in detail  # the embedded NATS password stays hidden
     assert body["checks"]["Redis"]["ok"] is True and body["checks"]["metadata database"]["ok"] is True
     assert staff.get("/healthz").status_code == 200  # the process itself is fine: no restart
 

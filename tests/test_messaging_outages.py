@@ -25,7 +25,8 @@ def start_without_jetstream(nats: PrivateNats) -> subprocess.Popen:
     """The same address served by a NATS server whose JetStream is not up (as while one starts)."""
     binary = Path(sys.executable).parent / "nats-server"
     log = nats.var_dir / "logs" / "nats-plain.log"
-    server = embedded._spawn([str(binary), "-a", "127.0.0.1", "-p", str(nats.port)], log)
+    auth = embedded._Nats.auth_args(nats.var_dir)  # the same user and password as before the restart
+    server = embedded._spawn([str(binary), *auth, "-a", "127.0.0.1", "-p", str(nats.port)], log)
     embedded._wait_for(lambda: embedded._port_open(nats.port), "NATS without JetStream", log)
     return server
 

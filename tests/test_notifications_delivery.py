@@ -116,6 +116,7 @@ def fast(settings, receiver):
     settings.NOTIFICATIONS_RETRY_AFTER_SCALE = 0.2
     settings.NOTIFICATIONS_MAX_ATTEMPTS = 5
     settings.NOTIFICATIONS_ALLOW_PRIVATE_TARGETS = True
+    settings.NOTIFICATIONS_ALLOWED_EXTRA_PORTS = [receiver.server.server_address[1]]
     settings.NOTIFICATIONS_HTTP_TIMEOUT_SECONDS = 2.0
     settings.TELEGRAM_API_URL = receiver.url
     settings.TELEGRAM_BOT_TOKEN = BOT_TOKEN

@@ -32,6 +32,14 @@ from notifications.safety import UnsafeTarget
         ("http://224.0.0.1/hook", "refused: 224.0.0.1 is a multicast address"),
         ("http://0.0.0.0/hook", "refused: 0.0.0.0 is an unspecified address"),
         ("http://240.0.0.1/hook", "refused: 240.0.0.1 is a private address"),
+        ("http://[2002:7f00:1::]/hook", "refused: 2002:7f00:1:: is a loopback address"),
+        ("http://[2002:a9fe:a9fe::]/", "refused: 2002:a9fe:a9fe:: is a cloud metadata address"),
+        ("http://[2002:a00:1::5]/hook", "refused: 2002:a00:1::5 is a private address"),
+        ("http://[64:ff9b::7f00:1]/hook", "refused: 64:ff9b::7f00:1 is a loopback address"),
+        (
+            "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/",
+            "refused: 2001:0:4136:e378:8000:63bf:80ff:fffe is a loopback address",
+        ),
     ],
 )
 def test_it_refuses_non_public_addresses(settings, url, reason):
@@ -53,6 +61,7 @@ def test_it_refuses_a_host_name_that_resolves_to_loopback(settings):
 
 def test_it_pins_the_connection_to_the_address_it_checked(settings):
     settings.NOTIFICATIONS_ALLOW_PRIVATE_TARGETS = True
+    settings.NOTIFICATIONS_ALLOWED_EXTRA_PORTS = [9]
     target = safety.resolve("http://localhost:9/a/b?x=1")
     assert target.address in {str(info[4][0]) for info in socket.getaddrinfo("localhost", 9)}
     assert (target.host, target.port, target.path) == ("localhost", 9, "/a/b?x=1")
@@ -71,9 +80,28 @@ def test_it_accepts_public_addresses_and_refuses_other_schemes_and_credentials(s
             safety.resolve(url)
 
 
+def test_only_ports_80_and_443_are_allowed_unless_configured(settings):
+    settings.NOTIFICATIONS_ALLOW_PRIVATE_TARGETS = False
+    settings.NOTIFICATIONS_ALLOWED_EXTRA_PORTS = []
+    assert safety.resolve("http://93.184.216.34/hook").port == 80
+    assert safety.resolve("https://93.184.216.34:443/hook").port == 443
+    for url in ("http://93.184.216.34:8080/hook", "https://93.184.216.34:22/", "http://93.184.216.34:6379/"):
+        port = url.split(":")[2].split("/")[0]
+        with pytest.raises(UnsafeTarget, match=f"^refused: port {port} is not allowed"):
+            safety.resolve(url)
+        with pytest.raises(UnsafeTarget, match=f"^refused: port {port} is not allowed"):
+            safety.check_syntax(url)  # already when the channel is saved
+    settings.NOTIFICATIONS_ALLOWED_EXTRA_PORTS = [8080]
+    assert safety.resolve("http://93.184.216.34:8080/hook").port == 8080
+    with pytest.raises(UnsafeTarget, match="port 8443"):
+        safety.resolve("https://93.184.216.34:8443/")
+    with safety.trusted_targets():  # URLs the operator configured may use any port
+        assert safety.resolve("https://93.184.216.34:8443/").port == 8443
+
+
 def test_metadata_addresses_stay_refused_when_private_targets_are_allowed(settings):
     settings.NOTIFICATIONS_ALLOW_PRIVATE_TARGETS = True
-    assert safety.resolve("http://127.0.0.1:1/").address == "127.0.0.1"
+    assert safety.resolve("http://127.0.0.1/").address == "127.0.0.1"
     with pytest.raises(UnsafeTarget, match="cloud metadata"):
         safety.resolve("http://169.254.169.254/")
     with safety.trusted_targets(), pytest.raises(UnsafeTarget, match="cloud metadata"):
@@ -168,6 +196,7 @@ def test_a_wrong_key_makes_secrets_unreadable_not_leaked(settings):
 @pytest.mark.django_db(databases=["default", "timeseries"])
 def test_secrets_never_appear_in_logs(settings, caplog):
     settings.NOTIFICATIONS_ALLOW_PRIVATE_TARGETS = False
+    settings.NOTIFICATIONS_ALLOWED_EXTRA_PORTS = [9]
     settings.TELEGRAM_API_URL = "http://127.0.0.1:9"
     settings.TELEGRAM_BOT_TOKEN = "555:VERY-SECRET-BOT-TOKEN"
     user = get_user_model().objects.create_user("logs", password="x-unused-pass-1")
