@@ -1,4 +1,4 @@
-"""The embedded servers are not open to every local user (issue 16 item 7).
+"""The embedded servers are not open to every local user.
 
 Each test starts its own PostgreSQL, NATS and Valkey in a var dir of its own, the way the first command
 on a fresh checkout does, and talks to them as another local user would: without credentials.

@@ -1,4 +1,4 @@
-"""A slow or hostile webhook cannot stop anyone else's notifications (issue 16 item 5).
+"""A slow or hostile webhook cannot stop anyone else's notifications.
 
 A real local server trickles its answer one byte a second (headers or body), the way a hostile receiver
 holds a connection open; a real Celery worker (threads) delivers. Every send has one wall-clock deadline,
