@@ -12,7 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 
 from collector.binance import ContractInfoEvent
-from collector.rest import RestClient, RestError
+from collector.rest import RestClient
 
 logger = logging.getLogger(__name__)
 
@@ -87,9 +87,15 @@ class Universe:
                     len(removed),
                     ", ".join(sorted(removed)[:10]),
                 )
-            starts = {symbol: self._changed_at.pop(symbol) for symbol in added if symbol in self._changed_at}
-            self.current = selected
-            await self.apply(selected, starts)
+            starts = {symbol: self._changed_at[symbol] for symbol in added if symbol in self._changed_at}
+            previous, self.current = self.current, selected
+            try:
+                await self.apply(selected, starts)
+            except BaseException:
+                self.current = previous  # the next refresh applies the same difference again
+                raise
+            for symbol in starts:
+                del self._changed_at[symbol]
             return selected
 
     def on_contract_info(self, event: ContractInfoEvent) -> None:
@@ -98,8 +104,14 @@ class Universe:
         if event.s in self.current and event.cs and event.cs != "TRADING":
             self.current = {s: e for s, e in self.current.items() if s != event.s}
             logger.info("universe: %s left TRADING (%s)", event.s, event.cs)
-            asyncio.get_running_loop().create_task(self.apply(dict(self.current), {}))
+            asyncio.get_running_loop().create_task(self._apply_now(dict(self.current)))
         self._soon.set()
+
+    async def _apply_now(self, selected: dict[str, dict]) -> None:
+        try:
+            await self.apply(selected, {})
+        except Exception as error:  # the periodic refresh applies the selection again
+            logger.warning("universe change not applied yet (%s); the next refresh retries", error)
 
     async def run(self) -> None:
         """Refresh periodically and shortly after each `!contractInfo` event; never give up."""
@@ -112,5 +124,5 @@ class Universe:
             self._soon.clear()
             try:
                 await self.refresh()
-            except (RestError, ValueError, KeyError) as error:
+            except Exception as error:  # the venue or the database away: the next refresh tries again
                 logger.warning("universe refresh failed (%s); keeping %d symbols", error, len(self.current))

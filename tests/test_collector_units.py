@@ -385,3 +385,34 @@ async def test_a_full_buffer_drops_live_finals_and_backfills_them_once_there_is_
     sequencer.resume_stalled()
     await settle(sequencer)
     assert minutes(publisher.sent) == [2, 3] and {c.source for c in publisher.sent} == {"rest"}
+
+
+async def test_a_universe_that_cannot_be_stored_is_applied_again_and_the_refresh_loop_keeps_running():
+    from django.db import OperationalError
+
+    from collector.rest import RestClient
+    from collector.universe import Universe
+    from tests import venue_adapter
+
+    applied: list[set[str]] = []
+
+    async def apply(selected: dict, starts: dict) -> None:
+        if not applied:
+            applied.append(set())
+            raise OperationalError("the database is restarting")
+        applied.append(set(selected))
+
+    async with (
+        venue_adapter.start(["AAAUSDT", "BBBUSDT"]) as venue,
+        RestClient(venue.rest_url, clock_rate=60.0) as rest,
+    ):
+        universe = Universe(rest, apply, refresh_seconds=0.05, only=["AAAUSDT", "BBBUSDT"])
+        loop = asyncio.create_task(universe.run())
+        try:
+            async with asyncio.timeout(30):
+                while len(applied) < 2:
+                    await asyncio.sleep(0.02)
+            assert not loop.done(), "a failed refresh ended the refresh loop"
+            assert applied[1] == {"AAAUSDT", "BBBUSDT"}
+        finally:
+            loop.cancel()
