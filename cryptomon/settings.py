@@ -237,6 +237,12 @@ RETENTION_BATCH_SIZE = env_int("RETENTION_BATCH_SIZE", 10_000, minimum=1)
 # --- realtime (docs/contract.md §10)
 ALLOW_ANONYMOUS_DASHBOARD = env_bool("ALLOW_ANONYMOUS_DASHBOARD", False)
 WS_MAX_SOCKETS_PER_USER = env_int("WS_MAX_SOCKETS_PER_USER", 5, minimum=1)
+# Anonymous sockets (ALLOW_ANONYMOUS_DASHBOARD) per client address, an IPv6 one counted as its /64. Higher
+# than per user: an office or a mobile carrier puts many viewers behind one address.
+WS_MAX_ANONYMOUS_SOCKETS_PER_ADDRESS = env_int("WS_MAX_ANONYMOUS_SOCKETS_PER_ADDRESS", 20, minimum=1)
+# Subscribes per socket (each costs database reads): a token bucket of this burst, refilled per minute.
+WS_SUBSCRIBE_BURST = env_int("WS_SUBSCRIBE_BURST", 10, minimum=1)
+WS_SUBSCRIBES_PER_MINUTE = env_float("WS_SUBSCRIBES_PER_MINUTE", 30.0, minimum=0.01)
 WS_SEND_BUFFER = env_int("WS_SEND_BUFFER", 1000, minimum=1)
 WS_SOCKET_TTL_SECONDS = env_float("WS_SOCKET_TTL_SECONDS", 60.0, minimum=1)
 WS_AUDIENCE_REFRESH_SECONDS = env_float("WS_AUDIENCE_REFRESH_SECONDS", 30.0, minimum=0)
