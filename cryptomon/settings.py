@@ -295,6 +295,12 @@ warnings.filterwarnings("ignore", message="No directory at")  # WhiteNoise: STAT
 API_RATE_LIMIT_PER_MINUTE = env_int("API_RATE_LIMIT_PER_MINUTE", 120, minimum=1)
 API_MAX_PAGE_SIZE = env_int("API_MAX_PAGE_SIZE", 500, minimum=1)
 API_MAX_CANDLES = env_int("API_MAX_CANDLES", 5000, minimum=1)
+# The rule editor's backtest preview (docs/security.md): replaying history is CPU-bound, so it is bounded
+# per request (symbols, the newest minutes of each, a wall-clock budget) and per user (previews a minute).
+PREVIEW_RATE_LIMIT_PER_MINUTE = env_int("PREVIEW_RATE_LIMIT_PER_MINUTE", 10, minimum=1)
+PREVIEW_MAX_SYMBOLS = env_int("PREVIEW_MAX_SYMBOLS", 25, minimum=1)
+PREVIEW_MAX_MINUTES = env_int("PREVIEW_MAX_MINUTES", 3000, minimum=1)  # the 50 h retention of candles_1m
+PREVIEW_MAX_SECONDS = env_float("PREVIEW_MAX_SECONDS", 5.0, minimum=0)
 
 # --- /readyz (cryptomon/health.py; docs/security.md): status only unless staff or this bearer token
 READYZ_TOKEN = os.environ.get("READYZ_TOKEN", "")
