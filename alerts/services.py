@@ -324,13 +324,33 @@ def toggle_watchlist(user, symbol: str) -> bool:
     return starred
 
 
+def _expired(until: Any, now: datetime) -> bool:
+    """A stored expiry in the past (unparsable values are kept: visibility hides what it cannot read)."""
+    if not isinstance(until, str):
+        return False
+    try:
+        moment = datetime.fromisoformat(until)
+    except ValueError:
+        return False
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)) <= now
+
+
 @transaction.atomic(using="default")
 def mute(user, *, kind: str, name: str, hours: float | None, now: datetime | None = None) -> UserSettings:
-    """Mute a rule (slug) or a symbol for `hours` (None = until unmuted)."""
+    """Mute a rule (slug) or a symbol for `hours` (None = until unmuted).
+
+    Bounded: every socket and page filters by these lists, so each holds at most ALERTS_MAX_MUTES live mutes
+    (ValidationError naming `name` beyond). Expired mutes are dropped here and do not count."""
     row = _row(user)
-    until = None if hours is None else ((now or datetime.now(UTC)) + timedelta(hours=hours)).isoformat()
+    real_now = datetime.now(UTC)
+    until = None if hours is None else ((now or real_now) + timedelta(hours=hours)).isoformat()
     field = "muted_rules" if kind == "rule" else "muted_symbols"
-    mutes = dict(getattr(row, field) or {})
+    mutes = {
+        key: value for key, value in (getattr(row, field) or {}).items() if not _expired(value, real_now)
+    }
+    limit = settings.ALERTS_MAX_MUTES
+    if name not in mutes and len(mutes) >= limit:
+        raise ValidationError({"name": f"at most {limit} muted {kind}s (ALERTS_MAX_MUTES); unmute one first"})
     mutes[name] = until
     setattr(row, field, mutes)
     row.save(update_fields=[field])

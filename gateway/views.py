@@ -253,7 +253,13 @@ def add_mute(request: HttpRequest) -> HttpResponse:
             request, "gateway/settings.html", _settings_context(request, mute_form=form), status=400
         )
     data = form.cleaned_data
-    alert_services.mute(request.user, kind=data["kind"], name=data["name"], hours=data["hours"])
+    try:
+        alert_services.mute(request.user, kind=data["kind"], name=data["name"], hours=data["hours"])
+    except ValidationError as error:
+        form.add_error(None, error)
+        return render(
+            request, "gateway/settings.html", _settings_context(request, mute_form=form), status=400
+        )
     messages.success(request, f"Muted {data['kind']} {data['name']}.")
     return redirect("settings")
 
