@@ -11,6 +11,8 @@ Close codes (the server closes after accepting, so browsers see the code):
   address already has ``WS_MAX_ANONYMOUS_SOCKETS_PER_ADDRESS`` (an IPv6 address counts as its /64). Counted
   in Redis; each entry expires ``WS_SOCKET_TTL_SECONDS`` after its socket's last heartbeat, so a crashed web
   process leaks nothing for long;
+- ``4403`` the session ended: the user signed out (that session's sockets only) or was deactivated or
+  deleted (every socket of theirs). The dashboard stops reconnecting;
 - ``4008`` the socket's send buffer (``WS_SEND_BUFFER`` frames) overflowed: the client could not keep up.
   It gets a fresh snapshot when it reconnects;
 - ``1009`` a frame over 1 MiB (frames over 64 KiB get an ``error`` and the socket stays open);
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import ipaddress
 import logging
 import math
@@ -40,6 +43,7 @@ from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.db import transaction
 
 from alerts.selectors import visible_alerts
 from alerts.visibility import AlertAudience
@@ -52,6 +56,7 @@ logger = logging.getLogger(__name__)
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_TOO_MANY_SOCKETS = 4429
+CLOSE_SESSION_ENDED = 4403
 CLOSE_SLOW_CLIENT = 4008
 CLOSE_TOO_BIG = 1009
 CLOSE_SERVER_ERROR = 1011
@@ -83,6 +88,45 @@ def settings_changed(user_id: int) -> None:
 def on_user_settings_changed(sender, *, user_id: int, **kwargs) -> None:
     """Receiver of `alerts.signals.user_settings_changed` (connected in `GatewayConfig.ready`)."""
     settings_changed(user_id)
+
+
+def session_tag(session_key: str | None) -> str | None:
+    """What identifies a session in channel-layer messages: a hash, never the key itself (a credential)."""
+    return hashlib.sha256(session_key.encode()).hexdigest()[:32] if session_key else None
+
+
+def end_sessions(user_id: int, session_key: str | None = None) -> None:
+    """Close the user's open sockets of one session (sign-out), or of every session (None: deactivated or
+    deleted), with 4403. Safe to call from sync code; a failure is logged, never raised: signing out or
+    deactivating must work with Redis away (the sockets then end at their next reconnect)."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        async_to_sync(layer.group_send)(
+            user_group(user_id), {"type": "session.ended", "session": session_tag(session_key)}
+        )
+    except Exception as error:
+        logger.warning("ws: cannot close the sockets of user %s: %s", user_id, error)
+
+
+def on_user_logged_out(sender, *, request, user, **kwargs) -> None:
+    """Receiver of `user_logged_out`: that session's sockets close (other devices stay signed in)."""
+    if user is not None and user.pk is not None:
+        end_sessions(user.pk, getattr(getattr(request, "session", None), "session_key", None))
+
+
+def on_user_saved(sender, *, instance, created: bool, **kwargs) -> None:
+    """Receiver of the user model's `post_save`: a deactivated user's sockets close after the commit."""
+    if not created and not instance.is_active:
+        user_id = instance.pk
+        transaction.on_commit(lambda: end_sessions(user_id), using=kwargs.get("using") or "default")
+
+
+def on_user_deleted(sender, *, instance, **kwargs) -> None:
+    """Receiver of the user model's `post_delete`: a deleted user's sockets close after the commit."""
+    user_id = instance.pk
+    transaction.on_commit(lambda: end_sessions(user_id), using=kwargs.get("using") or "default")
 
 
 # --- per-user socket slots (Redis) ---------------------------------------------------------------------
@@ -253,6 +297,7 @@ class AlertsConsumer(AsyncWebsocketConsumer):
         self.closed = False
         self.user_id: int | None = None
         self.slot_key: str | None = None  # the Redis set this socket holds a slot in, once taken
+        self.session_tag: str | None = None
         self.subscribes = TokenBucket(settings.WS_SUBSCRIBE_BURST, settings.WS_SUBSCRIBES_PER_MINUTE)
         self.flow: flow.TransportFlow | None = None
         self.joined: set[str] = set()
@@ -278,6 +323,7 @@ class AlertsConsumer(AsyncWebsocketConsumer):
             key, limit = _anonymous_slots_key(client[0]), settings.WS_MAX_ANONYMOUS_SOCKETS_PER_ADDRESS
         else:
             self.user_id = user.pk
+            self.session_tag = session_tag(getattr(self.scope.get("session"), "session_key", None))
             key, limit = _slots_key(self.user_id), settings.WS_MAX_SOCKETS_PER_USER
         try:
             taken = await _acquire(key, self.channel_name, limit)
@@ -533,6 +579,11 @@ class AlertsConsumer(AsyncWebsocketConsumer):
         await self._send_snapshot()
         if self.subscription.market:
             await self._send_full_market()
+
+    async def session_ended(self, event: dict) -> None:
+        """The user signed out (this session, or all when `session` is None) or lost their account."""
+        if event.get("session") is None or event["session"] == self.session_tag:
+            await self._close(CLOSE_SESSION_ENDED)
 
     async def settings_changed(self, event: dict) -> None:
         if self.closed:

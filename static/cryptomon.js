@@ -77,6 +77,7 @@ class Feed {
     ws.onclose = (event) => {
       clearInterval(this.pinger);
       if (event.code === 4401) { this.setState("sign in to see the live feed", "closed"); return; }
+      if (event.code === 4403) { this.setState("signed out: sign in again to see the live feed", "closed"); return; }
       if (event.code === 4429) this.setState("too many open tabs", "closed");
       // Full-jitter exponential backoff, capped at 30 s; the server sends a fresh snapshot on reconnect.
       const cap = Math.min(30000, 500 * 2 ** this.attempt++);

@@ -8,6 +8,7 @@ import json
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.test import Client
 
 from cryptomon.asgi import application
 from gateway import consumers
@@ -135,4 +136,61 @@ async def test_subscription_lists_are_bounded_and_the_error_names_the_field():
         assert frame == {"type": "error", "error": message}
     await subscribe(socket, symbols=[f"S{n}USDT" for n in range(1000)])
     await subscribe(socket, rules=["r" * 120] * 500)
+    await socket.disconnect()
+
+
+# --- sockets end with the session (issue 16, Low) ----------------------------------------------------------
+
+
+def session(user) -> tuple[Client, list[tuple[bytes, bytes]]]:
+    """A signed-in browser of `user`: its test client and the headers its sockets carry."""
+    client = Client()
+    client.force_login(user)
+    return client, [ORIGIN, (b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode())]
+
+
+async def still_open(socket) -> bool:
+    await socket.send_json_to({"type": "ping"})
+    return await receive(socket) == {"type": "pong"}
+
+
+async def test_signing_out_closes_that_sessions_sockets_with_4403_and_no_others():
+    me = await database_sync_to_async(make_user)("leaver")
+    laptop, laptop_headers = await database_sync_to_async(session)(me)
+    _, phone_headers = await database_sync_to_async(session)(me)
+    tabs = [(await connect_ready(laptop_headers))[0] for _ in range(2)]
+    phone, _, _ = await connect_ready(phone_headers)
+    response = await database_sync_to_async(laptop.post)("/logout/")
+    assert response.status_code == 302
+    for tab in tabs:
+        assert await close_code(tab) == consumers.CLOSE_SESSION_ENDED == 4403
+        await tab.disconnect()
+    assert await still_open(phone)  # signing out on the laptop leaves the phone signed in
+    await phone.disconnect()
+    assert await consumers.open_sockets(me.pk) == 0
+
+
+async def test_deactivating_a_user_closes_every_socket_of_theirs_with_4403():
+    me = await database_sync_to_async(make_user)("banned")
+    other = await database_sync_to_async(make_user)("bystander")
+    mine = [(await connect_ready((await database_sync_to_async(session)(me))[1]))[0] for _ in range(2)]
+    theirs, _, _ = await connect_ready((await database_sync_to_async(session)(other))[1])
+
+    def deactivate():
+        me.is_active = False
+        me.save()
+
+    await database_sync_to_async(deactivate)()
+    for socket in mine:
+        assert await close_code(socket) == 4403
+        await socket.disconnect()
+    assert await still_open(theirs)
+    await theirs.disconnect()
+
+
+async def test_deleting_a_user_closes_their_sockets_with_4403():
+    me = await database_sync_to_async(make_user)("deleted")
+    socket, _, _ = await connect_ready((await database_sync_to_async(session)(me))[1])
+    await database_sync_to_async(me.delete)()
+    assert await close_code(socket) == 4403
     await socket.disconnect()
