@@ -18,7 +18,7 @@ import json
 import multiprocessing
 import os
 import sys
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,15 +208,23 @@ def evaluate(symbol: str, candles: Iterable[Candle], rules: Sequence[RuleSpec]) 
     return alerts
 
 
-_compiled: dict[tuple[str, ...], tuple[VectorRule, ...]] = {}
+# Rule sets compiled for numpy, least recently used first. Bounded: every rule-editor preview brings a new
+# (expression, cooldown), so an unbounded cache would grow with every request for the process's lifetime.
+COMPILE_CACHE_SIZE = 64
+_compiled: OrderedDict[tuple[str, ...], tuple[VectorRule, ...]] = OrderedDict()
 
 
 def _vectors(rules: Sequence[RuleSpec]) -> tuple[VectorRule, ...]:
-    """The rules compiled for numpy once per process and rule set."""
+    """The rules compiled for numpy once per process and rule set (while among the recently used)."""
     key = tuple(f"{rule.slug}\0{rule.expression}\0{rule.cooldown_seconds}" for rule in rules)
-    if key not in _compiled:
-        _compiled[key] = tuple(VectorRule(rule) for rule in rules)
-    return _compiled[key]
+    vectors = _compiled.get(key)
+    if vectors is None:
+        vectors = tuple(VectorRule(rule) for rule in rules)
+        _compiled[key] = vectors
+    _compiled.move_to_end(key)
+    while len(_compiled) > COMPILE_CACHE_SIZE:
+        _compiled.popitem(last=False)
+    return vectors
 
 
 # Set before the worker processes fork: compiled rules are closures and cannot be pickled.
@@ -351,17 +359,25 @@ def stored_symbols(symbol: str | None = None) -> list[str]:
         return sorted(row[0] for row in cursor.fetchall())
 
 
-def stored_candles(symbol: str) -> Iterator[Candle]:
-    """One symbol's candles from `candles_1m` in open-time order, exactly as stored."""
+def stored_candles(symbol: str, newest: int | None = None) -> Iterator[Candle]:
+    """One symbol's candles from `candles_1m` in open-time order, exactly as stored; only the `newest`
+    ones when given (the rule preview's bound)."""
     from django.db import connections, transaction
 
-    query = (
-        "SELECT (extract(epoch from time) * 1000)::bigint, open::text, high::text, low::text, close::text, "
-        "volume::text, quote_volume::text, trades, taker_buy_volume::text, taker_buy_quote_volume::text "
-        "FROM candles_1m WHERE symbol = %s ORDER BY time"
+    columns = (
+        "(extract(epoch from time) * 1000)::bigint, open::text, high::text, low::text, close::text, "
+        "volume::text, quote_volume::text, trades, taker_buy_volume::text, taker_buy_quote_volume::text"
     )
+    if newest is None:
+        query, params = f"SELECT {columns} FROM candles_1m WHERE symbol = %s ORDER BY time", [symbol]
+    else:
+        query = (
+            f"SELECT {columns} FROM (SELECT * FROM candles_1m WHERE symbol = %s ORDER BY time DESC LIMIT %s) "
+            "AS newest ORDER BY time"
+        )
+        params = [symbol, newest]
     with transaction.atomic(using="timeseries"), connections["timeseries"].chunked_cursor() as cursor:
-        cursor.execute(query, [symbol])
+        cursor.execute(query, params)
         while rows := cursor.fetchmany(5000):
             for open_time, o, h, lo, c, v, qv, trades, tbv, tbqv in rows:
                 yield Candle.from_payload(

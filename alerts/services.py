@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -323,13 +324,33 @@ def toggle_watchlist(user, symbol: str) -> bool:
     return starred
 
 
+def _expired(until: Any, now: datetime) -> bool:
+    """A stored expiry in the past (unparsable values are kept: visibility hides what it cannot read)."""
+    if not isinstance(until, str):
+        return False
+    try:
+        moment = datetime.fromisoformat(until)
+    except ValueError:
+        return False
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)) <= now
+
+
 @transaction.atomic(using="default")
 def mute(user, *, kind: str, name: str, hours: float | None, now: datetime | None = None) -> UserSettings:
-    """Mute a rule (slug) or a symbol for `hours` (None = until unmuted)."""
+    """Mute a rule (slug) or a symbol for `hours` (None = until unmuted).
+
+    Bounded: every socket and page filters by these lists, so each holds at most ALERTS_MAX_MUTES live mutes
+    (ValidationError naming `name` beyond). Expired mutes are dropped here and do not count."""
     row = _row(user)
-    until = None if hours is None else ((now or datetime.now(UTC)) + timedelta(hours=hours)).isoformat()
+    real_now = datetime.now(UTC)
+    until = None if hours is None else ((now or real_now) + timedelta(hours=hours)).isoformat()
     field = "muted_rules" if kind == "rule" else "muted_symbols"
-    mutes = dict(getattr(row, field) or {})
+    mutes = {
+        key: value for key, value in (getattr(row, field) or {}).items() if not _expired(value, real_now)
+    }
+    limit = settings.ALERTS_MAX_MUTES
+    if name not in mutes and len(mutes) >= limit:
+        raise ValidationError({"name": f"at most {limit} muted {kind}s (ALERTS_MAX_MUTES); unmute one first"})
     mutes[name] = until
     setattr(row, field, mutes)
     row.save(update_fields=[field])
@@ -350,45 +371,83 @@ def unmute(user, *, kind: str, name: str) -> None:
 
 # --- backtest preview (the rule editor's "what would it have fired") ------------------------------------
 
-PREVIEW_MAX_SYMBOLS = 25
+PREVIEW_NEWEST = 10
+_TRUNCATED_BY = ("symbols", "minutes", "seconds")
 
 
 @dataclass(frozen=True)
 class Preview:
-    """What a rule would have fired over stored candles (the backtest engine, docs/contract.md §9)."""
+    """What a rule would have fired over stored candles (the backtest engine, docs/contract.md §9), reduced
+    as it goes (counts per symbol, the newest few) so memory does not grow with the number of alerts.
+    `truncated_by` names each bound that cut the work short: symbols, minutes, seconds."""
 
     symbols_checked: list[str]
     symbols_stored: int
-    alerts: list[dict]
+    by_symbol: dict[str, int]
+    newest: list[dict]
+    minutes_replayed: int
+    truncated_by: list[str]
 
     def as_json(self) -> dict:
-        by_symbol: dict[str, int] = {}
-        for alert in self.alerts:
-            by_symbol[alert["symbol"]] = by_symbol.get(alert["symbol"], 0) + 1
-        newest = sorted(self.alerts, key=lambda a: a["open_time"], reverse=True)[:10]
         return {
             "ok": True,
             "symbols_checked": len(self.symbols_checked),
             "symbols_stored": self.symbols_stored,
-            "alerts": len(self.alerts),
-            "by_symbol": by_symbol,
+            "alerts": sum(self.by_symbol.values()),
+            "by_symbol": self.by_symbol,
             "newest": [
-                {"symbol": a["symbol"], "open_time": a["open_time"], "price": a["price"]} for a in newest
+                {"symbol": a["symbol"], "open_time": a["open_time"], "price": a["price"]} for a in self.newest
             ],
+            "minutes_replayed": self.minutes_replayed,
+            "truncated": bool(self.truncated_by),
+            "truncated_by": self.truncated_by,
+            "limits": {
+                "symbols": settings.PREVIEW_MAX_SYMBOLS,
+                "minutes": settings.PREVIEW_MAX_MINUTES,
+                "seconds": settings.PREVIEW_MAX_SECONDS,
+            },
         }
 
 
 def backtest_preview(expression: str, cooldown_seconds: int, symbols: list[str] | None) -> Preview:
     """Replay stored candles through the backtest engine for one rule (RuleError if it does not compile).
 
-    Bounded for a web request: the given symbols (e.g. the user's watchlist), else the first
-    PREVIEW_MAX_SYMBOLS stored ones, at most PREVIEW_MAX_SYMBOLS either way."""
+    Bounded for a web request (docs/security.md): the given symbols (e.g. the user's watchlist), else the
+    stored ones, at most PREVIEW_MAX_SYMBOLS; the newest PREVIEW_MAX_MINUTES candles of each; and no new
+    symbol is started once PREVIEW_MAX_SECONDS (wall clock) have passed — the first always is, so one
+    symbol's bounded replay is the most a request can overrun. What was computed is returned either way."""
     from alerts import backtest
 
     spec = RuleSpec.build("preview", expression, cooldown_seconds=cooldown_seconds)
     stored = backtest.stored_symbols()
-    wanted = [symbol for symbol in (symbols or stored) if symbol in set(stored)][:PREVIEW_MAX_SYMBOLS]
-    alerts = []
-    for symbol in wanted:
-        alerts.extend(backtest.evaluate(symbol, backtest.stored_candles(symbol), [spec]))
-    return Preview(symbols_checked=wanted, symbols_stored=len(stored), alerts=alerts)
+    known = set(stored)
+    wanted = [symbol for symbol in dict.fromkeys(symbols or stored) if symbol in known]
+    max_symbols, max_minutes = settings.PREVIEW_MAX_SYMBOLS, settings.PREVIEW_MAX_MINUTES
+    truncated = {"symbols"} if len(wanted) > max_symbols else set()
+    deadline = time.monotonic() + settings.PREVIEW_MAX_SECONDS
+    checked: list[str] = []
+    by_symbol: dict[str, int] = {}
+    newest: list[dict] = []
+    minutes = 0
+    for symbol in wanted[:max_symbols]:
+        if checked and time.monotonic() >= deadline:
+            truncated.add("seconds")
+            break
+        candles = list(backtest.stored_candles(symbol, newest=max_minutes + 1))
+        if len(candles) > max_minutes:
+            candles = candles[-max_minutes:]
+            truncated.add("minutes")
+        alerts = backtest.evaluate(symbol, candles, [spec])
+        checked.append(symbol)
+        minutes += len(candles)
+        if alerts:
+            by_symbol[symbol] = len(alerts)
+            newest = sorted([*newest, *alerts], key=lambda a: a["open_time"], reverse=True)[:PREVIEW_NEWEST]
+    return Preview(
+        symbols_checked=checked,
+        symbols_stored=len(stored),
+        by_symbol=by_symbol,
+        newest=newest,
+        minutes_replayed=minutes,
+        truncated_by=[reason for reason in _TRUNCATED_BY if reason in truncated],
+    )

@@ -226,6 +226,8 @@ def main() -> int:
         CRYPTOMON_VAR_DIR=str(var_dir),
         DJANGO_SETTINGS_MODULE="cryptomon.settings",
         ALLOW_ANONYMOUS_DASHBOARD="true",
+        # every simulated browser comes from 127.0.0.1: lift the per-address cap (docs/security.md)
+        WS_MAX_ANONYMOUS_SOCKETS_PER_ADDRESS="1000000",
         LOG_LEVEL="WARNING",
     )
     from cryptomon import embedded

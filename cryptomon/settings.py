@@ -261,6 +261,12 @@ RETENTION_BATCH_SIZE = env_int("RETENTION_BATCH_SIZE", 10_000, minimum=1)
 # --- realtime (docs/contract.md §10)
 ALLOW_ANONYMOUS_DASHBOARD = env_bool("ALLOW_ANONYMOUS_DASHBOARD", False)
 WS_MAX_SOCKETS_PER_USER = env_int("WS_MAX_SOCKETS_PER_USER", 5, minimum=1)
+# Anonymous sockets (ALLOW_ANONYMOUS_DASHBOARD) per client address, an IPv6 one counted as its /64. Higher
+# than per user: an office or a mobile carrier puts many viewers behind one address.
+WS_MAX_ANONYMOUS_SOCKETS_PER_ADDRESS = env_int("WS_MAX_ANONYMOUS_SOCKETS_PER_ADDRESS", 20, minimum=1)
+# Subscribes per socket (each costs database reads): a token bucket of this burst, refilled per minute.
+WS_SUBSCRIBE_BURST = env_int("WS_SUBSCRIBE_BURST", 10, minimum=1)
+WS_SUBSCRIBES_PER_MINUTE = env_float("WS_SUBSCRIBES_PER_MINUTE", 30.0, minimum=0.01)
 WS_SEND_BUFFER = env_int("WS_SEND_BUFFER", 1000, minimum=1)
 WS_SOCKET_TTL_SECONDS = env_float("WS_SOCKET_TTL_SECONDS", 60.0, minimum=1)
 WS_AUDIENCE_REFRESH_SECONDS = env_float("WS_AUDIENCE_REFRESH_SECONDS", 30.0, minimum=0)
@@ -313,6 +319,13 @@ warnings.filterwarnings("ignore", message="No directory at")  # WhiteNoise: STAT
 API_RATE_LIMIT_PER_MINUTE = env_int("API_RATE_LIMIT_PER_MINUTE", 120, minimum=1)
 API_MAX_PAGE_SIZE = env_int("API_MAX_PAGE_SIZE", 500, minimum=1)
 API_MAX_CANDLES = env_int("API_MAX_CANDLES", 5000, minimum=1)
+ALERTS_MAX_MUTES = env_int("ALERTS_MAX_MUTES", 200, minimum=1)  # per user, muted rules and symbols each
+# The rule editor's backtest preview (docs/security.md): replaying history is CPU-bound, so it is bounded
+# per request (symbols, the newest minutes of each, a wall-clock budget) and per user (previews a minute).
+PREVIEW_RATE_LIMIT_PER_MINUTE = env_int("PREVIEW_RATE_LIMIT_PER_MINUTE", 10, minimum=1)
+PREVIEW_MAX_SYMBOLS = env_int("PREVIEW_MAX_SYMBOLS", 25, minimum=1)
+PREVIEW_MAX_MINUTES = env_int("PREVIEW_MAX_MINUTES", 3000, minimum=1)  # the 50 h retention of candles_1m
+PREVIEW_MAX_SECONDS = env_float("PREVIEW_MAX_SECONDS", 5.0, minimum=0)
 
 # --- /readyz (cryptomon/health.py; docs/security.md): status only unless staff or this bearer token
 READYZ_TOKEN = os.environ.get("READYZ_TOKEN", "")

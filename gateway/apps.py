@@ -7,7 +7,21 @@ class GatewayConfig(AppConfig):
 
     def ready(self) -> None:
         # alerts announces settings changes; the gateway owns the sockets that must follow them.
-        from alerts.signals import user_settings_changed
-        from gateway.consumers import on_user_settings_changed
+        from django.conf import settings
+        from django.contrib.auth.signals import user_logged_out
+        from django.db.models.signals import post_delete, post_save
 
-        user_settings_changed.connect(on_user_settings_changed, dispatch_uid="gateway.settings_changed")
+        from alerts.signals import user_settings_changed
+        from gateway import consumers
+
+        user_settings_changed.connect(
+            consumers.on_user_settings_changed, dispatch_uid="gateway.settings_changed"
+        )
+        # Open sockets end with the session: sign-out, deactivation, deletion (close 4403).
+        user_logged_out.connect(consumers.on_user_logged_out, dispatch_uid="gateway.logged_out")
+        post_save.connect(
+            consumers.on_user_saved, sender=settings.AUTH_USER_MODEL, dispatch_uid="gateway.user_saved"
+        )
+        post_delete.connect(
+            consumers.on_user_deleted, sender=settings.AUTH_USER_MODEL, dispatch_uid="gateway.user_deleted"
+        )

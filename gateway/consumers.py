@@ -7,13 +7,20 @@ for its own subscription and audience (:class:`alerts.visibility.AlertAudience`)
 Close codes (the server closes after accepting, so browsers see the code):
 
 - ``4401`` anonymous socket while ``ALLOW_ANONYMOUS_DASHBOARD`` is off;
-- ``4429`` the user already has ``WS_MAX_SOCKETS_PER_USER`` sockets open (counted in Redis; each entry
-  expires ``WS_SOCKET_TTL_SECONDS`` after its socket's last heartbeat, so a crashed web process leaks
-  nothing for long);
+- ``4429`` the user already has ``WS_MAX_SOCKETS_PER_USER`` sockets open, or (anonymous) the client's
+  address already has ``WS_MAX_ANONYMOUS_SOCKETS_PER_ADDRESS`` (an IPv6 address counts as its /64). Counted
+  in Redis; each entry expires ``WS_SOCKET_TTL_SECONDS`` after its socket's last heartbeat, so a crashed web
+  process leaks nothing for long;
+- ``4403`` the session ended: the user signed out (that session's sockets only) or was deactivated or
+  deleted (every socket of theirs). The dashboard stops reconnecting;
 - ``4008`` the socket's send buffer (``WS_SEND_BUFFER`` frames) overflowed: the client could not keep up.
   It gets a fresh snapshot when it reconnects;
 - ``1009`` a frame over 1 MiB (frames over 64 KiB get an ``error`` and the socket stays open);
 - ``1011`` Redis was unreachable while opening the socket.
+
+Subscribes cost database reads, so each socket has a token bucket (``WS_SUBSCRIBE_BURST`` at once,
+refilled at ``WS_SUBSCRIBES_PER_MINUTE``): a subscribe over it gets an ``error`` frame naming the limit and
+is not applied; the socket stays open. Lists are bounded (``MAX_SYMBOLS``, ``MAX_RULES`` and the lengths).
 
 The foreign-Origin check is ``AllowedHostsOriginValidator`` in ``cryptomon.asgi`` (handshake refused).
 """
@@ -22,7 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import ipaddress
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
@@ -33,6 +43,7 @@ from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.db import transaction
 
 from alerts.selectors import visible_alerts
 from alerts.visibility import AlertAudience
@@ -45,13 +56,18 @@ logger = logging.getLogger(__name__)
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_TOO_MANY_SOCKETS = 4429
+CLOSE_SESSION_ENDED = 4403
 CLOSE_SLOW_CLIENT = 4008
 CLOSE_TOO_BIG = 1009
 CLOSE_SERVER_ERROR = 1011
 MAX_FRAME_BYTES = 64 * 1024
 MAX_CLOSE_FRAME_BYTES = 1024 * 1024
-MAX_SUBSCRIPTION_ITEMS = 5000
-MAX_NAME_LENGTH = 120
+# Subscription bounds: a watchlist holds at most 1000 symbols (alerts.services.MAX_WATCHLIST); a user sees
+# the global rules plus at most ALERTS_MAX_PERSONAL_RULES of their own.
+MAX_SYMBOLS = 1000
+MAX_RULES = 500
+MAX_SYMBOL_LENGTH = 64
+MAX_RULE_LENGTH = 120
 SNAPSHOT_SIZE = 100
 SNAPSHOT_HOURS = 24
 
@@ -74,6 +90,45 @@ def on_user_settings_changed(sender, *, user_id: int, **kwargs) -> None:
     settings_changed(user_id)
 
 
+def session_tag(session_key: str | None) -> str | None:
+    """What identifies a session in channel-layer messages: a hash, never the key itself (a credential)."""
+    return hashlib.sha256(session_key.encode()).hexdigest()[:32] if session_key else None
+
+
+def end_sessions(user_id: int, session_key: str | None = None) -> None:
+    """Close the user's open sockets of one session (sign-out), or of every session (None: deactivated or
+    deleted), with 4403. Safe to call from sync code; a failure is logged, never raised: signing out or
+    deactivating must work with Redis away (the sockets then end at their next reconnect)."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        async_to_sync(layer.group_send)(
+            user_group(user_id), {"type": "session.ended", "session": session_tag(session_key)}
+        )
+    except Exception as error:
+        logger.warning("ws: cannot close the sockets of user %s: %s", user_id, error)
+
+
+def on_user_logged_out(sender, *, request, user, **kwargs) -> None:
+    """Receiver of `user_logged_out`: that session's sockets close (other devices stay signed in)."""
+    if user is not None and user.pk is not None:
+        end_sessions(user.pk, getattr(getattr(request, "session", None), "session_key", None))
+
+
+def on_user_saved(sender, *, instance, created: bool, **kwargs) -> None:
+    """Receiver of the user model's `post_save`: a deactivated user's sockets close after the commit."""
+    if not created and not instance.is_active:
+        user_id = instance.pk
+        transaction.on_commit(lambda: end_sessions(user_id), using=kwargs.get("using") or "default")
+
+
+def on_user_deleted(sender, *, instance, **kwargs) -> None:
+    """Receiver of the user model's `post_delete`: a deleted user's sockets close after the commit."""
+    user_id = instance.pk
+    transaction.on_commit(lambda: end_sessions(user_id), using=kwargs.get("using") or "default")
+
+
 # --- per-user socket slots (Redis) ---------------------------------------------------------------------
 
 _ACQUIRE = """
@@ -93,18 +148,38 @@ def _slots_key(user_id: int) -> str:
     return f"cryptomon:ws:sockets:{int(user_id)}"
 
 
+def client_network(address: str | None) -> str:
+    """What anonymous sockets are counted by: the IPv4 address, or the /64 of an IPv6 one (a client gets a
+    whole /64, so counting single addresses would not bound it). Unknown or unparsable: one shared bucket."""
+    try:
+        parsed = ipaddress.ip_address(address or "")
+    except ValueError:
+        return "unknown"
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{parsed}/64", strict=False))
+    return str(parsed)
+
+
+def _anonymous_slots_key(address: str | None) -> str:
+    return f"cryptomon:ws:anonymous:{client_network(address)}"
+
+
+async def _acquire(key: str, socket_id: str, limit: int) -> bool:
+    taken = await feed.redis_client().eval(_ACQUIRE, 1, key, socket_id, limit, settings.WS_SOCKET_TTL_SECONDS)
+    return bool(taken)
+
+
+async def _count(key: str) -> int:
+    client = feed.redis_client()
+    await client.zremrangebyscore(key, "-inf", time.time())
+    return await client.zcard(key)
+
+
 async def acquire_slot(user_id: int, socket_id: str) -> bool:
     """Take (or refresh) one of the user's socket slots; False when all are taken by live sockets."""
-    client = feed.redis_client()
-    taken = await client.eval(
-        _ACQUIRE,
-        1,
-        _slots_key(user_id),
-        socket_id,
-        settings.WS_MAX_SOCKETS_PER_USER,
-        settings.WS_SOCKET_TTL_SECONDS,
-    )
-    return bool(taken)
+    return await _acquire(_slots_key(user_id), socket_id, settings.WS_MAX_SOCKETS_PER_USER)
 
 
 async def release_slot(user_id: int, socket_id: str) -> None:
@@ -113,9 +188,32 @@ async def release_slot(user_id: int, socket_id: str) -> None:
 
 async def open_sockets(user_id: int) -> int:
     """How many live sockets the user has (for the admin and tests)."""
-    client = feed.redis_client()
-    await client.zremrangebyscore(_slots_key(user_id), "-inf", time.time())
-    return await client.zcard(_slots_key(user_id))
+    return await _count(_slots_key(user_id))
+
+
+async def open_anonymous_sockets(address: str) -> int:
+    """How many live anonymous sockets the address (its /64 for IPv6) has."""
+    return await _count(_anonymous_slots_key(address))
+
+
+class TokenBucket:
+    """`burst` actions at once, refilled at `per_minute`: bounds what one socket can make the server do."""
+
+    def __init__(self, burst: int, per_minute: float):
+        self.burst = burst
+        self.per_second = per_minute / 60
+        self.tokens = float(burst)
+        self.updated = time.monotonic()
+
+    def take(self) -> float:
+        """Take a token: 0.0 if there was one, else the seconds until there is."""
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.per_second)
+        self.updated = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.per_second
 
 
 # --- subscription ----------------------------------------------------------------------------------------
@@ -141,25 +239,23 @@ class Subscription:
         Missing keys take the initial values (all symbols, all rules, no market); unknown keys are ignored.
         """
         return cls(
-            symbols=cls._names(message, "symbols"),
-            rules=cls._names(message, "rules"),
+            symbols=cls._names(message, "symbols", MAX_SYMBOLS, MAX_SYMBOL_LENGTH),
+            rules=cls._names(message, "rules", MAX_RULES, MAX_RULE_LENGTH),
             market=cls._flag(message, "market"),
         )
 
     @staticmethod
-    def _names(message: dict, key: str) -> frozenset[str] | None:
+    def _names(message: dict, key: str, max_items: int, max_length: int) -> frozenset[str] | None:
         value = message.get(key)
         if value is None:
             return None
         if not isinstance(value, list):
             raise ValueError(f"'{key}' must be a list of strings or null")
-        if len(value) > MAX_SUBSCRIPTION_ITEMS:
-            raise ValueError(f"'{key}' has {len(value)} items; at most {MAX_SUBSCRIPTION_ITEMS}")
+        if len(value) > max_items:
+            raise ValueError(f"'{key}' has {len(value)} items; at most {max_items}")
         for item in value:
-            if not isinstance(item, str) or not item or len(item) > MAX_NAME_LENGTH:
-                raise ValueError(
-                    f"'{key}' must hold non-empty strings of at most {MAX_NAME_LENGTH} characters"
-                )
+            if not isinstance(item, str) or not item or len(item) > max_length:
+                raise ValueError(f"'{key}' must hold non-empty strings of at most {max_length} characters")
         return frozenset(value)
 
     @staticmethod
@@ -200,7 +296,9 @@ class AlertsConsumer(AsyncWebsocketConsumer):
     async def websocket_connect(self, message: dict) -> None:
         self.closed = False
         self.user_id: int | None = None
-        self.slot_taken = False
+        self.slot_key: str | None = None  # the Redis set this socket holds a slot in, once taken
+        self.session_tag: str | None = None
+        self.subscribes = TokenBucket(settings.WS_SUBSCRIBE_BURST, settings.WS_SUBSCRIBES_PER_MINUTE)
         self.flow: flow.TransportFlow | None = None
         self.joined: set[str] = set()
         self.tasks: list[asyncio.Task] = []
@@ -221,18 +319,23 @@ class AlertsConsumer(AsyncWebsocketConsumer):
             if not settings.ALLOW_ANONYMOUS_DASHBOARD:
                 await self._close(CLOSE_UNAUTHENTICATED)
                 return
+            client = self.scope.get("client") or (None, None)
+            key, limit = _anonymous_slots_key(client[0]), settings.WS_MAX_ANONYMOUS_SOCKETS_PER_ADDRESS
         else:
             self.user_id = user.pk
-            try:
-                self.slot_taken = await acquire_slot(self.user_id, self.channel_name)
-            except Exception as error:
-                logger.warning("ws: cannot count sockets in Redis (%s); closing", error)
-                await self._close(CLOSE_SERVER_ERROR)
-                return
-            if not self.slot_taken:
-                await self._close(CLOSE_TOO_MANY_SOCKETS)
-                return
-            self.tasks.append(asyncio.create_task(self._heartbeat()))
+            self.session_tag = session_tag(getattr(self.scope.get("session"), "session_key", None))
+            key, limit = _slots_key(self.user_id), settings.WS_MAX_SOCKETS_PER_USER
+        try:
+            taken = await _acquire(key, self.channel_name, limit)
+        except Exception as error:
+            logger.warning("ws: cannot count sockets in Redis (%s); closing", error)
+            await self._close(CLOSE_SERVER_ERROR)
+            return
+        if not taken:
+            await self._close(CLOSE_TOO_MANY_SOCKETS)
+            return
+        self.slot_key = key
+        self.tasks.append(asyncio.create_task(self._heartbeat(limit)))
         take_flow = self.scope.get(flow.SCOPE_KEY)
         self.flow = take_flow() if take_flow is not None else None
         self.tasks.append(asyncio.create_task(self._write()))
@@ -261,10 +364,10 @@ class AlertsConsumer(AsyncWebsocketConsumer):
             with contextlib.suppress(Exception):
                 await self.channel_layer.group_discard(group, self.channel_name)
         self.joined.clear()
-        if self.slot_taken:
-            self.slot_taken = False
+        if self.slot_key is not None:
+            key, self.slot_key = self.slot_key, None
             with contextlib.suppress(Exception):
-                await release_slot(self.user_id, self.channel_name)
+                await feed.redis_client().zrem(key, self.channel_name)
 
     async def _close(self, code: int) -> None:
         if self.closed:
@@ -281,12 +384,13 @@ class AlertsConsumer(AsyncWebsocketConsumer):
             self.joined.discard(group)
             await self.channel_layer.group_discard(group, self.channel_name)
 
-    async def _heartbeat(self) -> None:
+    async def _heartbeat(self, limit: int) -> None:
         """Keep this socket's slot alive; the entry expires if this process dies."""
         while True:
             await asyncio.sleep(settings.WS_SOCKET_TTL_SECONDS / 3)
             try:
-                await acquire_slot(self.user_id, self.channel_name)
+                if self.slot_key is not None:
+                    await _acquire(self.slot_key, self.channel_name, limit)
             except Exception as error:
                 logger.warning("ws: socket heartbeat failed: %s", error)
 
@@ -341,6 +445,14 @@ class AlertsConsumer(AsyncWebsocketConsumer):
                 subscription = Subscription.parse(request)
             except ValueError as error:
                 await self._error(str(error))
+                return
+            wait = self.subscribes.take()
+            if wait > 0:
+                await self._error(
+                    f"too many subscribes: at most {settings.WS_SUBSCRIBE_BURST} at once "
+                    f"(WS_SUBSCRIBE_BURST) and {settings.WS_SUBSCRIBES_PER_MINUTE:g} a minute "
+                    f"(WS_SUBSCRIBES_PER_MINUTE); this one was not applied, retry in {math.ceil(wait)} s"
+                )
                 return
             await self._subscribe(subscription)
         else:
@@ -467,6 +579,11 @@ class AlertsConsumer(AsyncWebsocketConsumer):
         await self._send_snapshot()
         if self.subscription.market:
             await self._send_full_market()
+
+    async def session_ended(self, event: dict) -> None:
+        """The user signed out (this session, or all when `session` is None) or lost their account."""
+        if event.get("session") is None or event["session"] == self.session_tag:
+            await self._close(CLOSE_SESSION_ENDED)
 
     async def settings_changed(self, event: dict) -> None:
         if self.closed:

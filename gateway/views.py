@@ -27,7 +27,7 @@ from django.views.decorators.http import require_POST
 from alerts import services as alert_services
 from alerts.rule_language import RuleError, compile_rule
 from cryptomon.contract.names import TIMEFRAMES
-from gateway import selectors
+from gateway import limits, selectors
 from gateway.forms import HistoryFilterForm, MuteForm, PersonalRuleForm, PreferencesForm
 
 HISTORY_PAGE_SIZE = 50
@@ -253,7 +253,13 @@ def add_mute(request: HttpRequest) -> HttpResponse:
             request, "gateway/settings.html", _settings_context(request, mute_form=form), status=400
         )
     data = form.cleaned_data
-    alert_services.mute(request.user, kind=data["kind"], name=data["name"], hours=data["hours"])
+    try:
+        alert_services.mute(request.user, kind=data["kind"], name=data["name"], hours=data["hours"])
+    except ValidationError as error:
+        form.add_error(None, error)
+        return render(
+            request, "gateway/settings.html", _settings_context(request, mute_form=form), status=400
+        )
     messages.success(request, f"Muted {data['kind']} {data['name']}.")
     return redirect("settings")
 
@@ -353,7 +359,19 @@ def rule_check(request: HttpRequest) -> JsonResponse:
 @login_required
 @require_POST
 def rule_preview(request: HttpRequest) -> JsonResponse:
-    """Backtest preview of the rule being edited over stored candles (the watchlist's symbols, if any)."""
+    """Backtest preview of the rule being edited over stored candles (the watchlist's symbols, if any).
+
+    CPU-bound, so rate limited per user (PREVIEW_RATE_LIMIT_PER_MINUTE, a 429 naming it) and bounded per
+    request by `backtest_preview` (the response says what was cut: `truncated`, `truncated_by`)."""
+    limit = settings.PREVIEW_RATE_LIMIT_PER_MINUTE
+    wait = limits.take("preview", f"user:{request.user.pk}", limit)
+    if wait:
+        message = f"at most {limit} previews a minute (PREVIEW_RATE_LIMIT_PER_MINUTE); try again in {wait} s"
+        return JsonResponse(
+            {"ok": False, "message": message, "limit": "PREVIEW_RATE_LIMIT_PER_MINUTE"},
+            status=429,
+            headers={"Retry-After": str(wait)},
+        )
     cooldown = _whole_number(request.POST.get("cooldown_seconds") or "300")
     if cooldown is None:
         message = "cooldown_seconds: must be a whole number of seconds (digits 0-9, at most 12)"

@@ -77,6 +77,7 @@ class Feed {
     ws.onclose = (event) => {
       clearInterval(this.pinger);
       if (event.code === 4401) { this.setState("sign in to see the live feed", "closed"); return; }
+      if (event.code === 4403) { this.setState("signed out: sign in again to see the live feed", "closed"); return; }
       if (event.code === 4429) this.setState("too many open tabs", "closed");
       // Full-jitter exponential backoff, capped at 30 s; the server sends a fresh snapshot on reconnect.
       const cap = Math.min(30000, 500 * 2 ** this.attempt++);
@@ -398,7 +399,7 @@ function ruleEditor() {
       method: "POST", headers: { "X-CSRFToken": CSRF },
       body: new URLSearchParams({ expression: input.value, cooldown_seconds: cooldown }),
     });
-    const result = response.ok || response.status === 400 ? await response.json() : { ok: false, message: `error ${response.status}` };
+    const result = response.ok || response.status === 400 || response.status === 429 ? await response.json() : { ok: false, message: `error ${response.status}` };
     preview.className = "preview " + (result.ok ? "ok" : "error");
     if (!result.ok) { preview.textContent = result.message; return; }
     const symbols = Object.entries(result.by_symbol).sort((a, b) => b[1] - a[1]);
@@ -406,6 +407,10 @@ function ruleEditor() {
       el("p", { text: `${result.alerts} alert${result.alerts === 1 ? "" : "s"} on ${symbols.length} of ${result.symbols_checked} symbols checked (${result.symbols_stored} stored)` }),
       el("ul", {}, ...symbols.slice(0, 10).map(([s, n]) => el("li", { text: `${s}: ${n}` }))),
     );
+    if (result.truncated) {
+      const cut = { symbols: `the first ${result.limits.symbols} symbols`, minutes: `the newest ${result.limits.minutes} minutes of each`, seconds: `what ${result.limits.seconds} s allowed` };
+      preview.append(el("p", { text: `Partial: ${result.truncated_by.map((r) => cut[r]).join(", ")} (${result.minutes_replayed} minutes replayed).` }));
+    }
   });
 }
 
