@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.template.response import TemplateResponse
@@ -40,8 +41,18 @@ class OwnerFilter(admin.SimpleListFilter):
         return queryset
 
 
+class AlertRuleAdminForm(forms.ModelForm):
+    """The model's own validation (`AlertRule.clean`: expression, slug prefix, personal limits)."""
+
+    class Meta:
+        model = AlertRule
+        fields = "__all__"
+        widgets = {"description": forms.Textarea(attrs={"rows": 3})}
+
+
 @admin.register(AlertRule)
 class AlertRuleAdmin(admin.ModelAdmin):
+    form = AlertRuleAdminForm
     list_display = ["slug", "name", "severity", "direction", "mode", "cooldown_seconds", "enabled", "owner"]
     list_filter = ["enabled", OwnerFilter, "mode", "severity"]
     search_fields = ["slug", "name", "expression", "description"]

@@ -13,6 +13,12 @@ from django.db import models
 from cryptomon.contract import messages
 from cryptomon.contract.times import to_ms
 
+# docs/contract.md §8: every alert copies the name and description into its row and NATS message, so both are
+# bounded; a personal rule may not fire a symbol more than once a minute.
+NAME_MAX = 120
+DESCRIPTION_MAX = 500
+PERSONAL_MIN_COOLDOWN_SECONDS = 60
+
 
 class AlertRule(models.Model):
     class Severity(models.TextChoices):
@@ -32,8 +38,8 @@ class AlertRule(models.Model):
     slug = models.SlugField(
         max_length=120, unique=True, help_text="global rules: any slug; personal: u<owner>-<name>"
     )
-    name = models.CharField(max_length=120)
-    description = models.TextField(blank=True, default="")
+    name = models.CharField(max_length=NAME_MAX)
+    description = models.CharField(max_length=DESCRIPTION_MAX, blank=True, default="")
     expression = models.TextField(
         help_text="docs/contract.md §8 rule language, e.g. change_1h > 2 and volume_1h > 1_000_000"
     )
@@ -52,6 +58,16 @@ class AlertRule(models.Model):
         db_table = "alert_rules"
         ordering = ["slug"]
         indexes = [models.Index(fields=["enabled", "owner"], name="alert_rules_enabled_owner")]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(owner__isnull=True)
+                | models.Q(cooldown_seconds__gte=PERSONAL_MIN_COOLDOWN_SECONDS),
+                name="alert_rules_personal_cooldown",
+                violation_error_message=(
+                    f"a personal rule's cooldown is at least {PERSONAL_MIN_COOLDOWN_SECONDS} seconds"
+                ),
+            )
+        ]
 
     def __str__(self) -> str:
         return self.slug
@@ -68,14 +84,25 @@ class AlertRule(models.Model):
         return RuleSpec.of(self)
 
     def clean(self) -> None:
+        """The expression compiles; a personal rule has its owner's slug prefix, a cooldown of at least
+        PERSONAL_MIN_COOLDOWN_SECONDS and fits its owner's ALERTS_MAX_PERSONAL_RULES (counted here; the
+        services lock the owner's row so that concurrent creates cannot both pass the count)."""
         from alerts.rule_language import RuleError, compile_rule
 
+        errors: dict[str, str] = {}
         try:
             compile_rule(self.expression)
         except RuleError as error:
-            raise ValidationError({"expression": str(error)}) from None
-        if self.owner_id is not None and not self.slug.startswith(f"u{self.owner_id}-"):
-            raise ValidationError({"slug": f"a personal rule's slug starts with u{self.owner_id}-"})
+            errors["expression"] = str(error)
+        if self.owner_id is not None:
+            if not self.slug.startswith(f"u{self.owner_id}-"):
+                errors["slug"] = f"a personal rule's slug starts with u{self.owner_id}-"
+            if self.cooldown_seconds is not None and self.cooldown_seconds < PERSONAL_MIN_COOLDOWN_SECONDS:
+                errors["cooldown_seconds"] = (
+                    f"a personal rule's cooldown is at least {PERSONAL_MIN_COOLDOWN_SECONDS} seconds"
+                )
+        if errors:
+            raise ValidationError(errors)
         if self.owner_id is not None:
             limit = settings.ALERTS_MAX_PERSONAL_RULES
             others = AlertRule.objects.filter(owner_id=self.owner_id).exclude(pk=self.pk).count()

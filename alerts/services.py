@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import connections, transaction
 from django.db.models import Q
@@ -227,8 +228,17 @@ def personal_slug(owner_id: int, name: str) -> str:
     return f"u{owner_id}-{stem}"[:120]
 
 
+def _lock_owner(owner_id: int | None) -> None:
+    """Lock the owner's user row for the transaction: creates of one user's rules run one after another,
+    so the count in `AlertRule.clean` and the insert are atomic (no two requests pass the limit together)."""
+    if owner_id is not None:
+        get_user_model().objects.select_for_update().filter(pk=owner_id).exists()
+
+
+@transaction.atomic(using="default")
 def create_personal_rule(owner, *, name: str, expression: str, **fields) -> AlertRule:
-    """Create one of `owner`'s rules; ValidationError names the problem (expression column, the limit)."""
+    """Create one of `owner`'s rules; ValidationError names the problem (expression column, a limit)."""
+    _lock_owner(owner.pk)
     rule = AlertRule(
         owner=owner, name=name, expression=expression, slug=personal_slug(owner.pk, name), **fields
     )
@@ -237,6 +247,7 @@ def create_personal_rule(owner, *, name: str, expression: str, **fields) -> Aler
     return rule
 
 
+@transaction.atomic(using="default")
 def update_rule(rule: AlertRule, **fields) -> AlertRule:
     """Change a rule's fields after validating them; the running engines pick it up within
     ALERTS_RULE_RELOAD_SECONDS (they poll `updated_at`)."""
@@ -245,6 +256,7 @@ def update_rule(rule: AlertRule, **fields) -> AlertRule:
         raise ValidationError(f"unknown rule fields: {', '.join(sorted(unknown))}")
     for name, value in fields.items():
         setattr(rule, name, value)
+    _lock_owner(rule.owner_id)
     rule.full_clean()
     rule.save()
     return rule
