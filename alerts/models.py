@@ -216,3 +216,32 @@ class OutboxEntry(models.Model):
     class Meta:
         db_table = "notification_outbox"
         indexes = [models.Index(fields=["dispatched_at", "created_at"], name="outbox_pending")]
+
+
+class DeadLetter(models.Model):
+    """Something run_alerts could never deliver (docs/alerts.md "Failures"): an alert JetStream refused for
+    good, or a bar that failed ALERTS_MAX_DELIVERIES times. Kept for an operator to inspect instead of being
+    retried forever; each one raised an operator alert when stored."""
+
+    class Kind(models.TextChoices):
+        ALERT = "alert", "alert (alerts.triggered, not published)"
+        MESSAGE = "message", "message (metrics.calculated, not handled)"
+
+    PAYLOAD_MAX = 1024 * 1024  # what is kept of a payload (a refused one may be larger)
+
+    id = models.BigAutoField(primary_key=True)
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    key = models.CharField(max_length=300, help_text="the alert's id, or STREAM:sequence of the message")
+    subject = models.CharField(max_length=300)
+    payload = models.TextField(help_text="as sent or received (cut at 1 MiB)")
+    reason = models.TextField()
+    deliveries = models.PositiveIntegerField(default=1)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "alert_dead_letters"
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["kind", "key"], name="alert_dead_letters_kind_key")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.key}"
