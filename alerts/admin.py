@@ -1,16 +1,17 @@
-"""Admin for alert rules (validated on save, enable/disable, backtest on stored data), user settings and
-the alert history (read-only). Saved rules reach the running engines within ALERTS_RULE_RELOAD_SECONDS."""
+"""Admin for alert rules (validated on save, enable/disable, backtest on stored data), user settings, the
+alert history and run_alerts' dead letters (both read-only). Saved rules reach the running engines within ALERTS_RULE_RELOAD_SECONDS."""
 
 from __future__ import annotations
 
 from collections import Counter
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.template.response import TemplateResponse
 
 from alerts import services
-from alerts.models import AlertHistory, AlertRule, UserSettings
+from alerts.models import AlertHistory, AlertRule, DeadLetter, UserSettings
 from alerts.rule_language import RuleError
 
 
@@ -40,8 +41,18 @@ class OwnerFilter(admin.SimpleListFilter):
         return queryset
 
 
+class AlertRuleAdminForm(forms.ModelForm):
+    """The model's own validation (`AlertRule.clean`: expression, slug prefix, personal limits)."""
+
+    class Meta:
+        model = AlertRule
+        fields = "__all__"
+        widgets = {"description": forms.Textarea(attrs={"rows": 3})}
+
+
 @admin.register(AlertRule)
 class AlertRuleAdmin(admin.ModelAdmin):
+    form = AlertRuleAdminForm
     list_display = ["slug", "name", "severity", "direction", "mode", "cooldown_seconds", "enabled", "owner"]
     list_filter = ["enabled", OwnerFilter, "mode", "severity"]
     search_fields = ["slug", "name", "expression", "description"]
@@ -125,6 +136,31 @@ class AlertHistoryAdmin(admin.ModelAdmin):
     search_fields = ["symbol", "rule"]
     date_hierarchy = "time"
     ordering = ["-time", "-id"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(DeadLetter)
+class DeadLetterAdmin(admin.ModelAdmin):
+    """What run_alerts gave up on, for an operator to inspect (each raised an operator alert)."""
+
+    list_display = ["created_at", "kind", "key", "subject", "deliveries", "short_reason"]
+    list_filter = ["kind"]
+    search_fields = ["key", "subject", "reason"]
+    date_hierarchy = "created_at"
+    ordering = ["-created_at", "-id"]
+    readonly_fields = ["created_at", "kind", "key", "subject", "deliveries", "reason", "payload"]
+
+    @admin.display(description="reason")
+    def short_reason(self, obj: DeadLetter) -> str:
+        return obj.reason if len(obj.reason) <= 120 else obj.reason[:119] + "…"
 
     def has_add_permission(self, request) -> bool:
         return False

@@ -11,7 +11,10 @@ transaction) → publish `alerts.triggered.<SYMBOL>` after the commit → acknow
 Failure handling: a malformed payload is logged and terminated with its reason (never redelivered, the
 worker keeps going); a database or NATS outage keeps the message in progress and retries it, so no bar is
 skipped and order is kept; a crash between commit and publish is repaired on start by republishing the
-last minutes of alerts (JetStream drops the duplicates by Nats-Msg-Id).
+last minutes of alerts (JetStream drops the duplicates by Nats-Msg-Id). What no retry can fix — an alert
+JetStream refuses for good (too large, bad data), a bar whose data the database refuses, a bar that fails
+ALERTS_MAX_DELIVERIES times — is logged, counted, dead-lettered (`alert_dead_letters`, with an operator
+alert) and acknowledged: one user's rule can never hold up everyone else's alerts.
 """
 
 from __future__ import annotations
@@ -24,9 +27,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError, connections
+from django.db import DatabaseError, DataError, IntegrityError, InterfaceError, connections
 from nats.errors import Error as NatsError
+from nats.errors import MaxPayloadError
+from nats.js.errors import APIError
 
 from alerts import selectors, services
 from alerts.decisions import CooldownTracker, RuleSpec, evaluate_bar
@@ -44,6 +50,22 @@ PUBLISH_CHUNK = 1000  # alerts in flight at once (nats-py allows 4,000 unacknowl
 PUBLISH_ACK_TIMEOUT = 5.0
 STATS_LOG_SECONDS = 60.0
 VECTOR_FROM = 16  # bars of distinct symbols from which one numpy pass beats a closure call per rule
+INTEGRITY_ATTEMPTS = 3  # an integrity error that survives this many attempts is not a race: give up
+
+
+def never_accepted(error: BaseException, attempt: int = 1) -> str | None:
+    """Why an error is one that no retry can fix (then the caller dead-letters), or None for an outage or
+    a timeout, which is waited out. An integrity error may be a race with another worker, so it gets
+    INTEGRITY_ATTEMPTS tries first."""
+    if isinstance(error, MaxPayloadError):
+        return "larger than the NATS max payload"
+    if isinstance(error, APIError) and error.code == 400:
+        return f"refused by JetStream: {error.description} (err_code {error.err_code})"
+    if isinstance(error, DataError):
+        return f"data the database refuses: {error}"
+    if isinstance(error, IntegrityError) and attempt >= INTEGRITY_ATTEMPTS:
+        return f"integrity error on {attempt} attempts: {error}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -194,6 +216,10 @@ class _Stopping(Exception):
     """Raised out of a retry loop when the worker is asked to stop (the message stays unacknowledged)."""
 
 
+class _Undeliverable(Exception):
+    """Raised out of a retry loop for an error no retry can fix (`never_accepted`): dead-letter the message."""
+
+
 class AlertWorker(Worker):
     """`run_alerts`: the consumer loop around an AlertEngine (docs/contract.md §1 sharding, §5 wire contract).
 
@@ -304,12 +330,18 @@ class AlertWorker(Worker):
     async def _retrying(
         self, what: str, action: Callable[[], Awaitable], message=None, stop: asyncio.Event | None = None
     ) -> Any:
-        """Run `action` until it succeeds: storage and NATS outages are waited out, never skipped."""
+        """Run `action` until it succeeds: storage and NATS outages are waited out, never skipped; an error
+        that can never succeed raises _Undeliverable instead of being retried forever."""
         delay = 0.2
+        attempt = 0
         while True:
+            attempt += 1
             try:
                 return await action()
             except (DatabaseError, InterfaceError, OSError, NatsError) as error:
+                reason = never_accepted(error, attempt)
+                if reason is not None:
+                    raise _Undeliverable(reason) from error
                 self.stats.inc("alerts_retries_total")
                 if stop is not None and stop.is_set():
                     raise _Stopping from error
@@ -358,9 +390,11 @@ class AlertWorker(Worker):
                 logger.exception("numpy decision of %d bars failed; deciding them one by one", len(wave))
                 self.engine.tracker = None
                 decisions = [None] * len(wave)
-        if len(wave) > 1 and all(fired is not None for fired in decisions):
-            await self._handle_decided_wave(wave, decisions, stop)
+        decided = len(wave) > 1 and all(fired is not None for fired in decisions)
+        if decided and await self._handle_decided_wave(wave, decisions, stop):
             return
+        # (When one transaction for the wave failed, bar by bar: only a bar that fails on its own is
+        # redelivered or dead-lettered, never its innocent neighbours.)
         for (message, bar), fired in zip(wave, decisions, strict=True):
             try:
                 self.stats.inc("alerts_bars_total")
@@ -376,15 +410,73 @@ class AlertWorker(Worker):
                 await message.ack()
             except _Stopping:
                 raise
-            except Exception:  # a bug must not stop the worker: the message comes back later
-                logger.exception("handling %s failed; redelivered in 5 s", message.subject)
+            except _Undeliverable as error:
                 self.engine.tracker = None
-                with contextlib.suppress(Exception):
-                    await message.nak(delay=5)
+                await self._give_up(message, str(error))
+            except Exception as error:  # a bug must not stop the worker: the message comes back later
+                self.engine.tracker = None
+                await self._redeliver_or_give_up(message, error)
 
-    async def _handle_decided_wave(self, wave, decisions, stop: asyncio.Event) -> None:
+    async def _redeliver_or_give_up(self, message, error: Exception) -> None:
+        """A message whose handling failed comes back after ALERTS_REDELIVERY_DELAY_SECONDS, until its
+        ALERTS_MAX_DELIVERIES-th delivery: then it is dead-lettered (a requeue forever would hold it and
+        every retry's work in the worker for good)."""
+        deliveries = message.metadata.num_delivered
+        if deliveries >= settings.ALERTS_MAX_DELIVERIES:
+            logger.exception("handling %s failed on delivery %d; giving up", message.subject, deliveries)
+            await self._give_up(
+                message, f"failed on {deliveries} deliveries: {type(error).__name__}: {error}"
+            )
+            return
+        delay = settings.ALERTS_REDELIVERY_DELAY_SECONDS
+        logger.exception(
+            "handling %s failed (delivery %d of at most %d); redelivered in %g s",
+            message.subject,
+            deliveries,
+            settings.ALERTS_MAX_DELIVERIES,
+            delay,
+        )
+        with contextlib.suppress(Exception):
+            await message.nak(delay=delay)
+
+    async def _give_up(self, message, reason: str) -> None:
+        """Dead-letter a metrics message and acknowledge it; if even that cannot be stored (the database
+        is away), it comes back later."""
+        metadata = message.metadata
+        key = f"{metadata.stream}:{metadata.sequence.stream}"
+        try:
+            await self._dead_letter(
+                "message", key, message.subject, message.data, reason, metadata.num_delivered
+            )
+        except Exception as error:
+            logger.warning("dead letter of %s not stored (%s); redelivered later", key, error)
+            with contextlib.suppress(Exception):
+                await message.nak(delay=settings.ALERTS_REDELIVERY_DELAY_SECONDS)
+            return
+        await message.ack()
+
+    async def _dead_letter(
+        self, kind: str, key: str, subject: str, data: bytes, reason: str, deliveries: int = 1
+    ) -> None:
+        letter = await in_thread(
+            services.dead_letter, kind, key, subject, data, reason, deliveries, serial=True
+        )
+        if letter is None:
+            return  # stored before (e.g. an alert republished on start)
+        self.stats.inc("alerts_dead_letters_total")
+        logger.error(
+            "%s %s on %s dead-lettered (alert_dead_letters #%d), not retried: %s",
+            kind,
+            key,
+            subject,
+            letter.pk,
+            reason,
+        )
+
+    async def _handle_decided_wave(self, wave, decisions, stop: asyncio.Event) -> bool:
         """One transaction for the wave's alerts, their publishes in flight together, then the acks:
-        the same order of effects as bar by bar (stored → published → acknowledged), one commit."""
+        the same order of effects as bar by bar (stored → published → acknowledged), one commit.
+        False when the wave as a whole failed (nothing acknowledged): the caller goes bar by bar."""
         messages = [message for message, _ in wave]
         bars = [bar for _, bar in wave]
         self.stats.inc("alerts_bars_total", len(wave))
@@ -395,15 +487,13 @@ class AlertWorker(Worker):
             await self._retrying(f"publishing {len(payloads)} alerts", publish, messages[0], stop)
         except _Stopping:
             raise
-        except Exception:  # a bug must not stop the worker: the messages come back later
-            logger.exception("handling a wave of %d bars failed; redelivered in 5 s", len(wave))
+        except Exception:  # _Undeliverable or a bug: find the bar that fails, one by one
+            logger.exception("handling a wave of %d bars failed; handling them one by one", len(wave))
             self.engine.tracker = None
-            for message in messages:
-                with contextlib.suppress(Exception):
-                    await message.nak(delay=5)
-            return
+            return False
         for message in messages:
             await message.ack()
+        return True
 
     async def _terminate(self, message, reason: str) -> None:
         self.stats.inc("alerts_bad_payloads_total")
@@ -434,15 +524,53 @@ class AlertWorker(Worker):
             # Live updates are at most once; the final bar evaluates intrabar rules again.
             logger.warning("intrabar alert of %s not stored: %s", bar.symbol, error)
 
-    async def _publish(self, payloads: list[dict]) -> None:
-        """`alerts.triggered.<SYMBOL>`, pipelined in chunks; raises if JetStream did not store one (the
-        caller retries the lot: duplicates are dropped by their Nats-Msg-Id)."""
-        for start in range(0, len(payloads), PUBLISH_CHUNK):
-            chunk = payloads[start : start + PUBLISH_CHUNK]
-            futures = await messaging.publish_pipelined(
-                self.js,
-                ((subjects.alert_subject(p["symbol"]), messaging.encode(p), p["id"]) for p in chunk),
+    async def _publish_alone(self, payload: dict, data: bytes) -> str | None:
+        """Publish one alert whose pipelined publish failed, waiting for its own answer: None once stored,
+        why it never will be, or the outage/timeout raised. nats-py (2.x) turns a JetStream refusal of a
+        pipelined publish into an error callback and leaves its ack to time out, so only a lone publish
+        tells a refused message from an outage (a duplicate of a stored one is dropped by its Nats-Msg-Id)."""
+        try:
+            await self.js.publish(
+                subjects.alert_subject(payload["symbol"]),
+                data,
+                timeout=PUBLISH_ACK_TIMEOUT,
+                headers={"Nats-Msg-Id": payload["id"]},
             )
-            for error in await messaging.ack_errors(futures, PUBLISH_ACK_TIMEOUT):
+        except (OSError, NatsError) as error:
+            reason = never_accepted(error)
+            if reason is None:
+                raise
+            return reason
+        return None
+
+    async def _publish(self, payloads: list[dict]) -> None:
+        """`alerts.triggered.<SYMBOL>`, pipelined in chunks. An alert that can never be accepted (it does
+        not encode, it is over the server's max payload, JetStream refuses it with a 400) is dead-lettered
+        once the others are stored; any other failure (an outage, a timeout) is raised and the caller
+        retries the lot (duplicates are dropped by their Nats-Msg-Id)."""
+        refused: list[tuple[dict, bytes, str]] = []
+        for start in range(0, len(payloads), PUBLISH_CHUNK):
+            ready: list[tuple[dict, bytes]] = []
+            for payload in payloads[start : start + PUBLISH_CHUNK]:
+                try:
+                    data = messaging.encode(payload)
+                except (TypeError, ValueError, msgspec.MsgspecError) as error:
+                    refused.append((payload, repr(payload).encode(), f"cannot be encoded: {error}"))
+                    continue
+                if len(data) > self.nc.max_payload:
+                    reason = f"{len(data)} bytes, over the NATS max payload of {self.nc.max_payload}"
+                    refused.append((payload, data, reason))
+                    continue
+                ready.append((payload, data))
+            futures = await messaging.publish_pipelined(
+                self.js, ((subjects.alert_subject(p["symbol"]), data, p["id"]) for p, data in ready)
+            )
+            acks = await messaging.ack_errors(futures, PUBLISH_ACK_TIMEOUT)
+            for (payload, data), error in zip(ready, acks, strict=True):
                 if error is not None:
-                    raise error
+                    reason = never_accepted(error) or await self._publish_alone(payload, data)
+                    if reason is not None:
+                        refused.append((payload, data, reason))
+        for payload, data, reason in refused:
+            subject = subjects.alert_subject(str(payload.get("symbol")))
+            await self._dead_letter("alert", str(payload.get("id")), subject, data, reason)

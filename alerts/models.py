@@ -13,6 +13,12 @@ from django.db import models
 from cryptomon.contract import messages
 from cryptomon.contract.times import to_ms
 
+# docs/contract.md §8: every alert copies the name and description into its row and NATS message, so both are
+# bounded; a personal rule may not fire a symbol more than once a minute.
+NAME_MAX = 120
+DESCRIPTION_MAX = 500
+PERSONAL_MIN_COOLDOWN_SECONDS = 60
+
 
 class AlertRule(models.Model):
     class Severity(models.TextChoices):
@@ -32,8 +38,8 @@ class AlertRule(models.Model):
     slug = models.SlugField(
         max_length=120, unique=True, help_text="global rules: any slug; personal: u<owner>-<name>"
     )
-    name = models.CharField(max_length=120)
-    description = models.TextField(blank=True, default="")
+    name = models.CharField(max_length=NAME_MAX)
+    description = models.CharField(max_length=DESCRIPTION_MAX, blank=True, default="")
     expression = models.TextField(
         help_text="docs/contract.md §8 rule language, e.g. change_1h > 2 and volume_1h > 1_000_000"
     )
@@ -52,6 +58,16 @@ class AlertRule(models.Model):
         db_table = "alert_rules"
         ordering = ["slug"]
         indexes = [models.Index(fields=["enabled", "owner"], name="alert_rules_enabled_owner")]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(owner__isnull=True)
+                | models.Q(cooldown_seconds__gte=PERSONAL_MIN_COOLDOWN_SECONDS),
+                name="alert_rules_personal_cooldown",
+                violation_error_message=(
+                    f"a personal rule's cooldown is at least {PERSONAL_MIN_COOLDOWN_SECONDS} seconds"
+                ),
+            )
+        ]
 
     def __str__(self) -> str:
         return self.slug
@@ -68,14 +84,25 @@ class AlertRule(models.Model):
         return RuleSpec.of(self)
 
     def clean(self) -> None:
+        """The expression compiles; a personal rule has its owner's slug prefix, a cooldown of at least
+        PERSONAL_MIN_COOLDOWN_SECONDS and fits its owner's ALERTS_MAX_PERSONAL_RULES (counted here; the
+        services lock the owner's row so that concurrent creates cannot both pass the count)."""
         from alerts.rule_language import RuleError, compile_rule
 
+        errors: dict[str, str] = {}
         try:
             compile_rule(self.expression)
         except RuleError as error:
-            raise ValidationError({"expression": str(error)}) from None
-        if self.owner_id is not None and not self.slug.startswith(f"u{self.owner_id}-"):
-            raise ValidationError({"slug": f"a personal rule's slug starts with u{self.owner_id}-"})
+            errors["expression"] = str(error)
+        if self.owner_id is not None:
+            if not self.slug.startswith(f"u{self.owner_id}-"):
+                errors["slug"] = f"a personal rule's slug starts with u{self.owner_id}-"
+            if self.cooldown_seconds is not None and self.cooldown_seconds < PERSONAL_MIN_COOLDOWN_SECONDS:
+                errors["cooldown_seconds"] = (
+                    f"a personal rule's cooldown is at least {PERSONAL_MIN_COOLDOWN_SECONDS} seconds"
+                )
+        if errors:
+            raise ValidationError(errors)
         if self.owner_id is not None:
             limit = settings.ALERTS_MAX_PERSONAL_RULES
             others = AlertRule.objects.filter(owner_id=self.owner_id).exclude(pk=self.pk).count()
@@ -189,3 +216,32 @@ class OutboxEntry(models.Model):
     class Meta:
         db_table = "notification_outbox"
         indexes = [models.Index(fields=["dispatched_at", "created_at"], name="outbox_pending")]
+
+
+class DeadLetter(models.Model):
+    """Something run_alerts could never deliver (docs/alerts.md "Failures"): an alert JetStream refused for
+    good, or a bar that failed ALERTS_MAX_DELIVERIES times. Kept for an operator to inspect instead of being
+    retried forever; each one raised an operator alert when stored."""
+
+    class Kind(models.TextChoices):
+        ALERT = "alert", "alert (alerts.triggered, not published)"
+        MESSAGE = "message", "message (metrics.calculated, not handled)"
+
+    PAYLOAD_MAX = 1024 * 1024  # what is kept of a payload (a refused one may be larger)
+
+    id = models.BigAutoField(primary_key=True)
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    key = models.CharField(max_length=300, help_text="the alert's id, or STREAM:sequence of the message")
+    subject = models.CharField(max_length=300)
+    payload = models.TextField(help_text="as sent or received (cut at 1 MiB)")
+    reason = models.TextField()
+    deliveries = models.PositiveIntegerField(default=1)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "alert_dead_letters"
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["kind", "key"], name="alert_dead_letters_kind_key")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.key}"

@@ -19,13 +19,22 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import connections, transaction
 from django.db.models import Q
 
 from alerts import signals
 from alerts.decisions import RuleLike, RuleSpec, alert_metrics
-from alerts.models import AlertHistory, AlertRule, OutboxEntry, UserSettings
+from alerts.models import (
+    DESCRIPTION_MAX,
+    NAME_MAX,
+    AlertHistory,
+    AlertRule,
+    DeadLetter,
+    OutboxEntry,
+    UserSettings,
+)
 from cryptomon.contract.times import from_ms, to_ms
 
 logger = logging.getLogger(__name__)
@@ -167,13 +176,13 @@ def _candidate(
 ) -> dict[str, Any]:
     return {
         "rule": rule.slug,
-        "rule_name": rule.name,
+        "rule_name": rule.name[:NAME_MAX],  # bounded whatever the rule holds: the payload must fit NATS
         "severity": rule.severity,
         "direction": rule.direction,
         "symbol": symbol,
         "time": from_ms(open_time),
         "price": price,
-        "description": rule.description,
+        "description": rule.description[:DESCRIPTION_MAX],
         "metrics": json.dumps(alert_metrics(rule, metrics), allow_nan=False),
         "owner_id": rule.owner_id,
         "late": late,
@@ -217,6 +226,41 @@ def last_fired(rule: str, symbol: str) -> int | None:
     return None if newest is None else to_ms(newest)
 
 
+# --- dead letters (what run_alerts could never deliver) -------------------------------------------------
+
+
+def dead_letter(
+    kind: str, key: str, subject: str, payload: bytes | str, reason: str, deliveries: int = 1
+) -> DeadLetter | None:
+    """Store what run_alerts gives up on, once per (kind, key): a restart that republishes the same alert
+    does not store it twice. After the commit `signals.dead_lettered` tells notifications, which raise an
+    operator alert. Returns the new row, or None when it was stored before."""
+    if isinstance(payload, bytes):
+        payload = payload[: DeadLetter.PAYLOAD_MAX].decode("utf-8", errors="replace")
+    letter, created = DeadLetter.objects.get_or_create(
+        kind=kind,
+        key=key[:300],
+        defaults={
+            "subject": subject[:300],
+            "payload": payload[: DeadLetter.PAYLOAD_MAX].replace("\x00", "\ufffd"),
+            "reason": reason[:2000],
+            "deliveries": deliveries,
+        },
+    )
+    if not created:
+        return None
+    summary = f"run_alerts dead-lettered {kind} {key[:200]} on {subject[:200]}: {reason[:300]}"
+
+    def announce() -> None:
+        try:
+            signals.dead_lettered.send(sender=DeadLetter, dead_letter_id=letter.pk, summary=summary)
+        except Exception as error:  # Redis away: the row is the record; the operator finds it in the admin
+            logger.warning("dead letter %s stored; operator alert not raised: %s", letter.pk, error)
+
+    transaction.on_commit(announce, using="default")
+    return letter
+
+
 # --- personal rules (the dashboard's editor; the admin goes through AlertRule.clean) -----------------
 
 _NAME_SLUG = re.compile(r"[^a-z0-9_]+")
@@ -228,8 +272,17 @@ def personal_slug(owner_id: int, name: str) -> str:
     return f"u{owner_id}-{stem}"[:120]
 
 
+def _lock_owner(owner_id: int | None) -> None:
+    """Lock the owner's user row for the transaction: creates of one user's rules run one after another,
+    so the count in `AlertRule.clean` and the insert are atomic (no two requests pass the limit together)."""
+    if owner_id is not None:
+        get_user_model().objects.select_for_update().filter(pk=owner_id).exists()
+
+
+@transaction.atomic(using="default")
 def create_personal_rule(owner, *, name: str, expression: str, **fields) -> AlertRule:
-    """Create one of `owner`'s rules; ValidationError names the problem (expression column, the limit)."""
+    """Create one of `owner`'s rules; ValidationError names the problem (expression column, a limit)."""
+    _lock_owner(owner.pk)
     rule = AlertRule(
         owner=owner, name=name, expression=expression, slug=personal_slug(owner.pk, name), **fields
     )
@@ -238,6 +291,7 @@ def create_personal_rule(owner, *, name: str, expression: str, **fields) -> Aler
     return rule
 
 
+@transaction.atomic(using="default")
 def update_rule(rule: AlertRule, **fields) -> AlertRule:
     """Change a rule's fields after validating them; the running engines pick it up within
     ALERTS_RULE_RELOAD_SECONDS (they poll `updated_at`)."""
@@ -246,6 +300,7 @@ def update_rule(rule: AlertRule, **fields) -> AlertRule:
         raise ValidationError(f"unknown rule fields: {', '.join(sorted(unknown))}")
     for name, value in fields.items():
         setattr(rule, name, value)
+    _lock_owner(rule.owner_id)
     rule.full_clean()
     rule.save()
     return rule

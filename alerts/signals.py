@@ -1,6 +1,6 @@
 """What alerts announces to the apps built on it, so that alerts never imports them.
 
-Both are sent after the writing transaction commits; a receiver's error propagates to the sender's
+Each is sent after the writing transaction commits; a receiver's error propagates to the sender's
 `on_commit` callback, which logs it (the stored rows are the truth either way).
 """
 
@@ -13,3 +13,7 @@ outbox_committed = Signal()
 
 # A user's settings changed: `user_id` (int). The gateway tells that user's open sockets.
 user_settings_changed = Signal()
+
+# run_alerts stored a dead letter: `dead_letter_id` (int), `summary` (str). Notifications raise an operator
+# alert.
+dead_lettered = Signal()

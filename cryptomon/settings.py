@@ -191,6 +191,9 @@ ALERTS_NOTIFY_LATE = env_bool("ALERTS_NOTIFY_LATE", False)
 ALERTS_MAX_PERSONAL_RULES = env_int("ALERTS_MAX_PERSONAL_RULES", 50, minimum=0)
 ALERTS_RULE_RELOAD_SECONDS = env_float("ALERTS_RULE_RELOAD_SECONDS", 2.0, minimum=0.1)
 ALERTS_UNIVERSE_REFRESH_SECONDS = env_float("ALERTS_UNIVERSE_REFRESH_SECONDS", 60.0, minimum=0.1)
+# A bar whose handling fails this many deliveries is dead-lettered (docs/alerts.md "Failures").
+ALERTS_MAX_DELIVERIES = env_int("ALERTS_MAX_DELIVERIES", 5, minimum=1)
+ALERTS_REDELIVERY_DELAY_SECONDS = env_float("ALERTS_REDELIVERY_DELAY_SECONDS", 5.0, minimum=0.0)
 
 # --- notifications (docs/notifications.md). Secrets (keys, tokens) come only from the environment.
 NOTIFICATIONS_KEY = os.environ.get("NOTIFICATIONS_KEY", "")  # Fernet key(s), comma-separated for rotation

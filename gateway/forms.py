@@ -6,7 +6,7 @@ from zoneinfo import available_timezones
 
 from django import forms
 
-from alerts.models import AlertRule
+from alerts.models import PERSONAL_MIN_COOLDOWN_SECONDS, AlertRule
 from alerts.rule_language import RuleError, compile_rule
 
 MUTE_DURATIONS = [
@@ -86,7 +86,15 @@ class MuteForm(forms.Form):
 
 
 class PersonalRuleForm(forms.ModelForm):
-    """A user's own rule; the expression is checked with the rule language's own messages."""
+    """A user's own rule; the expression is checked with the rule language's own messages, the name and
+    description lengths come from the model and the cooldown floor is the contract's (§8)."""
+
+    cooldown_seconds = forms.IntegerField(
+        min_value=PERSONAL_MIN_COOLDOWN_SECONDS,
+        max_value=2_147_483_647,
+        initial=300,
+        help_text=f"at least {PERSONAL_MIN_COOLDOWN_SECONDS} s between two alerts of a symbol",
+    )
 
     class Meta:
         model = AlertRule

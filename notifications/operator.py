@@ -72,6 +72,14 @@ def resolve_operator_alert(key: str, message: str | None = None) -> bool:
     return True
 
 
+def on_dead_letter(sender, *, dead_letter_id: int, summary: str, **kwargs) -> None:
+    """Receiver of `alerts.signals.dead_lettered`: one operator alert per dead letter (each is a lost
+    alert or bar the operator must look at: admin › Alerts › Dead letters)."""
+    raise_operator_alert(
+        f"alerts_dead_letter_{dead_letter_id}", f"{summary} (admin: alert dead letters #{dead_letter_id})"
+    )
+
+
 def active_operator_alerts() -> dict[str, dict]:
     """Active operator alerts by key: {message, since} (for health pages)."""
     return {key.decode(): json.loads(value) for key, value in redis_client().hgetall(ACTIVE_KEY).items()}

@@ -369,8 +369,13 @@ async def test_a_bad_payload_is_logged_and_terminated_and_the_worker_goes_on(jet
             )
             await publish_bar(js, bar("BTCUSDT", 1, 2.0))
             await until(lambda: worker.stats.get("alerts_bars_total") >= 1, what="the good bar")
-            info = await js.consumer_info("METRICS", worker.durable)
             await until(lambda: worker.stats.get("alerts_bad_payloads_total") >= 2)
+
+            async def settled() -> bool:  # the good bar is counted before it is stored and acknowledged
+                return (await js.consumer_info("METRICS", worker.durable)).num_ack_pending == 0
+
+            await until(settled, what="every message acknowledged or terminated")
+            info = await js.consumer_info("METRICS", worker.durable)
     assert worker.stats.get("alerts_bad_payloads_total") == 2
     assert [r.open_time for r in await history()] == [T0 + MINUTE]
     assert "bad payload on metrics.calculated.BTCUSDT" in caplog.text
