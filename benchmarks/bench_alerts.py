@@ -9,7 +9,7 @@
    `metrics.calculated` message to receiving its `alerts.triggered` message, p50/p99.
 4. isolation (`--latency --hostile 50`): the same latency of the global rule's alerts again with one user's
    50 worst-case personal rules enabled (true on every bar of every symbol, 500-character descriptions,
-   the 60 s cooldown floor): issue 16 asks for the p99 within 2× of the baseline.
+   the 60 s cooldown floor): the goal is a p99 within 2× of the baseline (docs/security.md).
 
     .venv/bin/python benchmarks/bench_alerts.py [--symbols 600] [--days 2] [--rules 200] [--latency]
         [--hostile 50]

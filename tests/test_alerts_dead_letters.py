@@ -1,5 +1,5 @@
-"""What the alert worker cannot deliver it dead-letters instead of retrying forever (issue 16 item 1 and the
-Low item on requeues; docs/alerts.md "Failures"): an alert JetStream refuses, or a bar that fails every
+"""What the alert worker cannot deliver it dead-letters instead of retrying forever
+(docs/alerts.md "Failures"): an alert JetStream refuses, or a bar that fails every
 delivery, is logged, counted, stored in `alert_dead_letters` with an operator alert, and acknowledged; the
 worker goes on. And a hostile user's 50 worst-case personal rules do not stop or drop anyone's global alerts.
 

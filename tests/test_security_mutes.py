@@ -1,4 +1,4 @@
-"""Mutes are bounded (issue 16, Low; docs/security.md): at most ALERTS_MAX_MUTES muted rules and as many
+"""Mutes are bounded (docs/security.md): at most ALERTS_MAX_MUTES muted rules and as many
 muted symbols per user, with a clear error on the settings page; expired mutes do not count."""
 
 from __future__ import annotations

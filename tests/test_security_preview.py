@@ -1,4 +1,4 @@
-"""The rule editor's backtest preview is bounded (issue 16 item 6, docs/security.md): a per-user rate
+"""The rule editor's backtest preview is bounded (docs/security.md): a per-user rate
 limit, at most PREVIEW_MAX_SYMBOLS symbols and PREVIEW_MAX_MINUTES minutes each, a time budget that stops
 early and says so, and a compile cache that never grows past its size. Every bound is tested by counts."""
 

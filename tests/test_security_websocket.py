@@ -1,4 +1,4 @@
-"""`/ws/alerts/` cannot be used as an amplifier (issue 16 item 8, docs/security.md): anonymous sockets are
+"""`/ws/alerts/` cannot be used as an amplifier (docs/security.md): anonymous sockets are
 capped per client address, subscribes are rate limited per socket, and subscription lists are bounded."""
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ async def test_subscription_lists_are_bounded_and_the_error_names_the_field():
     await socket.disconnect()
 
 
-# --- sockets end with the session (issue 16, Low) ----------------------------------------------------------
+# --- sockets end with the session -----------------------------------------------------------------------
 
 
 def session(user) -> tuple[Client, list[tuple[bytes, bytes]]]:
