@@ -1,5 +1,5 @@
-"""Personal-rule limits (docs/contract.md §8, docs/security.md): description ≤ 500 characters, name ≤ 120, cooldown ≥ 60 s for personal rules, at most
-ALERTS_MAX_PERSONAL_RULES per user — refused by the dashboard form, the admin and the model with a message
+"""Personal-rule limits (docs/contract.md §8, docs/security.md): description ≤ 500 characters,
+name ≤ 120, cooldown ≥ 60 s for personal rules, at most ALERTS_MAX_PERSONAL_RULES per user — refused by the dashboard form, the admin and the model with a message
 naming the field, enforced atomically, and existing rows migrated into range."""
 
 from __future__ import annotations
