@@ -156,6 +156,13 @@ def _refuse_port(port: int) -> None:
     raise UnsafeTarget(f"refused: port {port} is not allowed (80 and 443 only)")
 
 
+def clean_url(value: object) -> str:
+    """A channel's URL as typed into a form, stripped and checked with `check_syntax`."""
+    url = str(value or "").strip()
+    check_syntax(url)
+    return url
+
+
 def check_syntax(url: str, allow_private: bool | None = None) -> None:
     """The checks that need no DNS (used when a channel is saved): scheme, host, IP literals, port."""
     allow = _allow(allow_private)

@@ -13,9 +13,7 @@ LIMIT = 3900
 
 
 def clean_config(data: dict) -> dict:
-    url = str(data.get("url") or "").strip()
-    safety.check_syntax(url)
-    return {"url": url}
+    return {"url": safety.clean_url(data.get("url"))}
 
 
 def summary(config: dict) -> str:

@@ -20,8 +20,7 @@ KIND = "webhook"
 
 
 def clean_config(data: dict) -> dict:
-    url = str(data.get("url") or "").strip()
-    safety.check_syntax(url)
+    url = safety.clean_url(data.get("url"))
     secret = str(data.get("secret") or "").strip() or secrets.token_urlsafe(32)
     if len(secret) < 16:
         raise ValueError("the signing secret needs at least 16 characters")
