@@ -115,6 +115,8 @@ def text_param(request: HttpRequest, name: str, max_length: int = 120) -> str | 
         return None
     if len(raw) > max_length:
         raise bad_parameter(name, f"longer than {max_length} characters")
+    if "\x00" in raw:  # PostgreSQL text cannot hold NUL: the query would fail with a 500
+        raise bad_parameter(name, "contains a NUL character")
     return raw
 
 

@@ -98,6 +98,8 @@ def symbols() -> list[dict]:
 
 def symbol_exists(symbol: str) -> bool:
     """Known to the collector, or at least has stored candles (e.g. imported history)."""
+    if "\x00" in symbol:  # no symbol has one, and PostgreSQL text cannot hold NUL (a query would fail)
+        return False
     return (
         Symbol.objects.filter(symbol=symbol).exists() or StoredCandle.objects.filter(symbol=symbol).exists()
     )

@@ -10,11 +10,20 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from hypothesis import HealthCheck, settings
 
 from cryptomon import embedded, messaging
 from cryptomon.contract import subjects
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# The hostile-input suite (tests/test_hostile_*.py, docs/security.md "Hostile inputs") runs its Hypothesis
+# tests under `hostile` in the normal test run and under `fuzz` with `make fuzz` (HYPOTHESIS_PROFILE=fuzz).
+# Never a timing deadline: the machine is shared. Examples share a test's fixtures (a signed-in client, a
+# socket's user) on purpose, hence the function-scoped-fixture check is off.
+_FUZZ_CHECKS = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large]
+settings.register_profile("hostile", max_examples=25, deadline=None, suppress_health_check=_FUZZ_CHECKS)
+settings.register_profile("fuzz", max_examples=2000, deadline=None, suppress_health_check=_FUZZ_CHECKS)
 
 
 @pytest_asyncio.fixture
