@@ -256,6 +256,8 @@ class Subscription:
         for item in value:
             if not isinstance(item, str) or not item or len(item) > max_length:
                 raise ValueError(f"'{key}' must hold non-empty strings of at most {max_length} characters")
+            if "\x00" in item:  # no name has one, and PostgreSQL text cannot hold NUL (the snapshot query)
+                raise ValueError(f"'{key}' must not contain NUL characters")
         return frozenset(value)
 
     @staticmethod

@@ -23,6 +23,8 @@ def decode_object(data: bytes) -> dict:
         payload = _decoder.decode(data)
     except msgspec.DecodeError as error:
         raise ValueError(f"malformed JSON payload: {error}") from None
+    except RecursionError:  # msgspec's own nesting limit ("[" * 10_000 fits in a 64 KiB frame)
+        raise ValueError("malformed JSON payload: nested too deeply") from None
     if not isinstance(payload, dict):
         raise ValueError("payload is not a JSON object")
     return payload
