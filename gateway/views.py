@@ -282,6 +282,8 @@ def toggle_watchlist(request: HttpRequest) -> JsonResponse:
     symbol = (request.POST.get("symbol") or "").strip()
     if not symbol or len(symbol) > 64:
         return JsonResponse({"error": "symbol: missing or too long"}, status=400)
+    if "\x00" in symbol:  # PostgreSQL cannot store NUL (the save would fail with a 500)
+        return JsonResponse({"error": "symbol: contains a NUL character"}, status=400)
     try:
         starred = alert_services.toggle_watchlist(request.user, symbol)
     except ValueError as error:
@@ -297,7 +299,8 @@ def rule_edit(request: HttpRequest, rule_id: int | None = None) -> HttpResponse:
         rule = selectors.personal_rule(request.user, rule_id)
         if rule is None:
             raise Http404("no such rule of yours")
-    form = PersonalRuleForm(request.POST or None, instance=rule)
+    # Bound on every POST, even an empty one (it gets "required" errors, not a 400 without a message).
+    form = PersonalRuleForm(request.POST if request.method == "POST" else None, instance=rule)
     if request.method == "POST" and form.is_valid():
         fields = {name: form.cleaned_data[name] for name in form.Meta.fields}
         try:
