@@ -1,4 +1,4 @@
-.PHONY: run demo test bench soak lint
+.PHONY: run demo test bench soak lint fuzz
 run:
 	scripts/run.sh
 demo:
@@ -11,3 +11,5 @@ bench:
 	scripts/setup.sh && .venv/bin/python benchmarks/run_all.py
 soak:
 	scripts/setup.sh && .venv/bin/python benchmarks/soak.py
+fuzz:
+	scripts/setup.sh && HYPOTHESIS_PROFILE=fuzz .venv/bin/pytest -q -p no:warnings tests/test_hostile_*.py
