@@ -130,6 +130,10 @@ def time_range(request: HttpRequest, start: str, end: str) -> tuple[datetime | N
 # --- auth and rate limit ---------------------------------------------------------------------------------
 
 
+MAX_USERNAME_LENGTH = 150  # Django's user name field
+MAX_PASSWORD_LENGTH = 4096  # as Django's password hashers: a longer one only costs hashing time
+
+
 def _basic_user(request: HttpRequest):
     header = request.headers.get("Authorization", "")
     if not header.lower().startswith("basic "):
@@ -138,6 +142,14 @@ def _basic_user(request: HttpRequest):
         username, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
     except (binascii.Error, UnicodeDecodeError):
         username, password = "", ""
+    if len(username) > MAX_USERNAME_LENGTH or len(password) > MAX_PASSWORD_LENGTH:
+        # Never stored as a failed attempt (the lockout table holds 255 characters) nor hashed (cost).
+        raise ApiError(
+            401,
+            "unauthorized",
+            f"user name (at most {MAX_USERNAME_LENGTH} characters) or password "
+            f"(at most {MAX_PASSWORD_LENGTH}) too long",
+        )
     user = authenticate(request, username=username, password=password) if username else None
     if user is None:
         raise ApiError(401, "unauthorized", "wrong user name or password")

@@ -123,3 +123,11 @@ def test_a_symbol_with_a_nul_character_is_unknown(world, endpoint):
     response = world["signed in"].get(f"/api/{endpoint}/BTC%00USDT")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize(("username", "password"), [("u" * 300, "x"), ("someone", "p" * 5000)])
+def test_an_overlong_basic_auth_user_name_or_password_is_a_401_naming_the_limit(username, password):
+    credentials = base64.b64encode(f"{username}:{password}".encode()).decode()
+    response = Client().get("/api/symbols", HTTP_AUTHORIZATION=f"Basic {credentials}")
+    assert response.status_code == 401
+    assert "at most 150 characters" in response.json()["error"]["message"]
