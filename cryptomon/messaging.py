@@ -229,11 +229,17 @@ async def publish_pipelined(js: JetStreamContext, messages: Iterable[tuple[str, 
 
     No `wait_stall`: with one, nats-py acquires its pending-ack semaphore through a new task, i.e. a loop
     turn and a socket write per message (~0.1 ms each). Callers send at most a batch and wait for its acks
-    (`ack_errors`) before the next, far below the 4,000 pending acks nats-py allows."""
-    return [
-        await js.publish_async(subject, payload, headers={"Nats-Msg-Id": msg_id})
-        for subject, payload, msg_id in messages
-    ]
+    (`ack_errors`) before the next, far below the 4,000 pending acks nats-py allows. Cancelled half-way, it
+    gives up on what it sent (see `ack_errors`)."""
+    futures: list = []
+    try:
+        for subject, payload, msg_id in messages:
+            futures.append(await js.publish_async(subject, payload, headers={"Nats-Msg-Id": msg_id}))
+    except asyncio.CancelledError:
+        for future in futures:
+            future.cancel()
+        raise
+    return futures
 
 
 async def ack_errors(futures: list, timeout: float) -> list[BaseException | None]:
@@ -241,7 +247,15 @@ async def ack_errors(futures: list, timeout: float) -> list[BaseException | None
     wait_for per future, i.e. a task per message); late ones are cancelled, freeing nats-py's count."""
     if not futures:
         return []
-    _, late = await asyncio.wait(futures, timeout=timeout)
+    try:
+        _, late = await asyncio.wait(futures, timeout=timeout)
+    except asyncio.CancelledError:
+        # Nobody waits for them any more: nats-py never fails a publish whose ack is lost (e.g. with a
+        # server restart), so each would hold one of its pending-ack slots for good and, once they are
+        # all taken, block every later publish.
+        for future in futures:
+            future.cancel()
+        raise
     for future in late:
         future.cancel()
     return [

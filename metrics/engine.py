@@ -105,6 +105,7 @@ class MetricsWorker(Worker):
         self._stored: dict[str, int] = {}  # per symbol the newest bar in metrics_calculated, at start
         self.nc = self.js = None
         self.live_frames: messaging.LiveFrames | None = None
+        self._unconfirmed: set[asyncio.Future] = set()  # published bars not yet confirmed by JetStream
 
     def _new_sequencer(self) -> BarSequencer:
         return BarSequencer(self.config.gap_timeout_seconds, int(self.config.late_after_seconds * 1000))
@@ -163,6 +164,12 @@ class MetricsWorker(Worker):
                     task.cancel()
                 _, pending = await asyncio.wait(pending, timeout=1.0)
             self._stopping = False
+            # Bars this run published but never saw confirmed (their batches die with it) are given up:
+            # nats-py keeps a pending-ack slot for each until its ack comes, which after a NATS restart is
+            # never, and with its 4,000 slots taken every publish (and with it the lock that live previews
+            # need) would wait for good. The rebuild publishes them again from JetStream.
+            for future in list(self._unconfirmed):
+                future.cancel()
             with contextlib.suppress(Exception):
                 await live.unsubscribe()
 
@@ -371,8 +378,9 @@ class MetricsWorker(Worker):
             await asyncio.sleep(min(quiet, left))
 
     async def _publish(self, bars: list[Bar]) -> list[asyncio.Future]:
-        """Send the bars to METRICS at once; their confirmations are awaited by `_confirm`."""
-        return await messaging.publish_pipelined(
+        """Send the bars to METRICS at once; their confirmations are awaited by `_confirm`. Each stays in
+        `_unconfirmed` until it is, so a rebuild can give up on them (see `_run_once`)."""
+        futures = await messaging.publish_pipelined(
             self.js,
             (
                 (
@@ -383,6 +391,10 @@ class MetricsWorker(Worker):
                 for bar in bars
             ),
         )
+        self._unconfirmed.update(futures)
+        for future in futures:
+            future.add_done_callback(self._unconfirmed.discard)
+        return futures
 
     async def _confirm(self, published: list[asyncio.Future]) -> None:
         """Wait for JetStream to have stored the published bars; raises (→ rebuild) if one failed."""

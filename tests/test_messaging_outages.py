@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import subprocess
 import sys
 from pathlib import Path
 
 from nats.errors import Error as NatsError
-from nats.js.api import AckPolicy
+from nats.js.api import AckPolicy, StreamConfig
 
 from cryptomon import embedded, messaging
 from tests.conftest import PrivateNats
@@ -104,3 +105,26 @@ async def test_live_frames_are_dropped_and_counted_while_nats_is_away_then_flow_
         assert "test-live: live frames flow again; 2 dropped while NATS was away" in caplog.text
     finally:
         await publisher.close()
+
+
+async def test_publishes_nobody_waits_for_any_more_give_their_pending_ack_slots_back(private_nats):
+    """nats-py never fails a publish whose ack is lost: a batch abandoned while its acks were awaited (a
+    worker rebuilding after an outage) must not keep its slots, or publishing stops once they are taken."""
+    nc, js = await messaging.connect_jetstream("test", private_nats.url)
+    try:
+        await js.add_stream(
+            StreamConfig(name="SILENT", subjects=["silent.>"], no_ack=True)
+        )  # acks never come
+        futures = await messaging.publish_pipelined(
+            js, [(f"silent.S{n}USDT", b"{}", f"S{n}USDT:0") for n in range(3)]
+        )
+        assert js.publish_async_pending() == 3
+        waiting = asyncio.create_task(messaging.ack_errors(futures, timeout=3600))
+        await asyncio.sleep(0)  # the wait has begun
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        assert all(future.cancelled() for future in futures)
+        assert js.publish_async_pending() == 0
+    finally:
+        await nc.close()
