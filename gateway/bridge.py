@@ -6,8 +6,11 @@ It subscribes (core NATS; the streams are created first, docs/contract.md §5) t
   group message is being sent together in the next one (a minute's burst of hundreds of alerts is a few
   channel-layer round trips, not one each); every socket filters each alert for its own subscription and
   audience (group names are ASCII and never contain a symbol);
-- ``metrics.live.>``: market rows, coalesced per symbol and sent to the ``market`` group at most once per
-  tick (1 s) as only the rows that changed; the full table is kept in Redis for new subscribers;
+- ``metrics.live.>`` and ``metrics.calculated.>``: market rows from each symbol's newest bar, live or
+  final (an older bar never replaces a newer row), coalesced per symbol and sent to the ``market`` group at
+  most once per tick (1 s) as only the rows that changed; the full table is kept in Redis for new
+  subscribers. Previews are best effort (dropped while NATS is away, skipped when the minute's final is
+  already in), so the final bars keep the table moving without them;
 - ``collector.status`` (core NATS, every collector shard every 5 s): the feed status (``gateway.feed``), sent
   to the ``feed`` group when it changes.
 
@@ -85,7 +88,10 @@ class MarketTable:
     def update(self, row: dict) -> None:
         symbol = row["symbol"]
         self.updated[symbol] = self.clock()
-        if self.rows.get(symbol) != row:
+        current = self.rows.get(symbol)
+        if current is not None and row["open_time"] < current["open_time"]:
+            return  # e.g. a minute's final bar after the next minute's preview
+        if current != row:
             self.rows[symbol] = row
             self.changed.add(symbol)
 
@@ -153,7 +159,8 @@ class Bridge(Worker):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         await self.nc.subscribe("alerts.triggered.>", cb=self._on_alert)
-        await self.nc.subscribe("metrics.live.>", cb=self._on_live)
+        await self.nc.subscribe(subjects.METRICS_LIVE, cb=self._on_live)
+        await self.nc.subscribe(subjects.METRICS, cb=self._on_live)
         await self.nc.subscribe(STATUS_SUBJECT, cb=self._on_heartbeat)
         await self.nc.flush()
 
@@ -273,7 +280,9 @@ class Bridge(Worker):
         stop = self.stopping
         await self.connect()
         self.started.set()
-        logger.info("gateway: bridging alerts.triggered.>, metrics.live.>, %s", STATUS_SUBJECT)
+        logger.info(
+            "gateway: bridging alerts.triggered.>, metrics.live.>, metrics.calculated.>, %s", STATUS_SUBJECT
+        )
         freezer = asyncio.create_task(heap.keep_collections_short("run_gateway"))
         try:
             while not stop.is_set():

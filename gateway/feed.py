@@ -72,15 +72,18 @@ class FeedTracker:
 
 
 def market_row(payload: dict) -> dict | None:
-    """A §10 market row from a `metrics.live` payload, or None when the payload is unusable."""
+    """A §10 market row from a `metrics.live` or `metrics.calculated` payload, or None when unusable."""
     symbol = payload.get("symbol")
     metrics = payload.get("metrics")
+    open_time = payload.get("open_time")
     if not isinstance(symbol, str) or not symbol or not isinstance(metrics, dict):
+        return None
+    if not isinstance(open_time, int) or isinstance(open_time, bool):  # rows are ordered by it
         return None
     row = {"symbol": symbol, "price": payload.get("price")}
     for name in MARKET_METRICS:
         row[name] = metrics.get(name)
-    row["open_time"] = payload.get("open_time")
+    row["open_time"] = open_time
     return row
 
 

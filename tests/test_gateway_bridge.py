@@ -165,6 +165,33 @@ async def test_the_bridge_creates_the_streams_forwards_alerts_and_coalesces_mark
         await nc.close()
 
 
+async def test_final_bars_move_the_market_too_and_an_older_bar_never_replaces_a_newer_row(private_nats):
+    """Previews are best effort (dropped while NATS is away, skipped when the minute's final is in first):
+    the market table also takes each symbol's final bars, the newest open time winning."""
+    listener = await Listener().join(bridge.MARKET_GROUP)
+    gateway = bridge.Bridge(get_channel_layer(), nats_url=private_nats.url, tick_seconds=0.2)
+    async with running(gateway):
+        nc, js = await messaging.connect_jetstream("test-publisher", private_nats.url)
+        final = {**live("BTCUSDT", 5.0, open_time=1_700_000_000_000), "final": True}
+        await js.publish("metrics.calculated.BTCUSDT", messaging.encode(final))
+        rows = (await listener.next("market.rows"))["rows"]
+        assert [(r["symbol"], r["price"], r["open_time"]) for r in rows] == [
+            ("BTCUSDT", 5.0, 1_700_000_000_000)
+        ]
+        await nc.publish(
+            "metrics.live.BTCUSDT", messaging.encode(live("BTCUSDT", 6.0, open_time=1_700_000_060_000))
+        )
+        older = {**live("BTCUSDT", 1.0, open_time=1_700_000_000_000), "final": True}
+        await js.publish("metrics.calculated.BTCUSDT", messaging.encode(older))  # arrives after the preview
+        await nc.publish("metrics.live.ETHUSDT", messaging.encode(live("ETHUSDT", 9.0)))
+        await nc.flush()
+        rows = (await listener.next("market.rows"))["rows"]
+        while "ETHUSDT" not in [r["symbol"] for r in rows]:
+            rows = (await listener.next("market.rows"))["rows"]
+        assert {r["symbol"]: r["price"] for r in await feed.read_market()} == {"BTCUSDT": 6.0, "ETHUSDT": 9.0}
+        await nc.close()
+
+
 async def test_a_burst_of_alerts_reaches_the_sockets_complete_in_order_in_few_messages(private_nats):
     listener = await Listener().join(bridge.ALERTS_GROUP)
     gateway = bridge.Bridge(get_channel_layer(), nats_url=private_nats.url, tick_seconds=0.2)
