@@ -15,6 +15,7 @@ from django.test import Client
 
 from alerts import services
 from alerts.models import AlertRule
+from tests.test_alerts_admin import rule_form
 
 pytestmark = pytest.mark.django_db(databases=["default", "timeseries"], transaction=True)
 
@@ -44,19 +45,7 @@ def client(me) -> Client:
 
 
 def admin_form(**overrides) -> dict:
-    return {
-        "slug": "global_x",
-        "name": "X",
-        "description": "",
-        "expression": "change_1h > 1",
-        "severity": "info",
-        "direction": "neutral",
-        "mode": "bar_close",
-        "cooldown_seconds": "300",
-        "enabled": "on",
-        "owner": "",
-        **overrides,
-    }
+    return rule_form(**{"slug": "global_x", "name": "X", **overrides})
 
 
 @pytest.mark.parametrize(
