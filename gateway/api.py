@@ -143,6 +143,8 @@ def _basic_user(request: HttpRequest):
         username, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
     except (binascii.Error, UnicodeDecodeError):
         username, password = "", ""
+    if "\x00" in username or "\x00" in password:  # no account has one; PostgreSQL text cannot hold it
+        raise ApiError(401, "unauthorized", "wrong user name or password")
     if len(username) > MAX_USERNAME_LENGTH or len(password) > MAX_PASSWORD_LENGTH:
         # Never stored as a failed attempt (the lockout table holds 255 characters) nor hashed (cost).
         raise ApiError(

@@ -386,6 +386,7 @@ function symbolPage() {
       .then((data) => {
         if (!data || wanted !== interval) return;
         show(data);
+        applyLive();
         if (fit) chart.timeScale().fitContent();
         box.dataset.loaded = "true";
       })
@@ -403,8 +404,25 @@ function symbolPage() {
   load(true);
 
   // Live: the open minute's price moves the newest bar; a new minute reloads the stored bars and indicators.
+  // The newest row is kept and applied again after every load, so a row seen while loading is not lost.
   let newestMinute = null;
   let reload = null;
+  let liveRow = null;
+  function applyLive() {
+    const row = liveRow, last = bars[bars.length - 1];
+    if (!row || !last) return;
+    const t = bucket(row.open_time);
+    if (t < last.open_time) return;
+    if (t > last.open_time) {
+      bars.push({ open_time: t, open: last.close, high: row.price, low: row.price, close: row.price, quote_volume: 0 });
+      byTime.set(seconds(t), { bar: bars[bars.length - 1], indicators: null, alerts: [] });
+    } else {
+      last.high = Math.max(last.high, row.price); last.low = Math.min(last.low, row.price); last.close = row.price;
+    }
+    candles.update(barData(bars[bars.length - 1]));
+    box.dataset.bars = String(bars.length);
+    box.dataset.lastPrice = String(row.price);
+  }
   const symbolAlerts = document.getElementById("symbol-alerts");
   const onAlert = (alert) => {
     if (alert.symbol !== symbol) return;
@@ -423,23 +441,12 @@ function symbolPage() {
       const row = m.rows.find((r) => r.symbol === symbol);
       if (!row || row.price == null || row.open_time == null) return;
       document.getElementById("live-price").textContent = fmtBarPrice(row.price);
-      box.dataset.lastPrice = String(row.price);
       if (newestMinute != null && row.open_time > newestMinute && !reload) {
         reload = setTimeout(() => { reload = null; if (!loading) load(false); }, 1500);
       }
       newestMinute = Math.max(newestMinute ?? row.open_time, row.open_time);
-      const last = bars[bars.length - 1];
-      if (!last) return;
-      const t = bucket(row.open_time);
-      if (t < last.open_time) return;
-      if (t > last.open_time) {
-        bars.push({ open_time: t, open: last.close, high: row.price, low: row.price, close: row.price, quote_volume: 0 });
-        byTime.set(seconds(t), { bar: bars[bars.length - 1], indicators: null, alerts: [] });
-      } else {
-        last.high = Math.max(last.high, row.price); last.low = Math.min(last.low, row.price); last.close = row.price;
-      }
-      candles.update(barData(bars[bars.length - 1]));
-      box.dataset.bars = String(bars.length);
+      liveRow = row;
+      if (!loading) applyLive();
     },
     status: (m) => showStatus(m.feed),
   });

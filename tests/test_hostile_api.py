@@ -112,6 +112,14 @@ def test_a_hostile_authorization_header_is_a_401_or_a_429_never_a_500(world, hea
     assert response.status_code in (200, 401, 429), body
 
 
+@pytest.mark.parametrize("credentials", ["\x00:x", "me:\x00", "me\x00:pw-me-123456"])
+def test_a_nul_character_in_basic_credentials_is_a_401_not_a_500(world, credentials):
+    header = "Basic " + base64.b64encode(credentials.encode()).decode()
+    response = Client().get("/api/symbols", HTTP_AUTHORIZATION=header)
+    assert response.status_code == 401
+    assert response.json()["error"]["message"] == "wrong user name or password"
+
+
 @pytest.mark.parametrize(("path", "parameter"), [("/api/alerts", "rule"), ("/api/alerts", "symbol")])
 def test_a_nul_character_in_a_text_filter_is_a_400_naming_it(world, path, parameter):
     response = world["signed in"].get(path, {parameter: "BTC\x00USDT"})

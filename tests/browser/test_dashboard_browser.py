@@ -361,6 +361,7 @@ def test_an_alert_appears_in_the_feed_and_on_the_symbol_chart(servers, page, tra
     assert page.locator("#symbol-alerts li").count() == 2
     assert page.inner_text("#metrics-table").count("+1.50%") == 1
     page.click("[data-interval='1m']")
+    page.wait_for_function("() => document.getElementById('chart').dataset.interval === '1m'")
     publish_until(
         page,
         lambda: publish("metrics.live.BTCUSDT", live_payload("BTCUSDT", 150.0, to_ms(data.NOW))),
