@@ -322,6 +322,7 @@ warnings.filterwarnings("ignore", message="No directory at")  # WhiteNoise: STAT
 API_RATE_LIMIT_PER_MINUTE = env_int("API_RATE_LIMIT_PER_MINUTE", 120, minimum=1)
 API_MAX_PAGE_SIZE = env_int("API_MAX_PAGE_SIZE", 500, minimum=1)
 API_MAX_CANDLES = env_int("API_MAX_CANDLES", 5000, minimum=1)
+API_MAX_CHART_BARS = env_int("API_MAX_CHART_BARS", 1000, minimum=1)  # each 1d bar reads 1,440 candles
 ALERTS_MAX_MUTES = env_int("ALERTS_MAX_MUTES", 200, minimum=1)  # per user, muted rules and symbols each
 # The rule editor's backtest preview (docs/security.md): replaying history is CPU-bound, so it is bounded
 # per request (symbols, the newest minutes of each, a wall-clock budget) and per user (previews a minute).

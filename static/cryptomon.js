@@ -1,6 +1,8 @@
 // cryptomon dashboard: one small module speaking the realtime protocol of docs/contract.md §10 over /ws/alerts/.
 // Pages say who they are with <body data-page="live|symbol|settings">; nothing here needs a build step.
 
+import { chartPriceFormat, fmtPrice, formatPrice } from "./prices.js";
+
 const body = document.body;
 const ZONE = body.dataset.zone || "UTC";
 const SIGNED_IN = body.dataset.signedIn === "1";
@@ -116,7 +118,7 @@ function alertItem(alert) {
     el("time", { "data-ms": alert.open_time, text: fmtTime(alert.open_time) }), " ",
     el("a", { href: symbolUrl(alert.symbol), class: "symbol", text: alert.symbol }), " ",
     el("b", { class: "rule", text: alert.rule_name || alert.rule }), " ",
-    el("span", { class: "price", text: fmtNum(alert.price, 6) }),
+    el("span", { class: "price", text: fmtPrice(alert.symbol, alert.price) }),
   );
   if (alert.owner != null) li.append(" ", el("span", { class: "tag", text: "mine" }));
   if (alert.late) li.append(" ", el("span", { class: "late", title: "its candle arrived late", text: "late" }));
@@ -175,7 +177,7 @@ function beep(direction) {
 // --- live page: feed + market table ------------------------------------------------------------------------
 
 const MARKET_COLUMNS = [
-  ["price", (v) => fmtNum(v, 6)], ["change_5m", fmtPct], ["change_15m", fmtPct], ["change_1h", fmtPct],
+  ["price", (v, row) => fmtPrice(row.symbol, v)], ["change_5m", fmtPct], ["change_15m", fmtPct], ["change_1h", fmtPct],
   ["change_4h", fmtPct], ["change_8h", fmtPct], ["change_1d", fmtPct], ["volume_1h", fmtNum],
   ["volume_1d", fmtNum], ["rsi_14", (v) => (v == null ? "–" : v.toFixed(1))],
 ];
@@ -218,7 +220,7 @@ function livePage() {
         el("td", {}, star), el("td", {}, el("a", { href: symbolUrl(r.symbol), text: r.symbol })));
       for (const [key, format] of MARKET_COLUMNS) {
         const v = r[key];
-        tr.append(el("td", { class: key.startsWith("change") && v != null ? (v > 0 ? "up" : v < 0 ? "down" : "") : "", "data-key": key, text: format(v) }));
+        tr.append(el("td", { class: key.startsWith("change") && v != null ? (v > 0 ? "up" : v < 0 ? "down" : "") : "", "data-key": key, text: format(v, r) }));
       }
       return tr;
     }));
@@ -256,7 +258,7 @@ function livePage() {
       if (!alerts.add(m.alert)) return;
       if (soundOn()) beep(m.alert.direction);
       if (notifyOn() && "Notification" in window && Notification.permission === "granted") {
-        new Notification(`${m.alert.symbol}: ${m.alert.rule_name}`, { body: `${m.alert.direction} at ${fmtNum(m.alert.price, 6)}`, tag: m.alert.id });
+        new Notification(`${m.alert.symbol}: ${m.alert.rule_name}`, { body: `${m.alert.direction} at ${fmtPrice(m.alert.symbol, m.alert.price)}`, tag: m.alert.id });
       }
     },
     market: (m) => { for (const row of m.rows) rows.set(row.symbol, row); schedule(); },
@@ -264,7 +266,9 @@ function livePage() {
   });
 }
 
-// --- symbol page: candles aggregated client-side, live updates, alert markers -------------------------------
+// --- symbol page: server-aggregated candles, volume, Bollinger bands, RSI and MACD panes, alerts -----------
+
+const UP = "#1fb86a", DOWN = "#e5484d", NEUTRAL = "#d6a93a";
 
 function symbolPage() {
   const symbol = document.getElementById("symbol-name").dataset.symbol;
@@ -274,98 +278,175 @@ function symbolPage() {
     box.textContent = "The chart library is not installed: run scripts/setup-browser.sh --vendor-only.";
     return;
   }
+  const decimals = box.dataset.decimals == null ? null : Number(box.dataset.decimals);
   const chart = LWC.createChart(box, {
     autoSize: true,
-    layout: { background: { color: "#0f1720" }, textColor: "#c9d4df" },
+    layout: { background: { color: "#0f1720" }, textColor: "#c9d4df", panes: { separatorColor: "#2a3a4a" } },
     grid: { vertLines: { color: "#1c2733" }, horzLines: { color: "#1c2733" } },
+    crosshair: { mode: LWC.CrosshairMode.Normal },
     timeScale: { timeVisible: true, tickMarkFormatter: (t) => shortTime.format(new Date(t * 1000)) },
     localization: { timeFormatter: (t) => fmtTime(t * 1000) },
   });
-  const series = chart.addSeries(LWC.CandlestickSeries, {
-    upColor: "#1fb86a", downColor: "#e5484d", wickUpColor: "#1fb86a", wickDownColor: "#e5484d", borderVisible: false,
+  const candles = chart.addSeries(LWC.CandlestickSeries, {
+    upColor: UP, downColor: DOWN, wickUpColor: UP, wickDownColor: DOWN, borderVisible: false,
+    priceFormat: chartPriceFormat(decimals, box.dataset.tickSize),
   });
-  const markers = LWC.createSeriesMarkers(series, []);
-  const alerts = JSON.parse(document.getElementById("alert-markers").textContent || "[]");
-  const minutes = [];  // 1m candles, oldest first: {open_time, open, high, low, close}
-  let interval = 1;
+  const volume = chart.addSeries(LWC.HistogramSeries, {
+    priceScaleId: "volume", priceFormat: { type: "volume" }, lastValueVisible: false, priceLineVisible: false,
+  });
+  chart.priceScale("volume").applyOptions({ scaleMargins: { top: 0.8, bottom: 0 } });
+  const band = (color) => chart.addSeries(LWC.LineSeries, {
+    color, lineWidth: 1, priceLineVisible: false, lastValueVisible: false, crosshairMarkerVisible: false,
+    priceFormat: chartPriceFormat(decimals, box.dataset.tickSize),
+  });
+  const bbUpper = band("#5b8def"), bbMiddle = band("#8892a0"), bbLower = band("#5b8def");
+  const rsi = chart.addSeries(LWC.LineSeries, { color: "#b48ef0", lineWidth: 1, priceLineVisible: false }, 1);
+  rsi.createPriceLine({ price: 70, color: "#6b5a8a", lineStyle: LWC.LineStyle.Dashed, axisLabelVisible: false });
+  rsi.createPriceLine({ price: 30, color: "#6b5a8a", lineStyle: LWC.LineStyle.Dashed, axisLabelVisible: false });
+  const macdHist = chart.addSeries(LWC.HistogramSeries, { priceLineVisible: false, lastValueVisible: false }, 2);
+  const macd = chart.addSeries(LWC.LineSeries, { color: "#3fa7d6", lineWidth: 1, priceLineVisible: false }, 2);
+  const macdSignal = chart.addSeries(LWC.LineSeries, { color: "#f0a35e", lineWidth: 1, priceLineVisible: false }, 2);
+  const [pricePane, rsiPane, macdPane] = chart.panes();  // 60 % price and volume, 20 % each indicator
+  pricePane.setStretchFactor(3);
+  rsiPane?.setStretchFactor(1);
+  macdPane?.setStretchFactor(1);
+  const markers = LWC.createSeriesMarkers(candles, []);
 
-  const bucket = (ms) => Math.floor(ms / (interval * 60000)) * interval * 60000;
-  const aggregate = () => {
-    const bars = [];
-    for (const c of minutes) {
-      const t = bucket(c.open_time);
-      const last = bars[bars.length - 1];
-      if (last && last.t === t) {
-        last.high = Math.max(last.high, c.high); last.low = Math.min(last.low, c.low); last.close = c.close;
-      } else bars.push({ t, open: c.open, high: c.high, low: c.low, close: c.close });
-    }
-    return bars.map((b) => ({ time: b.t / 1000, open: b.open, high: b.high, low: b.low, close: b.close }));
-  };
+  let interval = "1m";
+  let bars = [];        // {open_time, open, high, low, close, quote_volume}
+  let byTime = new Map();  // seconds → {bar, indicators, alerts}
+  let alerts = [];
+  const seconds = (ms) => ms / 1000;
+  const line = (points, key) => points.filter((p) => p[key] != null).map((p) => ({ time: seconds(p.open_time), value: p[key] }));
+  const intervalMs = () => ({ "1m": 1, "5m": 5, "15m": 15, "1h": 60, "4h": 240, "1d": 1440 })[interval] * 60000;
+  const bucket = (ms) => Math.floor(ms / intervalMs()) * intervalMs();
+
   const drawMarkers = () => {
     const list = alerts.map((a) => ({
-      time: bucket(a.open_time) / 1000,
+      time: seconds(bucket(a.open_time)),
       position: a.direction === "bear" ? "aboveBar" : "belowBar",
-      color: a.direction === "bull" ? "#1fb86a" : a.direction === "bear" ? "#e5484d" : "#d6a93a",
+      color: a.direction === "bull" ? UP : a.direction === "bear" ? DOWN : NEUTRAL,
       shape: a.direction === "bull" ? "arrowUp" : a.direction === "bear" ? "arrowDown" : "circle",
-      text: a.rule_name + (a.late ? " (late)" : ""),
     })).sort((x, y) => x.time - y.time);
     markers.setMarkers(list);
     box.dataset.markers = String(list.length);
   };
-  const redraw = () => {
-    const bars = aggregate();
-    series.setData(bars);
-    box.dataset.bars = String(bars.length);
+
+  const barData = (b) => ({ time: seconds(b.open_time), open: b.open, high: b.high, low: b.low, close: b.close });
+  const volumeData = (b) => ({ time: seconds(b.open_time), value: b.quote_volume, color: b.close >= b.open ? "#1fb86a55" : "#e5484d55" });
+
+  const show = (data) => {
+    bars = data.bars;
+    alerts = data.alerts;
+    candles.setData(bars.map(barData));
+    volume.setData(bars.map(volumeData));
+    bbUpper.setData(line(data.indicators, "bb_upper"));
+    bbMiddle.setData(line(data.indicators, "bb_middle"));
+    bbLower.setData(line(data.indicators, "bb_lower"));
+    rsi.setData(line(data.indicators, "rsi_14"));
+    macd.setData(line(data.indicators, "macd"));
+    macdSignal.setData(line(data.indicators, "macd_signal"));
+    macdHist.setData(data.indicators.filter((p) => p.macd_hist != null).map((p) => ({
+      time: seconds(p.open_time), value: p.macd_hist, color: p.macd_hist >= 0 ? "#1fb86a99" : "#e5484d99",
+    })));
+    byTime = new Map();
+    for (const b of bars) byTime.set(seconds(b.open_time), { bar: b, indicators: null, alerts: [] });
+    for (const p of data.indicators) { const e = byTime.get(seconds(p.open_time)); if (e) e.indicators = p; }
+    for (const a of alerts) { const e = byTime.get(seconds(bucket(a.open_time))); if (e) e.alerts.push(a); }
     drawMarkers();
+    const last = bars[bars.length - 1];
+    box.dataset.bars = String(bars.length);
+    box.dataset.interval = interval;
+    box.dataset.indicators = String(data.indicators.length);
+    if (last) box.dataset.priceSample = candles.priceFormatter().format(last.close);
+    legend(last ? seconds(last.open_time) : null);
+  };
+
+  const fmtBarPrice = (v) => formatPrice(v, decimals);
+  const legend = (time) => {
+    const entry = time == null ? null : byTime.get(time);
+    const ohlc = document.getElementById("legend-ohlc");
+    const ind = document.getElementById("legend-indicators");
+    const names = document.getElementById("legend-alerts");
+    if (!entry) { ohlc.textContent = ""; ind.textContent = ""; names.textContent = ""; return; }
+    const b = entry.bar;
+    ohlc.textContent = `${fmtTime(b.open_time)}  O ${fmtBarPrice(b.open)}  H ${fmtBarPrice(b.high)}  L ${fmtBarPrice(b.low)}  C ${fmtBarPrice(b.close)}  Vol ${fmtNum(b.quote_volume)} USDT`;
+    const i = entry.indicators;
+    ind.textContent = i ? `RSI ${fmtNum(i.rsi_14, 4)}  MACD ${fmtNum(i.macd, 4)} / ${fmtNum(i.macd_signal, 4)}  BB ${fmtBarPrice(i.bb_lower)} – ${fmtBarPrice(i.bb_upper)}` : "";
+    names.textContent = entry.alerts.map((a) => a.rule_name + (a.late ? " (late)" : "")).join(", ");
+  };
+  chart.subscribeCrosshairMove((param) => legend(param.time ?? (bars.length ? seconds(bars[bars.length - 1].open_time) : null)));
+  box.timeToX = (ms) => chart.timeScale().timeToCoordinate(seconds(ms));  // for the browser tests' mouse
+
+  let loading = null;
+  const load = (fit = false) => {
+    const wanted = interval;
+    loading = fetch(`${box.dataset.chartUrl}?interval=${wanted}&bars=300`, { credentials: "same-origin" })
+      .then((r) => (r.ok ? r.json() : null))
+      .then((data) => {
+        if (!data || wanted !== interval) return;
+        show(data);
+        applyLive();
+        if (fit) chart.timeScale().fitContent();
+        box.dataset.loaded = "true";
+      })
+      .finally(() => { loading = null; });
   };
 
   for (const button of document.querySelectorAll("[data-interval]")) {
     button.addEventListener("click", () => {
-      interval = Number(button.dataset.interval);
+      interval = button.dataset.interval;
       for (const other of document.querySelectorAll("[data-interval]")) other.setAttribute("aria-pressed", String(other === button));
-      box.dataset.interval = String(interval);
-      redraw();
-      chart.timeScale().fitContent();
+      box.dataset.loaded = "false";
+      load(true);
     });
   }
+  load(true);
 
-  const since = Date.now() - 48 * 3600 * 1000;
-  fetch(`${box.dataset.candlesUrl}?start=${since}&limit=2880`, { credentials: "same-origin" })
-    .then((r) => (r.ok ? r.json() : { candles: [] }))
-    .then((data) => {
-      // Live updates may have arrived first: keep those newer than the newest stored candle.
-      const stored = data.candles;
-      const newest = stored.length ? stored[stored.length - 1].open_time : -Infinity;
-      minutes.splice(0, minutes.length, ...stored, ...minutes.filter((m) => m.open_time > newest));
-      redraw();
-      chart.timeScale().fitContent();
-      box.dataset.loaded = "true";
-    });
-
+  // Live: the open minute's price moves the newest bar; a new minute reloads the stored bars and indicators.
+  // The newest row is kept and applied again after every load, so a row seen while loading is not lost.
+  let newestMinute = null;
+  let reload = null;
+  let liveRow = null;
+  function applyLive() {
+    const row = liveRow, last = bars[bars.length - 1];
+    if (!row || !last) return;
+    const t = bucket(row.open_time);
+    if (t < last.open_time) return;
+    if (t > last.open_time) {
+      bars.push({ open_time: t, open: last.close, high: row.price, low: row.price, close: row.price, quote_volume: 0 });
+      byTime.set(seconds(t), { bar: bars[bars.length - 1], indicators: null, alerts: [] });
+    } else {
+      last.high = Math.max(last.high, row.price); last.low = Math.min(last.low, row.price); last.close = row.price;
+    }
+    candles.update(barData(bars[bars.length - 1]));
+    box.dataset.bars = String(bars.length);
+    box.dataset.lastPrice = String(row.price);
+  }
   const symbolAlerts = document.getElementById("symbol-alerts");
+  const onAlert = (alert) => {
+    if (alert.symbol !== symbol) return;
+    alerts.push(alert);
+    const entry = byTime.get(seconds(bucket(alert.open_time)));
+    if (entry) entry.alerts.push(alert);
+    symbolAlerts.querySelector(".empty")?.remove();
+    symbolAlerts.prepend(alertItem(alert));
+    drawMarkers();
+  };
   new Feed({ symbols: [symbol], rules: null, market: true }, {
     snapshot: () => {},
-    alert: (m) => {
-      if (m.alert.symbol !== symbol) return;
-      alerts.push({ open_time: m.alert.open_time, direction: m.alert.direction, rule_name: m.alert.rule_name, late: m.alert.late });
-      symbolAlerts.querySelector(".empty")?.remove();
-      symbolAlerts.prepend(alertItem(m.alert));
-      drawMarkers();
-    },
+    alert: (m) => onAlert(m.alert),
+    alerts: (m) => m.alerts.forEach(onAlert),
     market: (m) => {
       const row = m.rows.find((r) => r.symbol === symbol);
       if (!row || row.price == null || row.open_time == null) return;
-      document.getElementById("live-price").textContent = fmtNum(row.price, 6);
-      const last = minutes[minutes.length - 1];
-      if (!last || row.open_time > last.open_time) {
-        minutes.push({ open_time: row.open_time, open: last ? last.close : row.price, high: row.price, low: row.price, close: row.price });
-      } else if (row.open_time === last.open_time) {
-        last.high = Math.max(last.high, row.price); last.low = Math.min(last.low, row.price); last.close = row.price;
-      } else return;
-      const bars = aggregate();
-      if (bars.length) series.update(bars[bars.length - 1]);
-      box.dataset.bars = String(bars.length);
-      box.dataset.lastPrice = String(row.price);
+      document.getElementById("live-price").textContent = fmtBarPrice(row.price);
+      if (newestMinute != null && row.open_time > newestMinute && !reload) {
+        reload = setTimeout(() => { reload = null; if (!loading) load(false); }, 1500);
+      }
+      newestMinute = Math.max(newestMinute ?? row.open_time, row.open_time);
+      liveRow = row;
+      if (!loading) applyLive();
     },
     status: (m) => showStatus(m.feed),
   });

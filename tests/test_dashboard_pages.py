@@ -93,7 +93,7 @@ def test_symbol_page_shows_metrics_of_every_timeframe_and_its_alerts(world):
     assert "61.25" in page  # rsi_14
     assert "Pioneer Bull" in page and "Top Hunter" in page and ">late<" in page
     assert "Secret Plan" not in page
-    assert 'data-candles-url="/api/candles/BTCUSDT"' in page
+    assert 'data-chart-url="/api/chart/BTCUSDT"' in page
     assert "lightweight-charts.standalone.production.js" in page
 
 
@@ -103,7 +103,7 @@ def test_symbol_page_of_a_non_ascii_symbol_by_its_encoded_url(world):
     assert response.status_code == 200
     page = response.content.decode()
     assert "币安人生USDT" in page and "No stored metrics yet." in page
-    assert f"/api/candles/{quote('币安人生USDT')}" in page
+    assert f"/api/chart/{quote('币安人生USDT')}" in page
 
 
 def test_unknown_symbol_page_is_404(world):

@@ -260,7 +260,7 @@ def test_signed_in_trader_watches_the_market_table_update_live(servers, page, tr
         page,
         lambda: publish("metrics.live.BTCUSDT", live_payload("BTCUSDT", 100.5, open_time)),
         ROW_PRICE,
-        ["BTCUSDT", "100.5"],
+        ["BTCUSDT", "100.50"],  # no tick size known: 6 significant digits, at least 2 decimals
     )
     publish("metrics.live.币安人生USDT", live_payload("币安人生USDT", 0.0123, open_time))
     publish("metrics.live.BTCUSDT", live_payload("BTCUSDT", 101.75, open_time))
@@ -348,7 +348,7 @@ def test_an_alert_appears_in_the_feed_and_on_the_symbol_chart(servers, page, tra
     page.wait_for_selector("#chart[data-loaded=true]")
     assert page.get_attribute("#chart", "data-bars") == "120"
     assert page.get_attribute("#chart", "data-markers") == "1"  # the stored alert
-    page.click("[data-interval='5']")
+    page.click("[data-interval='5m']")
     five_minute_bars = len({t // 300_000 for t in stored_candles})
     page.wait_for_function(f"() => document.getElementById('chart').dataset.bars === '{five_minute_bars}'")
     assert page.get_attribute("#chart", "data-markers") == "1"
@@ -360,7 +360,8 @@ def test_an_alert_appears_in_the_feed_and_on_the_symbol_chart(servers, page, tra
     )
     assert page.locator("#symbol-alerts li").count() == 2
     assert page.inner_text("#metrics-table").count("+1.50%") == 1
-    page.click("[data-interval='1']")
+    page.click("[data-interval='1m']")
+    page.wait_for_function("() => document.getElementById('chart').dataset.interval === '1m'")
     publish_until(
         page,
         lambda: publish("metrics.live.BTCUSDT", live_payload("BTCUSDT", 150.0, to_ms(data.NOW))),
