@@ -16,7 +16,8 @@ It subscribes (core NATS; the streams are created first, docs/contract.md §5) t
 
 Core subscriptions miss what is published while the bus or Redis is away, so after a NATS reconnect or a
 Redis recovery the bridge sends ``resync`` and every socket takes a fresh snapshot: nothing on screen stays
-silently stale. Frames are encoded once here (``frame``) so a thousand sockets do not encode them again.
+silently stale. Frames are encoded once here (``frame``, ``texts``) so a thousand sockets do not encode them
+again; each web process reads these groups once (``gateway.hub``).
 """
 
 from __future__ import annotations
@@ -46,12 +47,9 @@ ALERTS_PER_MESSAGE = 100  # alerts in one channel-layer message at most
 
 
 def alerts_message(payloads: list[dict]) -> dict:
-    """One group message for several alerts, each with its socket frame encoded once."""
-    return {
-        "type": "alert.batch",
-        "alerts": payloads,
-        "frames": [_text({"type": "alert", "alert": payload}) for payload in payloads],
-    }
+    """One group message for several alerts, oldest first, each also encoded once (``texts``: the sockets'
+    frames are built from these, never encoded again; ``gateway.hub``)."""
+    return {"type": "alert.batch", "alerts": payloads, "texts": [_text(payload) for payload in payloads]}
 
 
 def market_message(rows: list[dict]) -> dict:

@@ -131,6 +131,8 @@ async def alerts_received(socket, quiet: float = 0.4) -> list[str]:
         frame = await receive(socket)
         if frame["type"] == "alert":
             ids.append(frame["alert"]["id"])
+        elif frame["type"] == "alerts":
+            ids.extend(alert["id"] for alert in frame["alerts"])
     return ids
 
 
