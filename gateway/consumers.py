@@ -285,17 +285,20 @@ class Alerts:
 
 
 class Outbox:
-    """A socket's bounded send buffer (``WS_SEND_BUFFER`` entries), oldest first.
+    """A socket's bounded send buffer (``WS_SEND_BUFFER`` entries), oldest first, plus one market slot.
 
     Alerts that wait next to each other leave as ONE frame (docs/contract.md §10 `alerts`, oldest first):
-    a socket that is behind catches up in fewer, larger frames instead of falling further behind, and one
-    that keeps up sends each alert as soon as it is there (its own `alert` frame, shared by every socket).
+    a socket that is behind catches up in fewer, larger frames instead of falling further behind. Market
+    rows are state, not events: the newest rows replace (or merge into) those not sent yet, and they leave
+    only when nothing else waits, so a client that is behind gets fewer market frames, never a backlog of
+    them, and its alerts never wait behind a 600-row table.
     """
 
     def __init__(self, size: int):
         self.size = size
         self.entries: deque[str | Alerts] = deque()
         self.filled = asyncio.Event()
+        self.market: tuple[str | None, list[dict] | dict[str, dict], frozenset[str]] | None = None
 
     def put(self, entry: str | Alerts) -> bool:
         """False when the buffer is full (the client is not keeping up)."""
@@ -305,13 +308,34 @@ class Outbox:
         self.filled.set()
         return True
 
+    def put_market(self, frame: str | None, rows: list[dict], symbols: frozenset[str]) -> None:
+        """Market rows (`frame`: them encoded, shared by the sockets) replacing or merging into any unsent."""
+        if self.market is not None and not self.market[2] <= symbols:  # unsent rows the new ones lack
+            merged = (
+                self.market[1]
+                if isinstance(self.market[1], dict)
+                else {r["symbol"]: r for r in self.market[1]}
+            )
+            merged.update((row["symbol"], row) for row in rows)
+            self.market = (None, merged, self.market[2] | symbols)
+        else:
+            self.market = (frame, rows, symbols)
+        self.filled.set()
+
     async def wait(self) -> None:
-        while not self.entries:
+        while not self.entries and self.market is None:
             self.filled.clear()
             await self.filled.wait()
 
     def take(self) -> str:
-        """The next frame: the oldest entry, merged with the alerts right behind it."""
+        """The next frame: the oldest entry (merged with the alerts right behind it), else the market rows."""
+        if not self.entries:
+            frame, rows, _ = self.market
+            self.market = None
+            if frame is None:
+                ordered = [rows[symbol] for symbol in sorted(rows)] if isinstance(rows, dict) else rows
+                frame = _text({"type": "market", "rows": ordered})
+            return frame
         entry = self.entries.popleft()
         if isinstance(entry, str):
             return entry
@@ -327,6 +351,9 @@ class Outbox:
             texts.extend(self.entries.popleft().texts)
             size = grown
         return hub.alerts_frame(texts)
+
+    def drop_market(self) -> None:
+        self.market = None
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -542,6 +569,7 @@ class AlertsConsumer(AsyncWebsocketConsumer):
         else:
             self._cancel_market_flush()
             self.market_pending.clear()
+            self.outbox.drop_market()
 
     # --- snapshot, status, market -------------------------------------------------------------------------
 
@@ -587,6 +615,7 @@ class AlertsConsumer(AsyncWebsocketConsumer):
         """Every row, then (no sooner than a tick later) the rows that changed meanwhile."""
         self._cancel_market_flush()
         self.market_pending.clear()
+        self.outbox.drop_market()  # older than the table about to be read
         self.market_loading = True  # rows arriving while the table is read wait behind it
         try:
             frame = await self.hub.full_market() if self.hub is not None else None
@@ -612,7 +641,11 @@ class AlertsConsumer(AsyncWebsocketConsumer):
         rows = [self.market_pending[symbol] for symbol in sorted(self.market_pending)]
         self.market_pending.clear()
         self.market_sent_at = time.monotonic()
-        await self._enqueue(_text({"type": "market", "rows": rows}))
+        self._put_market(None, rows, frozenset(row["symbol"] for row in rows))
+
+    def _put_market(self, frame: str | None, rows: list[dict], symbols: frozenset[str]) -> None:
+        if not self.closed and not self.closing_slow:
+            self.outbox.put_market(frame, rows, symbols)
 
     def _later(self, delay: float, coroutine: Callable) -> asyncio.TimerHandle:
         loop = asyncio.get_running_loop()

@@ -8,6 +8,12 @@ local socket synchronously, in arrival order, with its frames already encoded (:
 socket's work per alert is its filter and an append to its send buffer. The per-user group (sign-out,
 changed settings) stays on each socket's own channel.
 
+Frames, not bytes, are what a web process pays for (a send, a write and an epoll change per frame): while
+alerts keep coming, the hub hands them to the sockets at most every ``sockets / WS_ALERT_FRAMES_PER_SECOND``
+seconds (at most 0.25 s), so a process's alert frames stay within that budget however many alerts arrive;
+an alert after a quiet moment goes out at once, and with a few sockets the wait is well under a
+millisecond. Each socket still gets every alert, once, oldest first.
+
 The full market table that a ``market: true`` subscribe starts with is read from Redis once per change, not
 once per socket (:meth:`Hub.full_market`).
 """
@@ -20,6 +26,8 @@ import logging
 import weakref
 from typing import Protocol
 
+from django.conf import settings
+
 from cryptomon import messaging
 from gateway import feed
 from gateway.bridge import ALERTS_GROUP, FEED_GROUP, MARKET_GROUP, RESYNC_GROUP
@@ -28,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 GROUPS = (ALERTS_GROUP, MARKET_GROUP, FEED_GROUP, RESYNC_GROUP)
 REJOIN_SECONDS = 3600.0  # the list-based layer forgets group members after a day (group_expiry)
+MAX_ALERT_HOLD_SECONDS = 0.25
 
 
 class Listener(Protocol):
@@ -75,6 +84,9 @@ class Hub:
         self.market_lock = asyncio.Lock()
         self.market_version = 0  # bumped by every market message: the cached full table is then stale
         self.market_cache: tuple[int, str] | None = None
+        self.held: list[AlertBatch] = []  # alerts waiting for the next hand-out (oldest first)
+        self.hand_out: asyncio.TimerHandle | None = None
+        self.next_alerts_at = 0.0
 
     async def join(self, listener: Listener) -> None:
         """Start receiving broadcasts for `listener` (joining the groups first if this process has not)."""
@@ -140,11 +152,18 @@ class Hub:
     def dispatch(self, message: dict) -> None:
         kind = message.get("type")
         if kind == "alert.batch":
-            batch = AlertBatch(message["alerts"], message["texts"])
-            for listener in list(self.listeners):
-                listener.take_alerts(batch)
+            self.held.append(AlertBatch(message["alerts"], message["texts"]))
+            if self.hand_out is None:
+                loop = asyncio.get_running_loop()
+                wait = self.next_alerts_at - loop.time()
+                if wait <= 0:
+                    self._hand_out_alerts()
+                else:
+                    self.hand_out = loop.call_later(wait, self._hand_out_alerts)
         elif kind == "market.rows":
             self.market_version += 1
+            message["symbols"] = frozenset(row["symbol"] for row in message["rows"])
+            message.setdefault("frame", None)
             for listener in list(self.market):
                 listener.take_market(message)
         elif kind == "feed.status":
@@ -155,6 +174,26 @@ class Hub:
                 listener.take_resync()
         else:
             logger.warning("ws: ignoring a broadcast of unknown type %r", kind)
+
+    def _hand_out_alerts(self) -> None:
+        self.hand_out = None
+        held, self.held = self.held, []
+        if not held:
+            return
+        batch = (
+            held[0]
+            if len(held) == 1
+            else AlertBatch(
+                [alert for b in held for alert in b.alerts], [text for b in held for text in b.texts]
+            )
+        )
+        gap = min(MAX_ALERT_HOLD_SECONDS, len(self.listeners) / settings.WS_ALERT_FRAMES_PER_SECOND)
+        self.next_alerts_at = asyncio.get_running_loop().time() + gap
+        for listener in list(self.listeners):
+            try:
+                listener.take_alerts(batch)
+            except Exception:
+                logger.exception("ws: a socket failed to take alerts")
 
 
 _hubs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
