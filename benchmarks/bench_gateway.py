@@ -235,6 +235,52 @@ def wait_port(port: int, timeout: float = 60) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
+def browser_frames(port: int, args) -> str:
+    """The live page in Chromium (Playwright) while every symbol changes every second: the time each market
+    table update takes in the page's script (`performance.now()` around it, `window.cryptomonRenders`), and
+    what a background tab does (renders while hidden, and the one catch-up render when shown again)."""
+    chromium = Path("/usr/bin/chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return "browser: playwright is not installed (scripts/setup.sh with CRYPTOMON_SETUP_BROWSER=1)"
+    if not chromium.exists():
+        return "browser: no /usr/bin/chromium (scripts/setup.sh with CRYPTOMON_SETUP_BROWSER=1)"
+    publisher = subprocess.Popen(
+        [sys.executable, __file__, "--publish", str(args.symbols), "1", str(args.browser + 10)], cwd=ROOT
+    )
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(chromium), args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1440, "height": 900})
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_function(
+                f"() => document.querySelectorAll('#market-table tbody tr').length >= {args.symbols}",
+                timeout=60_000,
+            )
+            page.evaluate("() => { window.cryptomonRenders.length = 0; }")
+            time.sleep(args.browser)
+            renders = page.evaluate("() => [...window.cryptomonRenders]")
+            hide = "(hidden) => { Object.defineProperty(document, 'hidden', {value: hidden, configurable: true});"
+            hide += " document.dispatchEvent(new Event('visibilitychange')); window.cryptomonRenders.length = 0; }"
+            page.evaluate(hide, True)
+            time.sleep(5)
+            hidden = page.evaluate("() => window.cryptomonRenders.length")
+            page.evaluate(hide, False)
+            page.wait_for_function("() => window.cryptomonRenders.length > 0")
+            catch_up = page.evaluate("() => window.cryptomonRenders[0]")
+            browser.close()
+    finally:
+        publisher.terminate()
+        publisher.wait()
+    return (
+        f"browser ({args.symbols} rows, every row changing every second, {len(renders)} updates in "
+        f"{args.browser:g} s): update p50 {percentile(renders, 0.5):.1f} ms, p99 {percentile(renders, 0.99):.1f} ms, "
+        f"max {max(renders, default=float('nan')):.1f} ms; background tab: {hidden} renders in 5 s, "
+        f"then one catch-up render of {catch_up:.1f} ms; load {load_average()}"
+    )
+
+
 def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
@@ -249,6 +295,9 @@ def main() -> int:
     parser.add_argument("--web-workers", type=int, default=2, help="daphne processes on one listening socket")
     parser.add_argument("--drain", type=float, default=15.0, help="seconds to wait for late deliveries")
     parser.add_argument("--ramp", type=int, default=20, help="new sockets per 100 ms while connecting")
+    parser.add_argument(
+        "--browser", type=float, default=20, help="seconds of the live page in Chromium (0: skip)"
+    )
     parser.add_argument("--keep-logs", action="store_true", help="keep daphne/run_gateway logs")
     parser.add_argument("--profile-web", help="write a cProfile of the (first) daphne process to this path")
     parser.add_argument("--publish", nargs=3, type=float, help=argparse.SUPPRESS)
@@ -272,6 +321,7 @@ def main() -> int:
 
     started = embedded.configure_environment(var_dir, durable=False)
     results = []
+    browser_line = ""
     try:
         import django
 
@@ -318,6 +368,9 @@ def main() -> int:
                     )
                     results.append(result)
                     print(summary(result, args), flush=True)
+                if args.browser > 0:
+                    browser_line = browser_frames(port, args)
+                    print(browser_line, flush=True)
             finally:
                 for process in (*webs, gateway):
                     process.terminate()
@@ -347,6 +400,8 @@ def main() -> int:
             f"| {r['p50']:.0f} ms | {r['p99']:.0f} ms | {r['max']:.0f} ms | {r['market_per_client_s']:.2f} "
             f"| {r['closed']} {r['close_codes'] or ''} | {capacity(r)} | {r['load']} |"
         )
+    if browser_line:
+        print(f"\n{browser_line}")
     return 0
 
 

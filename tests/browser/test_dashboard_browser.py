@@ -442,14 +442,17 @@ def test_alerts_that_arrive_together_in_one_alerts_frame_all_reach_the_feed(serv
     page.on("websocket", lambda ws: ws.on("framereceived", lambda frame: frames.append(str(frame))))
     sign_in(page, servers)
     page.wait_for_selector("#conn[data-state=open]")
-    page.wait_for_function("() => document.getElementById('feed-empty') !== null")
     burst = [
         alert_payload(name, to_ms(data.NOW) - n * 60_000) for n, name in enumerate(("BTCUSDT", "ETHUSDT"))
     ]
     burst.append(alert_payload("币安人生USDT", to_ms(data.NOW)))
-    group_send(bridge.ALERTS_GROUP, bridge.alerts_message(burst))
-    for alert in burst:
-        page.wait_for_selector(f"#alert-feed li[data-id='{alert['id']}']")
+    shown = "(ids) => ids.every((id) => document.querySelector(`#alert-feed li[data-id='${id}']`))"
+    publish_until(  # again until the socket has joined (the page shows `open` once it is accepted)
+        page,
+        lambda: group_send(bridge.ALERTS_GROUP, bridge.alerts_message(burst)),
+        shown,
+        [alert["id"] for alert in burst],
+    )
     assert any(frame.startswith('{"type":"alerts"') for frame in frames)  # one frame held all three
     assert page.locator("#alert-feed li").count() == 3
 
