@@ -408,6 +408,7 @@ class AlertsConsumer(AsyncWebsocketConsumer):
         self.audience = AlertAudience()
         self.audience_loaded_at = 0.0
         self.audience_refresh: asyncio.Task | None = None
+        self.joined_at = 0.0  # when this socket started receiving broadcasts
 
         user = self.scope.get("user")
         await self.accept()
@@ -439,6 +440,7 @@ class AlertsConsumer(AsyncWebsocketConsumer):
             await self._join(user_group(self.user_id))
         self.hub = hub.hub(self.channel_layer)
         await self.hub.join(self)
+        self.joined_at = time.monotonic()
         await self._load_audience()
         await self._send_status(await self._read_status())
         await self._send_snapshot()
@@ -575,7 +577,10 @@ class AlertsConsumer(AsyncWebsocketConsumer):
 
     async def _load_audience(self) -> None:
         user = self.scope.get("user")
-        self.audience = await in_thread(AlertAudience.for_user, user)
+        if user is None or not user.is_authenticated:
+            self.audience = AlertAudience()  # nothing to read
+        else:
+            self.audience = await in_thread(AlertAudience.for_user, user)
         self.audience_loaded_at = time.monotonic()
 
     def _refresh_audience_if_due(self) -> None:
@@ -586,14 +591,26 @@ class AlertsConsumer(AsyncWebsocketConsumer):
         if self.audience_refresh is None or self.audience_refresh.done():
             self.audience_refresh = asyncio.get_running_loop().create_task(self._load_audience())
 
-    async def _send_snapshot(self) -> None:
+    async def _send_snapshot(self, not_before: float | None = None) -> None:
+        """The newest visible alerts. Anonymous viewers all see the same ones: their sockets share a query
+        started after `not_before` (by default, when this socket joined the broadcasts: anything committed
+        earlier and published before that is in it), so a thousand connecting at once cost a few queries."""
         if self.closed:
             return
-        since = round(time.time() * 1000) - SNAPSHOT_HOURS * 3600 * 1000
         sub = self.subscription
-        alerts = await in_thread(visible_alerts, self.audience, sub.symbols, sub.rules, since, SNAPSHOT_SIZE)
+
+        def query() -> tuple[list[dict], str]:
+            since = round(time.time() * 1000) - SNAPSHOT_HOURS * 3600 * 1000
+            alerts = visible_alerts(self.audience, sub.symbols, sub.rules, since, SNAPSHOT_SIZE)
+            return alerts, _text({"type": "snapshot", "alerts": alerts})
+
+        if self.audience.anonymous and self.hub is not None:
+            key = (sub.symbols, sub.rules)
+            alerts, frame = await self.hub.shared(key, not_before or self.joined_at, lambda: in_thread(query))
+        else:
+            alerts, frame = await in_thread(query)
         self.snapshot_ids = {alert["id"] for alert in alerts}
-        await self._enqueue(_text({"type": "snapshot", "alerts": alerts}))
+        await self._enqueue(frame)
 
     async def _read_status(self) -> dict:
         try:
@@ -611,14 +628,14 @@ class AlertsConsumer(AsyncWebsocketConsumer):
         self.last_status = status
         self._put(frame or _text({"type": "status", "feed": status}))
 
-    async def _send_full_market(self) -> None:
+    async def _send_full_market(self, not_before: float = 0.0) -> None:
         """Every row, then (no sooner than a tick later) the rows that changed meanwhile."""
         self._cancel_market_flush()
         self.market_pending.clear()
         self.outbox.drop_market()  # older than the table about to be read
         self.market_loading = True  # rows arriving while the table is read wait behind it
         try:
-            frame = await self.hub.full_market() if self.hub is not None else None
+            frame = await self.hub.full_market(not_before) if self.hub is not None else None
         except Exception as error:
             logger.warning("ws: cannot read the market table: %s", error)
             frame = None
@@ -696,9 +713,9 @@ class AlertsConsumer(AsyncWebsocketConsumer):
     def take_resync(self) -> None:
         if not self.closed:
             self.tasks = [task for task in self.tasks if not task.done()]
-            self.tasks.append(asyncio.get_running_loop().create_task(self._resync()))
+            self.tasks.append(asyncio.get_running_loop().create_task(self._resync(time.monotonic())))
 
-    async def _resync(self) -> None:
+    async def _resync(self, since: float) -> None:
         """The bridge lost NATS or Redis for a while: whatever is on screen may be stale."""
         jitter = settings.WS_RESYNC_JITTER_SECONDS
         if jitter > 0:  # spread the snapshot queries of a thousand sockets
@@ -708,9 +725,9 @@ class AlertsConsumer(AsyncWebsocketConsumer):
         await self._load_audience()
         self.last_status = None
         await self._send_status(await self._read_status())
-        await self._send_snapshot()
+        await self._send_snapshot(not_before=since)
         if self.subscription.market:
-            await self._send_full_market()
+            await self._send_full_market(not_before=since)
 
     # --- the user's own group (this socket's channel) ------------------------------------------------------
 

@@ -23,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import weakref
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from django.conf import settings
@@ -83,7 +85,8 @@ class Hub:
         self.starting = asyncio.Lock()
         self.market_lock = asyncio.Lock()
         self.market_version = 0  # bumped by every market message: the cached full table is then stale
-        self.market_cache: tuple[int, str] | None = None
+        self.market_cache: tuple[int, float, str] | None = None  # (version, read started, frame)
+        self.queries: dict[object, tuple[float, asyncio.Future]] = {}  # shared reads in flight, by key
         self.held: list[AlertBatch] = []  # alerts waiting for the next hand-out (oldest first)
         self.hand_out: asyncio.TimerHandle | None = None
         self.next_alerts_at = 0.0
@@ -109,17 +112,32 @@ class Hub:
         else:
             self.market.pop(listener, None)
 
-    async def full_market(self) -> str:
-        """The `market` frame with every symbol's row: one Redis read and encode per change, shared."""
+    async def full_market(self, not_before: float = 0.0) -> str:
+        """The `market` frame with every symbol's row: one Redis read and encode per change, shared (a read
+        started before `not_before`, time.monotonic(), is not reused: e.g. after an outage)."""
         async with self.market_lock:
             version = self.market_version
-            if self.market_cache is not None and self.market_cache[0] == version:
-                return self.market_cache[1]
+            cached = self.market_cache
+            if cached is not None and cached[0] == version and cached[1] >= not_before:
+                return cached[2]
+            started = time.monotonic()
             rows = await feed.read_market()
             frame = messaging.encode({"type": "market", "rows": rows}).decode()
             if version == self.market_version:  # no newer rows arrived while reading
-                self.market_cache = (version, frame)
+                self.market_cache = (version, started, frame)
             return frame
+
+    async def shared(self, key, not_before: float, read: Callable[[], Awaitable]):
+        """The result of `read()` for `key`, shared with every caller while it runs, if it started at or
+        after `not_before` (time.monotonic()); otherwise a new one is started (and shared in turn)."""
+        entry = self.queries.get(key)
+        if entry is None or entry[0] < not_before:
+            entry = (time.monotonic(), asyncio.ensure_future(read()))
+            self.queries[key] = entry
+            entry[1].add_done_callback(
+                lambda _, e=entry: self.queries.get(key) is e and self.queries.pop(key)
+            )
+        return await asyncio.shield(entry[1])
 
     async def _read(self, channel: str) -> None:
         loop = asyncio.get_running_loop()

@@ -12,6 +12,9 @@ import socket
 import sys
 
 LISTEN_BACKLOG = 4096  # a thousand browsers reconnecting at once must not overflow the accept queue
+# daphne drops a WebSocket whose handshake has not finished in 5 s; in a reconnect storm of a thousand
+# browsers a busy process answers later than that, and each dropped one only comes back to retry.
+HANDSHAKE_TIMEOUT_SECONDS = 30
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -33,6 +36,8 @@ def daphne_argv(sock: socket.socket, *options: str) -> list[str]:
         "-m",
         "daphne",
         *options,
+        "--websocket_connect_timeout",
+        str(HANDSHAKE_TIMEOUT_SECONDS),
         "--fd",
         str(sock.fileno()),
         "cryptomon.asgi:application",
