@@ -298,7 +298,7 @@ class Outbox:
         self.size = size
         self.entries: deque[str | Alerts] = deque()
         self.filled = asyncio.Event()
-        self.market: tuple[str | None, list[dict] | dict[str, dict], frozenset[str]] | None = None
+        self.market: list[dict] = []  # market messages not sent yet, consecutive, oldest first
 
     def put(self, entry: str | Alerts) -> bool:
         """False when the buffer is full (the client is not keeping up)."""
@@ -308,34 +308,21 @@ class Outbox:
         self.filled.set()
         return True
 
-    def put_market(self, frame: str | None, rows: list[dict], symbols: frozenset[str]) -> None:
-        """Market rows (`frame`: them encoded, shared by the sockets) replacing or merging into any unsent."""
-        if self.market is not None and not self.market[2] <= symbols:  # unsent rows the new ones lack
-            merged = (
-                self.market[1]
-                if isinstance(self.market[1], dict)
-                else {r["symbol"]: r for r in self.market[1]}
-            )
-            merged.update((row["symbol"], row) for row in rows)
-            self.market = (None, merged, self.market[2] | symbols)
-        else:
-            self.market = (frame, rows, symbols)
+    def put_market(self, events: list[dict]) -> None:
+        """Market messages (the hub's, in order): sent as one frame of their rows, the newest per symbol."""
+        self.market.extend(events)
         self.filled.set()
 
     async def wait(self) -> None:
-        while not self.entries and self.market is None:
+        while not self.entries and not self.market:
             self.filled.clear()
             await self.filled.wait()
 
     def take(self) -> str:
         """The next frame: the oldest entry (merged with the alerts right behind it), else the market rows."""
         if not self.entries:
-            frame, rows, _ = self.market
-            self.market = None
-            if frame is None:
-                ordered = [rows[symbol] for symbol in sorted(rows)] if isinstance(rows, dict) else rows
-                frame = _text({"type": "market", "rows": ordered})
-            return frame
+            events, self.market = self.market, []
+            return hub.market_frame(events)
         entry = self.entries.popleft()
         if isinstance(entry, str):
             return entry
@@ -353,7 +340,7 @@ class Outbox:
         return hub.alerts_frame(texts)
 
     def drop_market(self) -> None:
-        self.market = None
+        self.market = []
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -402,7 +389,7 @@ class AlertsConsumer(AsyncWebsocketConsumer):
         self.last_status: dict | None = None
         self.market_interval = settings.GATEWAY_TICK_SECONDS
         self.market_sent_at = 0.0
-        self.market_pending: dict[str, dict] = {}
+        self.market_pending: list[dict] = []  # market messages held back by the interval
         self.market_loading = False
         self.market_flush: asyncio.TimerHandle | None = None
         self.audience = AlertAudience()
@@ -655,14 +642,13 @@ class AlertsConsumer(AsyncWebsocketConsumer):
         self.market_flush = None
         if not self.market_pending or self.closed or not self.subscription.market:
             return
-        rows = [self.market_pending[symbol] for symbol in sorted(self.market_pending)]
-        self.market_pending.clear()
+        events, self.market_pending = self.market_pending, []
         self.market_sent_at = time.monotonic()
-        self._put_market(None, rows, frozenset(row["symbol"] for row in rows))
+        self._put_market(events)
 
-    def _put_market(self, frame: str | None, rows: list[dict], symbols: frozenset[str]) -> None:
+    def _put_market(self, events: list[dict]) -> None:
         if not self.closed and not self.closing_slow:
-            self.outbox.put_market(frame, rows, symbols)
+            self.outbox.put_market(events)
 
     def _later(self, delay: float, coroutine: Callable) -> asyncio.TimerHandle:
         loop = asyncio.get_running_loop()
@@ -700,8 +686,7 @@ class AlertsConsumer(AsyncWebsocketConsumer):
             self._put(event.get("frame") or _text({"type": "market", "rows": event["rows"]}))
             return
         # Too soon after the last frame (e.g. the full table just went out): merge, send when due.
-        for row in event["rows"]:
-            self.market_pending[row["symbol"]] = row
+        self.market_pending.append(event)
         if self.market_flush is None and not self.market_loading:
             delay = max(0.0, self.market_interval - (now - self.market_sent_at))
             self.market_flush = self._later(delay, self._flush_market)

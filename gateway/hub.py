@@ -25,6 +25,7 @@ import contextlib
 import logging
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -68,6 +69,29 @@ class AlertBatch:
         return self._frame
 
 
+MERGED_FRAMES_KEPT = 64
+_merged: OrderedDict[tuple[int, int, int], str] = OrderedDict()
+
+
+def market_frame(events: list[dict]) -> str:
+    """One `market` frame for consecutive market messages: the bridge's own frame for one, else their rows
+    merged (the newest per symbol, by symbol). Sockets that fell behind by the same messages share it."""
+    if len(events) == 1 and events[0].get("frame"):
+        return events[0]["frame"]
+    key = (id(events[0]), events[0].get("seq", 0), events[-1].get("seq", 0))
+    frame = _merged.get(key) if key[1] else None  # only the hub's numbered messages are shared
+    if frame is None:
+        rows = {row["symbol"]: row for event in events for row in event["rows"]}
+        frame = messaging.encode(
+            {"type": "market", "rows": [rows[symbol] for symbol in sorted(rows)]}
+        ).decode()
+        if key[1]:
+            _merged[key] = frame
+            if len(_merged) > MERGED_FRAMES_KEPT:
+                _merged.popitem(last=False)
+    return frame
+
+
 def alerts_frame(texts: list[str]) -> str:
     """§10 frame for encoded alert payloads, oldest first: ``alert`` for one, ``alerts`` for several."""
     if len(texts) == 1:
@@ -86,6 +110,7 @@ class Hub:
         self.market_lock = asyncio.Lock()
         self.market_version = 0  # bumped by every market message: the cached full table is then stale
         self.market_cache: tuple[int, float, str] | None = None  # (version, read started, frame)
+        self.market_seq = 0  # numbers the market messages: sockets behind alike share merged frames
         self.queries: dict[object, tuple[float, asyncio.Future]] = {}  # shared reads in flight, by key
         self.held: list[AlertBatch] = []  # alerts waiting for the next hand-out (oldest first)
         self.hand_out: asyncio.TimerHandle | None = None
@@ -180,8 +205,8 @@ class Hub:
                     self.hand_out = loop.call_later(wait, self._hand_out_alerts)
         elif kind == "market.rows":
             self.market_version += 1
-            message["symbols"] = frozenset(row["symbol"] for row in message["rows"])
-            message.setdefault("frame", None)
+            self.market_seq += 1
+            message["seq"] = self.market_seq
             for listener in list(self.market):
                 listener.take_market(message)
         elif kind == "feed.status":

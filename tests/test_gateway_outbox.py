@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from gateway import bridge
 from gateway.consumers import Alerts, Outbox
 from gateway.hub import AlertBatch
 
@@ -16,15 +17,14 @@ def row(symbol: str, price: float) -> dict:
     return {"symbol": symbol, "price": price}
 
 
-def market(*rows: dict) -> tuple[str, list[dict], frozenset[str]]:
-    rows_list = list(rows)
-    frame = json.dumps({"type": "market", "rows": rows_list}, separators=(",", ":"))
-    return frame, rows_list, frozenset(r["symbol"] for r in rows_list)
+def market(*rows: dict) -> list[dict]:
+    """A market message as the hub hands it over (`bridge.market_message`)."""
+    return [bridge.market_message(list(rows))]
 
 
 def drain(outbox: Outbox) -> list[dict]:
     frames = []
-    while outbox.entries or outbox.market is not None:
+    while outbox.entries or outbox.market:
         frames.append(json.loads(outbox.take()))
     return frames
 
@@ -47,28 +47,27 @@ def test_alerts_waiting_together_leave_as_one_alerts_frame_oldest_first():
 
 def test_a_socket_that_is_behind_gets_the_newest_market_rows_once_after_its_alerts():
     outbox = Outbox(10)
-    outbox.put_market(*market(row("BTCUSDT", 1.0), row("ETHUSDT", 2.0)))
+    outbox.put_market(market(row("BTCUSDT", 1.0), row("ETHUSDT", 2.0)))
     outbox.put(Alerts([json.dumps(alert(0))]))
-    outbox.put_market(*market(row("ETHUSDT", 2.5)))  # merged into the unsent rows
-    outbox.put_market(*market(row("SOLUSDT", 3.0), row("BTCUSDT", 1.5)))
+    outbox.put_market(market(row("ETHUSDT", 2.5)))  # merged with the unsent rows
+    outbox.put_market(market(row("SOLUSDT", 3.0), row("BTCUSDT", 1.5)))
     assert drain(outbox) == [
         {"type": "alert", "alert": alert(0)},
         {"type": "market", "rows": [row("BTCUSDT", 1.5), row("ETHUSDT", 2.5), row("SOLUSDT", 3.0)]},
     ]
 
 
-def test_newer_rows_covering_every_unsent_symbol_replace_them_with_the_shared_frame():
+def test_one_market_message_goes_out_as_the_bridges_own_frame():
     outbox = Outbox(10)
-    outbox.put_market(*market(row("BTCUSDT", 1.0)))
-    newer = market(row("BTCUSDT", 2.0), row("ETHUSDT", 3.0))
-    outbox.put_market(*newer)
-    assert outbox.take() is newer[0]  # not encoded again for this socket
-    assert outbox.market is None
+    message = market(row("BTCUSDT", 2.0), row("ETHUSDT", 3.0))
+    outbox.put_market(message)
+    assert outbox.take() is message[0]["frame"]  # not encoded again for this socket
+    assert not outbox.market
 
 
 def test_a_full_buffer_refuses_more_frames():
     outbox = Outbox(2)
     assert outbox.put("a") and outbox.put(Alerts(["{}"]))
     assert not outbox.put("b")
-    outbox.put_market(*market(row("BTCUSDT", 1.0)))  # market rows never overflow it: they replace
+    outbox.put_market(market(row("BTCUSDT", 1.0)))  # market rows never overflow it: they merge
     assert len(outbox) == 2
