@@ -197,6 +197,8 @@ class MarketTable {
   constructor(table, { watch, filter, watchOnly, chooser }) {
     this.table = table;
     this.tbody = table.querySelector("tbody");
+    this.headers = [...table.querySelectorAll("th[data-key]")];
+    this.count = document.getElementById("market-count");
     this.watch = watch;
     this.filter = filter;
     this.watchOnly = watchOnly;
@@ -277,10 +279,6 @@ class MarketTable {
     }
   }
 
-  visible(r) {
-    const needle = this.filter.value.trim().toUpperCase();
-    return (!needle || r.symbol.toUpperCase().includes(needle)) && (!this.watchOnly?.checked || this.watch.has(r.symbol));
-  }
 
   render() {
     this.pending = false;
@@ -289,7 +287,12 @@ class MarketTable {
     const { key, desc } = this.sort;
     for (const symbol of this.dirty) this.write(symbol);
     this.dirty.clear();
-    const shown = [...this.rows.values()].filter((r) => this.visible(r));
+    const needle = this.filter.value.trim().toUpperCase();
+    const watchedOnly = !!this.watchOnly?.checked;
+    const shown = [];
+    for (const r of this.rows.values()) {
+      if ((!needle || r.symbol.toUpperCase().includes(needle)) && (!watchedOnly || this.watch.has(r.symbol))) shown.push(r);
+    }
     shown.sort((a, b) => {
       const x = a[key], y = b[key];
       if (x == null && y == null) return a.symbol < b.symbol ? -1 : 1;
@@ -303,9 +306,11 @@ class MarketTable {
       this.tbody.replaceChildren(...order);
       this.order = order;
     }
-    document.getElementById("market-count").textContent = `${shown.length} of ${this.rows.size}`;
-    for (const th of this.table.querySelectorAll("th[data-key]")) {
-      th.setAttribute("aria-sort", th.dataset.key === key ? (desc ? "descending" : "ascending") : "none");
+    const count = `${shown.length} of ${this.rows.size}`;
+    if (this.count.textContent !== count) this.count.textContent = count;
+    for (const th of this.headers) {
+      const state = th.dataset.key === key ? (desc ? "descending" : "ascending") : "none";
+      if (th.getAttribute("aria-sort") !== state) th.setAttribute("aria-sort", state);
     }
     const renders = window.cryptomonRenders;
     renders.push(performance.now() - started);
