@@ -205,6 +205,7 @@ class MarketTable {
     this.rows = new Map();  // symbol → latest row
     this.trs = new Map();  // symbol → its <tr>
     this.dirty = new Set();  // symbols whose cells need writing
+    this.moves = new Map();  // symbol → "up"/"down": its price moved since it was last drawn
     this.order = [];  // the <tr>s in the order on screen
     this.sort = { key: "volume_1d", desc: true };
     this.pending = false;
@@ -225,9 +226,8 @@ class MarketTable {
       if (!old) this.dirty.add(row.symbol);
       else if (MARKET_COLUMNS.some(([key]) => old[key] !== row[key])) {
         this.dirty.add(row.symbol);
-        const tr = this.trs.get(row.symbol);
-        if (tr && old.price != null && row.price != null && old.price !== row.price) {
-          tr.dataset.move = row.price > old.price ? "up" : "down";
+        if (old.price != null && row.price != null && old.price !== row.price) {
+          this.moves.set(row.symbol, row.price > old.price ? "up" : "down");
         }
       }
     }
@@ -271,11 +271,10 @@ class MarketTable {
         if (td.className !== tone) td.className = tone;
       }
     });
-    const move = tr.dataset.move;
+    const move = this.moves.get(symbol);
     if (move) {  // restart the flash without a forced layout: alternate between two identical animations
-      tr.dataset.flip = tr.dataset.flip === "a" ? "b" : "a";
-      tr.className = `flash-${move}-${tr.dataset.flip}`;
-      delete tr.dataset.move;
+      this.moves.delete(symbol);
+      tr.className = `flash-${move}-${tr.className.endsWith("-a") ? "b" : "a"}`;
     }
   }
 
