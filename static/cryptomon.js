@@ -192,7 +192,7 @@ const HIDDEN_COLUMNS_KEY = "cryptomon.market.hidden";  // the column chooser, re
 // The market table at 600 symbols: one <tr> per symbol kept across updates, only changed cells written,
 // rows re-ordered only when the order changed, nothing rendered while the tab is in the background (the
 // latest rows are kept and drawn once it is visible again). Render times go to `window.cryptomonRenders`
-// (benchmarks/bench_gateway.py --browser reads them).
+// (benchmarks/bench_gateway.py --browser reads them, and drives `window.cryptomonMarket` directly).
 class MarketTable {
   constructor(table, { watch, filter, watchOnly, chooser }) {
     this.table = table;
@@ -409,7 +409,7 @@ function livePage() {
   const soundOn = toggleSetting("sound-toggle", "cryptomon.sound");
   const notifyOn = toggleSetting("notify-toggle", "cryptomon.notify", async () =>
     "Notification" in window && (await Notification.requestPermission()) === "granted");
-  const market = new MarketTable(document.getElementById("market-table"), {
+  const market = window.cryptomonMarket = new MarketTable(document.getElementById("market-table"), {
     watch: new Set(JSON.parse(document.getElementById("watchlist-data")?.textContent || "[]")),
     filter: document.getElementById("market-filter"),
     watchOnly: document.getElementById("watchlist-only"),
