@@ -274,6 +274,9 @@ WS_SEND_BUFFER = env_int("WS_SEND_BUFFER", 1000, minimum=1)
 WS_SOCKET_TTL_SECONDS = env_float("WS_SOCKET_TTL_SECONDS", 60.0, minimum=1)
 WS_AUDIENCE_REFRESH_SECONDS = env_float("WS_AUDIENCE_REFRESH_SECONDS", 30.0, minimum=0)
 WS_RESYNC_JITTER_SECONDS = env_float("WS_RESYNC_JITTER_SECONDS", 1.0, minimum=0)
+# Alert frames one web process sends per second at most, over all its sockets (docs/gateway.md): while alerts
+# keep coming, those arriving within sockets/budget seconds (at most 0.25 s) of the last go out together.
+WS_ALERT_FRAMES_PER_SECOND = env_float("WS_ALERT_FRAMES_PER_SECOND", 5000.0, minimum=1)
 GATEWAY_TICK_SECONDS = env_float(
     "GATEWAY_TICK_SECONDS", 1.0, minimum=0.05
 )  # market/status interval; §10: 1 s

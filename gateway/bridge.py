@@ -19,8 +19,9 @@ Redis recovery the bridge sends ``resync`` and every socket takes a fresh snapsh
 silently stale. A Redis restart short enough for redis-py's own retries never raises here, so the bridge also
 watches the server's ``run_id``; after a restart it rewrites the whole market table into Redis and sends
 ``resync`` only once the web processes have subscribed again (``PUBSUB NUMSUB`` back to its count before the
-restart, or after ``RESYNC_WAIT_SECONDS``): Redis pub/sub keeps nothing for a subscriber that is not there
-yet. Frames are encoded once here (``frame``) so a thousand sockets do not encode them again.
+restart, or after ``RESYNC_WAIT_SECONDS``; each web process subscribes once, through its ``gateway.hub``):
+Redis pub/sub keeps nothing for a subscriber that is not there yet. Frames are encoded once here
+(``frame``, ``texts``) so a thousand sockets do not encode them again.
 """
 
 from __future__ import annotations
@@ -51,12 +52,9 @@ RESYNC_WAIT_SECONDS = 30.0  # after a Redis restart, resync even if a web proces
 
 
 def alerts_message(payloads: list[dict]) -> dict:
-    """One group message for several alerts, each with its socket frame encoded once."""
-    return {
-        "type": "alert.batch",
-        "alerts": payloads,
-        "frames": [_text({"type": "alert", "alert": payload}) for payload in payloads],
-    }
+    """One group message for several alerts, oldest first, each also encoded once (``texts``: the sockets'
+    frames are built from these, never encoded again; ``gateway.hub``)."""
+    return {"type": "alert.batch", "alerts": payloads, "texts": [_text(payload) for payload in payloads]}
 
 
 def market_message(rows: list[dict]) -> dict:

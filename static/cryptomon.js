@@ -73,6 +73,11 @@ class Feed {
     ws.onmessage = (event) => {
       let message;
       try { message = JSON.parse(event.data); } catch { return; }
+      if (message.type === "alerts" && !this.handlers.alerts) {
+        // Several alerts ready at the same moment, oldest first (docs/contract.md §10): one `alert` each.
+        for (const alert of message.alerts || []) this.handlers.alert?.({ type: "alert", alert });
+        return;
+      }
       const handler = this.handlers[message.type];
       if (handler) handler(message);
     };
@@ -137,10 +142,13 @@ class AlertList {
     this.render();
   }
   add(alert) {
-    if (this.alerts.has(alert.id)) return false;
-    this.alerts.set(alert.id, alert);
-    this.render();
-    return true;
+    return this.addMany([alert]).length === 1;
+  }
+  addMany(alerts) {  // the ones not shown yet, in the order given
+    const fresh = alerts.filter((alert) => !this.alerts.has(alert.id));
+    for (const alert of fresh) this.alerts.set(alert.id, alert);
+    if (fresh.length) this.render();
+    return fresh;
   }
   render() {
     const sorted = [...this.alerts.values()].sort((a, b) => b.open_time - a.open_time || b.triggered_at - a.triggered_at);
@@ -181,87 +189,250 @@ const MARKET_COLUMNS = [
   ["change_4h", fmtPct], ["change_8h", fmtPct], ["change_1d", fmtPct], ["volume_1h", fmtNum],
   ["volume_1d", fmtNum], ["rsi_14", (v) => (v == null ? "–" : v.toFixed(1))],
 ];
+const HIDDEN_COLUMNS_KEY = "cryptomon.market.hidden";  // the column chooser, remembered per browser profile
+
+// The market table at 600 symbols: one <tr> per symbol kept across updates, only changed cells written,
+// rows re-ordered only when the order changed, nothing rendered while the tab is in the background (the
+// latest rows are kept and drawn once it is visible again). Render times go to `window.cryptomonRenders`
+// (benchmarks/bench_gateway.py --browser reads them, and drives `window.cryptomonMarket` directly).
+class MarketTable {
+  constructor(table, { watch, filter, watchOnly, chooser }) {
+    this.table = table;
+    this.tbody = table.querySelector("tbody");
+    this.headers = [...table.querySelectorAll("th[data-key]")];
+    this.count = document.getElementById("market-count");
+    this.watch = watch;
+    this.filter = filter;
+    this.watchOnly = watchOnly;
+    this.rows = new Map();  // symbol → latest row
+    this.trs = new Map();  // symbol → its <tr>
+    this.dirty = new Set();  // symbols whose cells need writing
+    this.moves = new Map();  // symbol → "up"/"down": its price moved since it was last drawn
+    this.order = [];  // the <tr>s in the order on screen
+    this.sort = { key: "volume_1d", desc: true };
+    this.pending = false;
+    this.selected = null;  // the symbol with keyboard focus
+    this.hiddenStyle = document.head.appendChild(el("style"));
+    this.hidden = new Set(JSON.parse(localStorage.getItem(HIDDEN_COLUMNS_KEY) || "[]"));
+    window.cryptomonRenders = window.cryptomonRenders || [];
+    this.buildChooser(chooser);
+    this.applyHidden();
+    this.bind();
+    document.addEventListener("visibilitychange", () => { if (!document.hidden) this.schedule(); });
+  }
+
+  update(rows) {
+    for (const row of rows) {
+      const old = this.rows.get(row.symbol);
+      this.rows.set(row.symbol, row);
+      if (!old) this.dirty.add(row.symbol);
+      else if (MARKET_COLUMNS.some(([key]) => old[key] !== row[key])) {
+        this.dirty.add(row.symbol);
+        if (old.price != null && row.price != null && old.price !== row.price) {
+          this.moves.set(row.symbol, row.price > old.price ? "up" : "down");
+        }
+      }
+    }
+    this.schedule();
+  }
+
+  schedule() {
+    // requestAnimationFrame does not run in a background tab: at most one render is ever pending.
+    if (this.pending || document.hidden) return;
+    this.pending = true;
+    requestAnimationFrame(() => this.render());
+  }
+
+  row(symbol) {
+    let tr = this.trs.get(symbol);
+    if (tr) return tr;
+    const starred = this.watch.has(symbol);
+    const star = el("button", {
+      type: "button", class: "star" + (starred ? " on" : ""), "data-symbol": symbol, tabindex: "-1",
+      "aria-label": `watch ${symbol}`, "aria-pressed": starred ? "true" : "false", text: starred ? "★" : "☆",
+    });
+    if (!SIGNED_IN) star.hidden = true;
+    tr = el("tr", { "data-symbol": symbol, tabindex: "-1" },
+      el("td", {}, star), el("td", { "data-key": "symbol" }, el("a", { href: symbolUrl(symbol), text: symbol, tabindex: "-1" })));
+    for (const [key] of MARKET_COLUMNS) tr.append(el("td", { "data-key": key }));
+    this.trs.set(symbol, tr);
+    return tr;
+  }
+
+  write(symbol) {
+    const tr = this.row(symbol);
+    const r = this.rows.get(symbol);
+    const cells = tr.children;
+    MARKET_COLUMNS.forEach(([key, format], n) => {
+      const td = cells[n + 2];
+      const v = r[key];
+      const text = format(v, r);
+      if (td.textContent !== text) td.textContent = text;
+      if (key.startsWith("change")) {
+        const tone = v == null || v === 0 ? "" : v > 0 ? "up" : "down";
+        if (td.className !== tone) td.className = tone;
+      }
+    });
+    const move = this.moves.get(symbol);
+    if (move) {  // restart the flash without a forced layout: alternate between two identical animations
+      this.moves.delete(symbol);
+      tr.className = `flash-${move}-${tr.className.endsWith("-a") ? "b" : "a"}`;
+    }
+  }
+
+
+  render() {
+    this.pending = false;
+    if (document.hidden) return;  // drawn when the tab is visible again
+    const started = performance.now();
+    const { key, desc } = this.sort;
+    for (const symbol of this.dirty) this.write(symbol);
+    this.dirty.clear();
+    const needle = this.filter.value.trim().toUpperCase();
+    const watchedOnly = !!this.watchOnly?.checked;
+    const shown = [];
+    for (const r of this.rows.values()) {
+      if ((!needle || r.symbol.toUpperCase().includes(needle)) && (!watchedOnly || this.watch.has(r.symbol))) shown.push(r);
+    }
+    shown.sort((a, b) => {
+      const x = a[key], y = b[key];
+      if (x == null && y == null) return a.symbol < b.symbol ? -1 : 1;
+      if (x == null) return 1;  // unknown values sink, whatever the direction
+      if (y == null) return -1;
+      const order = typeof x === "string" ? x.localeCompare(y) : x - y;
+      return (desc ? -order : order) || (a.symbol < b.symbol ? -1 : 1);
+    });
+    const order = shown.map((r) => this.trs.get(r.symbol));
+    if (order.length !== this.order.length || order.some((tr, n) => tr !== this.order[n])) {
+      this.tbody.replaceChildren(...order);
+      this.order = order;
+    }
+    const count = `${shown.length} of ${this.rows.size}`;
+    if (this.count.textContent !== count) this.count.textContent = count;
+    for (const th of this.headers) {
+      const state = th.dataset.key === key ? (desc ? "descending" : "ascending") : "none";
+      if (th.getAttribute("aria-sort") !== state) th.setAttribute("aria-sort", state);
+    }
+    const renders = window.cryptomonRenders;
+    renders.push(performance.now() - started);
+    if (renders.length > 1000) renders.splice(0, renders.length - 1000);
+  }
+
+  sortBy(column) {
+    this.sort.desc = this.sort.key === column ? !this.sort.desc : this.table.querySelector(`th[data-key="${column}"]`)?.dataset.type !== "text";
+    this.sort.key = column;
+    this.schedule();
+  }
+
+  select(tr) {
+    if (!tr) return;
+    this.trs.get(this.selected)?.removeAttribute("aria-selected");
+    this.selected = tr.dataset.symbol;
+    tr.setAttribute("aria-selected", "true");
+    tr.focus();
+  }
+
+  buildChooser(chooser) {
+    if (!chooser) return;
+    for (const th of this.table.querySelectorAll("thead th[data-key]")) {
+      const column = th.dataset.key;
+      if (column === "symbol") continue;
+      const box = el("input", { type: "checkbox", "data-column": column });
+      box.checked = !this.hidden.has(column);
+      box.addEventListener("change", () => {
+        if (box.checked) this.hidden.delete(column); else this.hidden.add(column);
+        localStorage.setItem(HIDDEN_COLUMNS_KEY, JSON.stringify([...this.hidden]));
+        this.applyHidden();
+      });
+      chooser.append(el("label", {}, box, " " + th.textContent.trim()));
+    }
+  }
+
+  applyHidden() {  // one style rule per hidden column: no per-cell work, new rows follow it too
+    this.hiddenStyle.textContent = [...this.hidden]
+      .filter((column) => /^[a-z0-9_]+$/.test(column))
+      .map((column) => `#market-table [data-key="${column}"] { display:none; }`).join("\n");
+  }
+
+  bind() {
+    for (const th of this.table.querySelectorAll("th[data-key]")) {
+      th.tabIndex = 0;
+      th.addEventListener("click", () => this.sortBy(th.dataset.key));
+      th.addEventListener("keydown", (event) => {
+        if (event.key === "Enter" || event.key === " ") { event.preventDefault(); this.sortBy(th.dataset.key); }
+      });
+    }
+    this.filter.addEventListener("input", () => this.schedule());
+    this.watchOnly?.addEventListener("change", () => this.schedule());
+    this.tbody.addEventListener("click", async (event) => {
+      const star = event.target.closest("button.star");
+      if (!star) {  // anywhere else on a row: open the symbol's page
+        const tr = event.target.closest("tr[data-symbol]");
+        if (tr && !event.target.closest("a")) location.href = symbolUrl(tr.dataset.symbol);
+        return;
+      }
+      const response = await fetch("/watchlist/toggle", {
+        method: "POST", headers: { "X-CSRFToken": CSRF }, body: new URLSearchParams({ symbol: star.dataset.symbol }),
+      });
+      if (!response.ok) return;
+      const result = await response.json();
+      if (result.starred) this.watch.add(result.symbol); else this.watch.delete(result.symbol);
+      star.classList.toggle("on", result.starred);
+      star.setAttribute("aria-pressed", result.starred ? "true" : "false");
+      star.textContent = result.starred ? "★" : "☆";
+      this.schedule();
+    });
+    // Keyboard: ↑/↓ (and j/k) move along the rows, Home/End jump, Enter opens the symbol, w stars it.
+    this.table.tabIndex = 0;
+    this.table.addEventListener("keydown", (event) => {
+      if (event.target.closest("thead")) return;
+      const rows = this.order;
+      if (!rows.length) return;
+      const at = rows.indexOf(this.trs.get(this.selected));
+      const move = { ArrowDown: 1, j: 1, ArrowUp: -1, k: -1, PageDown: 20, PageUp: -20 }[event.key];
+      if (move !== undefined) {
+        event.preventDefault();
+        this.select(rows[Math.max(0, Math.min(rows.length - 1, at < 0 ? 0 : at + move))]);
+      } else if (event.key === "Home" || event.key === "End") {
+        event.preventDefault();
+        this.select(rows[event.key === "Home" ? 0 : rows.length - 1]);
+      } else if (event.key === "Enter" && at >= 0) {
+        event.preventDefault();
+        location.href = symbolUrl(this.selected);
+      } else if (event.key === "w" && at >= 0 && SIGNED_IN) {
+        rows[at].querySelector("button.star")?.click();
+      }
+    });
+  }
+}
 
 function livePage() {
   const alerts = new AlertList(document.getElementById("alert-feed"), document.getElementById("feed-empty"));
   const soundOn = toggleSetting("sound-toggle", "cryptomon.sound");
   const notifyOn = toggleSetting("notify-toggle", "cryptomon.notify", async () =>
     "Notification" in window && (await Notification.requestPermission()) === "granted");
-  const watch = new Set(JSON.parse(document.getElementById("watchlist-data")?.textContent || "[]"));
-  const rows = new Map();
-  const table = document.getElementById("market-table");
-  const tbody = table.querySelector("tbody");
-  const filter = document.getElementById("market-filter");
-  const watchOnly = document.getElementById("watchlist-only");
-  const sort = { key: "volume_1d", desc: true };
-  let pending = false;
-
-  const render = () => {
-    pending = false;
-    const needle = filter.value.trim().toUpperCase();
-    const shown = [...rows.values()].filter((r) =>
-      (!needle || r.symbol.toUpperCase().includes(needle)) && (!watchOnly?.checked || watch.has(r.symbol)));
-    shown.sort((a, b) => {
-      const x = a[sort.key], y = b[sort.key];
-      if (x == null && y == null) return a.symbol < b.symbol ? -1 : 1;
-      if (x == null) return 1;  // unknown values sink, whatever the direction
-      if (y == null) return -1;
-      const order = typeof x === "string" ? x.localeCompare(y) : x - y;
-      return sort.desc ? -order : order;
-    });
-    tbody.replaceChildren(...shown.map((r) => {
-      const star = el("button", {
-        type: "button", class: "star" + (watch.has(r.symbol) ? " on" : ""), "data-symbol": r.symbol,
-        "aria-label": `watch ${r.symbol}`, "aria-pressed": watch.has(r.symbol) ? "true" : "false",
-        text: watch.has(r.symbol) ? "★" : "☆",
-      });
-      if (!SIGNED_IN) star.hidden = true;
-      const tr = el("tr", { "data-symbol": r.symbol },
-        el("td", {}, star), el("td", {}, el("a", { href: symbolUrl(r.symbol), text: r.symbol })));
-      for (const [key, format] of MARKET_COLUMNS) {
-        const v = r[key];
-        tr.append(el("td", { class: key.startsWith("change") && v != null ? (v > 0 ? "up" : v < 0 ? "down" : "") : "", "data-key": key, text: format(v, r) }));
-      }
-      return tr;
-    }));
-    document.getElementById("market-count").textContent = `${shown.length} of ${rows.size}`;
-    for (const th of table.querySelectorAll("th[data-key]")) {
-      th.setAttribute("aria-sort", th.dataset.key === sort.key ? (sort.desc ? "descending" : "ascending") : "none");
+  const market = window.cryptomonMarket = new MarketTable(document.getElementById("market-table"), {
+    watch: new Set(JSON.parse(document.getElementById("watchlist-data")?.textContent || "[]")),
+    filter: document.getElementById("market-filter"),
+    watchOnly: document.getElementById("watchlist-only"),
+    chooser: document.getElementById("market-columns"),
+  });
+  const announce = (alert) => {
+    if (soundOn()) beep(alert.direction);
+    if (notifyOn() && "Notification" in window && Notification.permission === "granted") {
+      new Notification(`${alert.symbol}: ${alert.rule_name}`, { body: `${alert.direction} at ${fmtPrice(alert.symbol, alert.price)}`, tag: alert.id });
     }
   };
-  const schedule = () => { if (!pending) { pending = true; requestAnimationFrame(render); } };
-
-  for (const th of table.querySelectorAll("th[data-key]")) {
-    th.addEventListener("click", () => {
-      sort.desc = sort.key === th.dataset.key ? !sort.desc : th.dataset.type !== "text";
-      sort.key = th.dataset.key;
-      schedule();
-    });
-  }
-  filter.addEventListener("input", schedule);
-  watchOnly?.addEventListener("change", schedule);
-  tbody.addEventListener("click", async (event) => {
-    const star = event.target.closest("button.star");
-    if (!star) return;
-    const response = await fetch("/watchlist/toggle", {
-      method: "POST", headers: { "X-CSRFToken": CSRF }, body: new URLSearchParams({ symbol: star.dataset.symbol }),
-    });
-    if (!response.ok) return;
-    const result = await response.json();
-    if (result.starred) watch.add(result.symbol); else watch.delete(result.symbol);
-    schedule();
-  });
 
   new Feed({ symbols: null, rules: null, market: true }, {
     snapshot: (m) => alerts.replace(m.alerts),
-    alert: (m) => {
-      if (!alerts.add(m.alert)) return;
-      if (soundOn()) beep(m.alert.direction);
-      if (notifyOn() && "Notification" in window && Notification.permission === "granted") {
-        new Notification(`${m.alert.symbol}: ${m.alert.rule_name}`, { body: `${m.alert.direction} at ${fmtPrice(m.alert.symbol, m.alert.price)}`, tag: m.alert.id });
-      }
+    alert: (m) => { if (alerts.add(m.alert)) announce(m.alert); },
+    // Several alerts at once, oldest first: one list render, one sound for the newest.
+    alerts: (m) => {
+      const fresh = alerts.addMany(m.alerts);
+      if (fresh.length) announce(fresh[fresh.length - 1]);
     },
-    market: (m) => { for (const row of m.rows) rows.set(row.symbol, row); schedule(); },
+    market: (m) => market.update(m.rows),
     status: (m) => showStatus(m.feed),
   });
 }

@@ -123,9 +123,7 @@ async def test_the_bridge_creates_the_streams_forwards_alerts_and_coalesces_mark
         await js.publish("alerts.triggered.BTCUSDT", messaging.encode(alert()))
         event = await listener.next("alert.batch")
         assert event["alerts"] == [alert()]
-        assert [messaging.decode(f.encode()) for f in event["frames"]] == [
-            {"type": "alert", "alert": alert()}
-        ]
+        assert [messaging.decode(t.encode()) for t in event["texts"]] == [alert()]
 
         for price in (1.0, 2.0, 3.0):  # three updates inside one tick → one row, the newest
             await nc.publish("metrics.live.BTCUSDT", messaging.encode(live("BTCUSDT", price)))
@@ -207,7 +205,7 @@ async def test_a_burst_of_alerts_reaches_the_sockets_complete_in_order_in_few_me
             messages.append(await listener.next("alert.batch"))
         await nc.close()
     assert [a["id"] for m in messages for a in m["alerts"]] == [a["id"] for a in burst]
-    assert all(len(m["alerts"]) == len(m["frames"]) <= bridge.ALERTS_PER_MESSAGE for m in messages)
+    assert all(len(m["alerts"]) == len(m["texts"]) <= bridge.ALERTS_PER_MESSAGE for m in messages)
     assert len(messages) < len(burst) / 10  # batched, not one channel-layer message per alert
 
 
