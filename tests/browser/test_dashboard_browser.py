@@ -468,16 +468,16 @@ def test_the_market_table_hides_columns_flashes_changes_and_opens_a_symbol_from_
         page,
         lambda: publish("metrics.live.ETHUSDT", live_payload("ETHUSDT", 2000.0, open_time)),
         ROW_PRICE,
-        ["ETHUSDT", "2000"],
+        ["ETHUSDT", "2000.00"],
     )
     publish("metrics.live.BTCUSDT", live_payload("BTCUSDT", 100.0, open_time))
-    page.wait_for_function(ROW_PRICE, arg=["BTCUSDT", "100"])
+    page.wait_for_function(ROW_PRICE, arg=["BTCUSDT", "100.00"])
 
     publish("metrics.live.BTCUSDT", live_payload("BTCUSDT", 99.0, open_time))  # down: the row flashes red
-    page.wait_for_function(ROW_PRICE, arg=["BTCUSDT", "99"])
+    page.wait_for_function(ROW_PRICE, arg=["BTCUSDT", "99.00"])
     assert page.get_attribute("tr[data-symbol='BTCUSDT']", "class").startswith("flash-down-")
     publish("metrics.live.BTCUSDT", live_payload("BTCUSDT", 99.5, open_time))  # and green when it rises
-    page.wait_for_function(ROW_PRICE, arg=["BTCUSDT", "99.5"])
+    page.wait_for_function(ROW_PRICE, arg=["BTCUSDT", "99.50"])
     assert page.get_attribute("tr[data-symbol='BTCUSDT']", "class").startswith("flash-up-")
 
     page.click("details.columns summary")

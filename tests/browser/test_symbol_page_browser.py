@@ -25,7 +25,7 @@ from tests.browser.test_dashboard_browser import (
 
 pytestmark = pytest.mark.django_db(databases=["default", "timeseries"], transaction=True)
 
-TINY, BIG = "TINYUSDT", "BIGUSDT"
+TINY, BIG, CHART = "TINYUSDT", "BIGUSDT", "CHARTUSDT"  # the chart test's symbol gets no live rows before it
 
 
 @pytest.fixture
@@ -40,10 +40,11 @@ def console_errors(page):
 @pytest.fixture
 def market(trader):
     """A coin priced 0.00000123 (tick 10⁻⁸) and one priced 123456.7 (tick 0.1), with two hours of candles,
-    stored indicators for the last 30 minutes and an alert on the tiny coin."""
+    stored indicators for the last 30 minutes and an alert on the tiny coins."""
     Symbol.objects.filter(symbol="BTCUSDT").update(tick_size="0.10")
     for name, tick, start, step in (
         (TINY, "0.00000001", 0.00000123, 0.00000001),
+        (CHART, "0.00000001", 0.00000123, 0.00000001),
         (BIG, "0.1", 123456.7, 0.1),
     ):
         data.symbol(name, tick_size=tick)
@@ -52,7 +53,8 @@ def market(trader):
             data.metrics(
                 name, data.NOW - timedelta(minutes=minutes_ago), price=start, ohlc=(start, start, start)
             )
-    return data.alert("futures_top_hunter", TINY, 10, direction="bear", price=0.00000124)
+    data.alert("futures_top_hunter", TINY, 10, direction="bear", price=0.00000124)
+    return data.alert("futures_top_hunter", CHART, 10, direction="bear", price=0.00000124)
 
 
 def _fits(page, selector: str = "html") -> bool:
@@ -103,7 +105,7 @@ def test_prices_keep_their_tick_size_from_0_00000123_to_123456_7(servers, page, 
 def test_the_chart_has_volume_bands_rsi_macd_timeframes_and_alert_names_on_hover(
     servers, page, market, console_errors
 ):
-    sign_in(page, servers, f"/symbols/{TINY}/")
+    sign_in(page, servers, f"/symbols/{CHART}/")
     page.wait_for_selector("#chart[data-loaded=true]")
     assert page.get_attribute("#chart", "data-bars") == "120"
     assert page.get_attribute("#chart", "data-indicators") == "30"  # stored bars carry RSI, MACD and bands
@@ -133,7 +135,7 @@ def test_the_chart_has_volume_bands_rsi_macd_timeframes_and_alert_names_on_hover
     page.wait_for_function("() => document.getElementById('chart').dataset.interval === '1m'")
     publish_until(
         page,
-        lambda: publish(f"metrics.live.{TINY}", live_payload(TINY, 0.0000025, to_ms(data.NOW))),
+        lambda: publish(f"metrics.live.{CHART}", live_payload(CHART, 0.0000025, to_ms(data.NOW))),
         "() => document.getElementById('chart').dataset.lastPrice === '0.0000025'",
     )
     assert page.get_attribute("#chart", "data-bars") == "121"  # the open minute joined without a reload
