@@ -338,7 +338,9 @@ def test_every_service_waited_on_as_healthy_has_a_healthcheck(compose):
         for other, condition in service.get("depends_on", {}).items():
             assert other in services, f"{name} depends on unknown {other}"
             if condition["condition"] == "service_healthy":
-                assert services[other].get("healthcheck"), f"{name} waits for {other}, which has no healthcheck"
+                assert services[other].get("healthcheck"), (
+                    f"{name} waits for {other}, which has no healthcheck"
+                )
 
 
 def test_every_process_waits_for_migrate_to_complete(compose):
