@@ -371,3 +371,41 @@ def test_the_dockerfile_runs_as_a_user_bakes_in_no_secret_and_collects_static_fi
         assert not re.search(r"SECRET|PASSWORD|TOKEN|_KEY", line), line
     assert "manage.py collectstatic --noinput" in text
     assert settings.STATIC_ROOT == settings.VAR_DIR / "static"  # var/ is what the image's user owns
+
+
+def test_the_web_healthcheck_passes_against_the_app_when_allowed_hosts_exclude_localhost(compose, settings):
+    """The healthcheck's request must carry a Host the app accepts: a public ALLOWED_HOSTS list is the
+    normal case in production, and Django answers 400 to any other Host."""
+    import threading
+    import urllib.error
+    import urllib.request
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from django.core.handlers.wsgi import WSGIHandler
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    settings.ALLOWED_HOSTS = ["monitor.example.com", ".example.org"]
+    server = make_server("127.0.0.1", 0, WSGIHandler(), handler_class=Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        with pytest.raises(urllib.error.HTTPError, match="400"):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10)
+        kind, program, flag, code = compose["services"]["web"]["healthcheck"]["test"]
+        assert (kind, program, flag) == ("CMD", "python", "-c")
+        code = code.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+        env = {"PATH": os.environ["PATH"], "ALLOWED_HOSTS": "monitor.example.com,.example.org"}
+        result = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30
+        )
+        assert result.returncode == 0, result.stderr
+        env["ALLOWED_HOSTS"] = "somewhere.else"  # the check does fail when the app refuses the Host
+        assert subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, timeout=30
+        ).returncode
+    finally:
+        server.shutdown()
+        server.server_close()
