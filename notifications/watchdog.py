@@ -4,11 +4,11 @@ Celery beat runs `check_operator_conditions` (notifications/tasks.py) every OPER
 `check()`.
 Each condition has a function returning its current state as a `Condition` (tests call them directly):
 
-- `feed_stale`: a collector heartbeat (`collector.status`, core NATS, every 5 s) shows its newest candle
-  closed, or its lag, more than OPERATOR_FEED_STALE_SECONDS ago, no heartbeat was heard for that long (per
+- `feed_stale`: a collector heartbeat (`collector.status`, core NATS, every 5 s) shows its next candle
+  overdue, or its lag, by more than OPERATOR_FEED_STALE_SECONDS, no heartbeat was heard for that long (per
   shard, memory in Redis, since a task cannot hold a subscription), or the newest `candles_1m` row closed
-  more than that long ago while symbols are TRADING and storage is not catching up (the storage side of
-  the feed). Venue durations are turned into wall seconds with the heartbeat's `clock_rate` first: the
+  more than that long ago while symbols are TRADING and no candle is on its way to storage (the storage
+  side of the feed; a backlog is `consumer_lag`'s). Venue durations are turned into wall seconds with the heartbeat's `clock_rate` first: the
   limit is an operator's patience, and an accelerated emulator's minutes are not minutes of it.
 - `consumer_lag:<STREAM>/<consumer>`: the oldest message a durable consumer has not acknowledged is older
   than OPERATOR_CONSUMER_LAG_SECONDS.
@@ -53,7 +53,6 @@ CONSUMER_LAG_PREFIX = "consumer_lag:"
 HEARD_KEY = "cryptomon:watchdog:heartbeats"  # hash: collector shard "k/N" -> wall ms last heard
 SILENT_KEY = "cryptomon:watchdog:silent_since"  # wall ms since which no shard was ever heard
 NO_CANDLE_KEY = "cryptomon:watchdog:no_candle_since"  # hash: shard -> wall ms since it publishes nothing
-STORED_KEY = "cryptomon:watchdog:stored"  # hash: the previous look at storage (venue reference, newest)
 MAX_NAMED = 10  # symbols or shards named in one message
 
 
@@ -205,9 +204,12 @@ async def observe(wait_seconds: float | None = None) -> Observation:
 # --- the conditions -------------------------------------------------------------------------------------
 
 
-def feed_stale(heartbeats: dict[str, dict], nats_error: str | None = None) -> Condition:
-    """The feed is stale: a shard's newest candle or lag is too old, a shard (or every shard) went silent, or
-    storage is behind and not catching up. Judged on the clock the feed runs on (see `_wall_seconds`)."""
+def feed_stale(
+    heartbeats: dict[str, dict], nats_error: str | None = None, lags: list[ConsumerLag] | None = None
+) -> Condition:
+    """The feed is stale: a shard's next candle or its lag is overdue, a shard (or every shard) went silent,
+    or storage is behind with no candle on its way to it. Judged on the clock the feed runs on (see
+    `_wall_seconds`)."""
     limit_ms = settings.OPERATOR_FEED_STALE_SECONDS * 1000
     wall = int(time.time() * 1000)
     problems = _published_problems(heartbeats, wall)
@@ -232,10 +234,22 @@ def feed_stale(heartbeats: dict[str, dict], nats_error: str | None = None) -> Co
             problems.append(
                 f"no collector heartbeat on collector.status for {(wall - since) / 1000:.0f} s{reason}"
             )
-    stored = stored_feed_problem(_reference_ms(heartbeats, wall), _feed_rate(heartbeats))
-    if stored:
-        problems.append(stored)
+    if not _candles_in_flight(heartbeats, lags):
+        stored = stored_feed_problem(_reference_ms(heartbeats, wall), _feed_rate(heartbeats))
+        if stored:
+            problems.append(stored)
     return Condition(FEED_STALE, "; ".join(problems) or None)
+
+
+def _candles_in_flight(heartbeats: dict[str, dict], lags: list[ConsumerLag] | None) -> bool:
+    """Candles are on their way to storage: a collector buffers or backfills them, or they wait in CANDLES.
+
+    Storage behind then is a backlog being worked through (after a start, an outage, a slow worker), which
+    `consumer_lag` reports if it does not drain; the feed itself is not stale. A stuck collector shows
+    in its heartbeat (next candle overdue) or its silence."""
+    if any(beat.get("buffered") or beat.get("backfilling") for beat in heartbeats.values()):
+        return True
+    return any(lag.stream == "CANDLES" and lag.pending for lag in lags or ())
 
 
 def _clock_rate(beat: dict) -> float:
@@ -260,8 +274,10 @@ def _published_problems(heartbeats: dict[str, dict], wall: int) -> list[str]:
     """Each shard's newest published candle and lag against the limit, in wall seconds.
 
     The collector's own `stale` flag counts three venue minutes, 18 s at speed 10, so it is not used when the
-    heartbeat carries the times to judge by. A shard that has published nothing since it started (warm-up,
-    backfill) is stale only once that has lasted the limit (`NO_CANDLE_KEY` remembers since when)."""
+    heartbeat carries the times to judge by. During a backfill (warm-up, a repair) the newest candle is an
+    old one on purpose: a backfill that does not move shows as REST trouble, lag, or storage not catching
+    up. A shard that has published nothing since it started is stale only once that has lasted the limit
+    (`NO_CANDLE_KEY` remembers since when)."""
     limit = settings.OPERATOR_FEED_STALE_SECONDS
     client = redis_client()
     problems = []
@@ -273,7 +289,8 @@ def _published_problems(heartbeats: dict[str, dict], wall: int) -> list[str]:
             client.hdel(NO_CANDLE_KEY, shard)
             # The minute after the newest one closes two minutes after that one opened: due then.
             overdue = _wall_seconds(venue - last_open - 2 * MINUTE_MS, rate)
-            if overdue > limit:
+            # While backfilling, the newest candle published is a historical one: not a measure of the feed.
+            if overdue > limit and not beat.get("backfilling"):
                 problems.append(
                     f"collector shard {shard}'s next candle is {overdue:.0f} s overdue (newest candle "
                     f"{_utc(last_open)}, {live})"
@@ -317,12 +334,8 @@ def _reference_ms(heartbeats: dict[str, dict], wall: int) -> int:
 
 
 def stored_feed_problem(now_ms: int, rate: float = 1.0) -> str | None:
-    """The newest `candles_1m` row is too old while symbols are TRADING, and storage is not catching up
-    (None when fine, when nothing is stored, or on the first look).
-
-    `now_ms` is venue time and `rate` its clock rate. Storage far behind but gaining on the venue since the
-    previous look (`STORED_KEY`) is catching up, as after a start or an outage: consumer_lag is the alert
-    for that, not feed_stale. Behind and not gaining (stuck, or falling further behind) is stale."""
+    """The newest `candles_1m` row closed too long ago while symbols are TRADING (None when fine or nothing
+    stored). `now_ms` is venue time, `rate` its clock's rate (the limit is in wall seconds)."""
     from collector.models import Symbol
     from metrics.models import StoredCandle
 
@@ -334,21 +347,13 @@ def stored_feed_problem(now_ms: int, rate: float = 1.0) -> str | None:
         return None
     newest_ms = int(newest.timestamp() * 1000)
     behind = now_ms - newest_ms - MINUTE_MS  # how long ago that minute closed, in venue time
-    client = redis_client()
-    previous = client.hgetall(STORED_KEY)
-    client.hset(STORED_KEY, mapping={"reference": now_ms, "newest": newest_ms})
     seconds = _wall_seconds(behind, rate)
     if seconds <= settings.OPERATOR_FEED_STALE_SECONDS:
         return None
-    if not previous:
-        return None  # one look cannot tell catching up from stuck; the next check decides
-    gap_before = int(previous[b"reference"]) - int(previous[b"newest"])
-    if now_ms - newest_ms < gap_before:
-        return None  # gaining on the venue: catching up
     venue = f" ({behind / 1000:.0f} s of venue time at speed {rate:g})" if rate != 1 else ""
     return (
-        f"newest candle in candles_1m opened at {_utc(newest_ms)}, closed {seconds:.0f} s ago{venue} "
-        f"and storage is not catching up, while {trading} symbols are TRADING"
+        f"newest candle in candles_1m opened at {_utc(newest_ms)}, closed {seconds:.0f} s ago{venue}, "
+        f"while {trading} symbols are TRADING"
     )
 
 
@@ -470,7 +475,7 @@ def conditions(observation: Observation) -> list[Condition]:
     """Every condition's current state from one observation of the bus (and the database)."""
     beats = observation.heartbeats
     return [
-        feed_stale(beats, observation.nats_error),
+        feed_stale(beats, observation.nats_error, observation.lags),
         *consumer_lag(observation.lags),
         rest_banned(beats),
         rest_region_blocked(beats),

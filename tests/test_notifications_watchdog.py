@@ -163,13 +163,11 @@ def test_storage_falling_behind_raises_feed_stale_while_symbols_trade(watch):
     symbol("BTCUSDT")
     candles("BTCUSDT", 5, end=now - timedelta(minutes=10))
     beats = {"0/1": heartbeat()}
-    watchdog.apply(watchdog.feed_stale(beats))  # one look cannot tell stuck from catching up
-    assert watchdog.FEED_STALE not in active()
-    watchdog.apply(watchdog.feed_stale(beats))  # the second look: no progress
+    watchdog.apply(watchdog.feed_stale(beats))
     message = active()[watchdog.FEED_STALE]
     newest = (now - timedelta(minutes=11)).strftime("%Y-%m-%d %H:%M:%S UTC")
     assert message.startswith(f"newest candle in candles_1m opened at {newest}, closed ")
-    assert message.endswith("and storage is not catching up, while 1 symbols are TRADING")
+    assert message.endswith("while 1 symbols are TRADING")
 
     candles("BTCUSDT", 10, end=now)
     watchdog.apply(watchdog.feed_stale(beats))
@@ -210,6 +208,16 @@ def test_at_speed_ten_a_warm_up_hiccup_measured_in_venue_minutes_is_not_feed_sta
 
 
 @DB
+def test_a_backfilling_shard_publishing_old_minutes_is_not_feed_stale_until_it_is_done(watch):
+    """Warm-up at speed 10: the newest candle published is hours old while the backfill runs."""
+    venue_now = int(time.time() * 1000)
+    hours_old = venue_heartbeat(10, age_seconds=8 * 3600, lag_seconds=2, venue_ms=venue_now)
+    assert watchdog.feed_stale({"0/1": {**hours_old, "backfilling": 57, "symbols_live": 3}}).problem is None
+    problem = watchdog.feed_stale({"0/1": {**hours_old, "backfilling": 0}}).problem
+    assert "collector shard 0/1's next candle is " in problem
+
+
+@DB
 def test_at_speed_ten_the_limit_still_holds_in_wall_seconds(watch):
     venue_now = int(time.time() * 1000)
     stuck = {"0/1": venue_heartbeat(10, age_seconds=3000, lag_seconds=1500, venue_ms=venue_now)}
@@ -220,17 +228,18 @@ def test_at_speed_ten_the_limit_still_holds_in_wall_seconds(watch):
 
 
 @DB
-def test_storage_catching_up_after_a_start_is_not_feed_stale_but_storage_that_stops_gaining_is(watch):
+def test_storage_behind_while_candles_are_on_their_way_is_a_backlog_not_feed_stale(watch):
+    """After a start the collector buffers and JetStream holds thousands of candles: storage is hours behind
+    while they drain (consumer_lag's business). With nothing on its way, the same storage is stale."""
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     symbol("BTCUSDT")
-    beats = {"0/1": heartbeat()}
-    candles("BTCUSDT", 5, end=now - timedelta(hours=6))  # backfill has reached six hours ago
-    assert watchdog.feed_stale(beats).problem is None
-    candles("BTCUSDT", 5, end=now - timedelta(hours=3))  # and three hours ago at the next look
-    assert watchdog.feed_stale(beats).problem is None
-    problem = watchdog.feed_stale(beats).problem  # then no more progress
+    candles("BTCUSDT", 5, end=now - timedelta(hours=6))
+    waiting = [watchdog.ConsumerLag("CANDLES", "metrics-store-p0of1", 70.0, pending=100_276)]
+    assert watchdog.feed_stale({"0/1": heartbeat()}, lags=waiting).problem is None
+    assert watchdog.feed_stale({"0/1": heartbeat(buffered=112_719)}, lags=[]).problem is None
+    drained = [watchdog.ConsumerLag("CANDLES", "metrics-store-p0of1", 0.0)]
+    problem = watchdog.feed_stale({"0/1": heartbeat()}, lags=drained).problem
     assert problem.startswith("newest candle in candles_1m opened at ")
-    assert "storage is not catching up" in problem
 
 
 @DB
