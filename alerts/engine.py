@@ -5,8 +5,10 @@ handled one at a time in stream order, so each symbol's bars are evaluated in ba
 also see `metrics.live.>` (core NATS). Which rules fire is decided by `alerts.decisions` — the code the
 backtest runs too — with a `CooldownTracker` rebuilt from `alert_history` on start; `alerts.services`
 re-checks every alert against the table inside the transaction that stores it, so the table stays the
-truth and the tracker only a cache. Per message: evaluate → store alerts + outbox rows (one
-transaction) → publish `alerts.triggered.<SYMBOL>` after the commit → acknowledge.
+truth and the tracker only a cache. Per message, in two lanes (global rules first, then the users'
+rules in a task and database thread of their own, so no user's rules delay anybody else's): evaluate →
+store alerts + outbox rows (one transaction) → publish `alerts.triggered.<SYMBOL>` after the commit; the
+message is acknowledged once both lanes are done with it (docs/alerts.md "Two lanes").
 
 Failure handling: a malformed payload is logged and terminated with its reason (never redelivered, the
 worker keeps going); a database or NATS outage keeps the message in progress and retries it, so no bar is
