@@ -52,7 +52,8 @@ logger = logging.getLogger(__name__)
 REPUBLISH_WINDOW = timedelta(seconds=subjects.DUPLICATE_WINDOW_SECONDS - 60)
 PUBLISH_CHUNK = 1000  # alerts in flight at once (nats-py allows 4,000 unacknowledged)
 # The personal lane publishes in smaller chunks: each chunk runs on the event loop without a break, and the
-# global lane shares that loop (1,000 publishes hold it for tens of milliseconds).
+# global lane shares that loop (1,000 publishes hold it for tens of milliseconds); before each chunk (and
+# each batch) it waits while the global lane has a batch in hand.
 PERSONAL_PUBLISH_CHUNK = 100
 PERSONAL_BATCH = 1000  # bars the personal lane stores in one transaction
 HANDED_ON_KEEPALIVE_SECONDS = 10.0  # a third of the consumer's AckWait
@@ -286,6 +287,8 @@ class AlertWorker(Worker):
         self._handed_event = asyncio.Event()
         self._in_hand: list[list] = []  # the personal lane's batch in hand, entries as in _handed_on
         self._global_done = False
+        self._global_idle = asyncio.Event()  # clear while the global lane handles a batch
+        self._global_idle.set()
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -423,6 +426,15 @@ class AlertWorker(Worker):
 
     async def _fetch_and_handle(self, subscription, stop: asyncio.Event) -> None:
         messages = await messaging.fetch_available(subscription, self.batch, poll_seconds=1.0)
+        if not messages:
+            return
+        self._global_idle.clear()  # the personal lane's next step waits: global alerts go first
+        try:
+            await self._handle_fetched(messages, stop)
+        finally:
+            self._global_idle.set()
+
+    async def _handle_fetched(self, messages: list, stop: asyncio.Event) -> None:
         ready: list[tuple[Any, MetricsMessage]] = []
         for message in messages:
             try:
@@ -470,7 +482,8 @@ class AlertWorker(Worker):
                 self._in_hand = [self._handed_on.popleft() for _ in range(take)]
                 items = [(message, bar) for _, message, bar in self._in_hand]
                 try:
-                    await self._handle_lane(self.personal, items, stop, self._ack, PERSONAL_PUBLISH_CHUNK)
+                    await self._global_idle.wait()
+                    await self._handle_lane(self.personal, items, stop, self._ack)
                 except _Stopping:
                     return
                 finally:
@@ -495,7 +508,6 @@ class AlertWorker(Worker):
         items: list[tuple[Any, MetricsMessage]],
         stop: asyncio.Event,
         finish: Callable[[Any, MetricsMessage], Awaitable],
-        chunk: int = PUBLISH_CHUNK,
     ) -> None:
         """One lane's work on a batch of bars: decide (each symbol's bars in order), store, publish, then
         `finish` each message (hand it on, or acknowledge it)."""
@@ -504,9 +516,7 @@ class AlertWorker(Worker):
         counter = "alerts_personal_bars_total" if engine.lane == "personal" else "alerts_bars_total"
         self.stats.inc(counter, len(items))
         decisions = await self._decide(engine, items, stop)
-        if decisions is not None and await self._handle_together(
-            engine, items, decisions, stop, finish, chunk
-        ):
+        if decisions is not None and await self._handle_together(engine, items, decisions, stop, finish):
             return
         # (When one transaction for the batch failed, bar by bar: only a bar that fails on its own is
         # redelivered or dead-lettered, never its innocent neighbours.)
@@ -519,7 +529,7 @@ class AlertWorker(Worker):
                 where = f"storing {engine.lane} alerts of {bar.symbol} {bar.open_time}"
                 payloads = await self._retrying(where, action, message, stop)
                 if payloads:
-                    publish = lambda p=payloads: self._publish(p, chunk)  # noqa: E731
+                    publish = lambda p=payloads: self._publish(p, engine.lane)  # noqa: E731
                     await self._retrying(f"publishing {len(payloads)} alert(s)", publish, message, stop)
                 await finish(message, bar)
             except _Stopping:
@@ -616,7 +626,7 @@ class AlertWorker(Worker):
         )
 
     async def _handle_together(
-        self, engine: AlertEngine, items, decisions, stop: asyncio.Event, finish, chunk: int
+        self, engine: AlertEngine, items, decisions, stop: asyncio.Event, finish
     ) -> bool:
         """One transaction for the batch's alerts, their publishes in flight together, then `finish`:
         the same order of effects as bar by bar (stored → published → finished), one commit.
@@ -629,7 +639,7 @@ class AlertWorker(Worker):
             record = lambda: engine.record_many(bars, decisions)  # noqa: E731
             where = f"storing {engine.lane} alerts of {len(bars)} bars"
             payloads = await self._retrying(where, record, messages[0], stop)
-            publish = lambda: self._publish(payloads, chunk)  # noqa: E731
+            publish = lambda: self._publish(payloads, engine.lane)  # noqa: E731
             await self._retrying(f"publishing {len(payloads)} alerts", publish, messages[0], stop)
         except _Stopping:
             raise
@@ -670,7 +680,7 @@ class AlertWorker(Worker):
         personal = engine.lane == "personal"
         self.stats.inc("alerts_personal_live_updates_total" if personal else "alerts_live_updates_total")
         try:
-            await self._publish(await engine.on_bar(bar))
+            await self._publish(await engine.on_bar(bar), engine.lane)
         except (DatabaseError, InterfaceError, OSError, NatsError) as error:
             # Live updates are at most once; the final bar evaluates intrabar rules again.
             logger.warning("intrabar %s alert of %s not stored: %s", engine.lane, bar.symbol, error)
@@ -694,13 +704,17 @@ class AlertWorker(Worker):
             return reason
         return None
 
-    async def _publish(self, payloads: list[dict], chunk: int = PUBLISH_CHUNK) -> None:
+    async def _publish(self, payloads: list[dict], lane: str = "global") -> None:
         """`alerts.triggered.<SYMBOL>`, pipelined in chunks. An alert that can never be accepted (it does
         not encode, it is over the server's max payload, JetStream refuses it with a 400) is dead-lettered
         once the others are stored; any other failure (an outage, a timeout) is raised and the caller
         retries the lot (duplicates are dropped by their Nats-Msg-Id)."""
+        personal = lane == "personal"
+        chunk = PERSONAL_PUBLISH_CHUNK if personal else PUBLISH_CHUNK
         refused: list[tuple[dict, bytes, str]] = []
         for start in range(0, len(payloads), chunk):
+            if personal:
+                await self._global_idle.wait()  # a batch of global alerts in hand goes first
             ready: list[tuple[dict, bytes]] = []
             for payload in payloads[start : start + chunk]:
                 try:
