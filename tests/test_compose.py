@@ -216,7 +216,14 @@ def test_the_command_check_refuses_a_misspelt_command_and_a_bad_argument():
 def test_every_process_run_monitor_starts_has_its_own_service(compose):
     from cryptomon.management.commands.run_monitor import Command
 
-    options = {"demo": False, "symbols": "", "no_workers": False, "host": "127.0.0.1", "port": 8000}
+    options = {
+        "demo": False,
+        "symbols": "",
+        "no_workers": False,
+        "host": "127.0.0.1",
+        "port": 8000,
+        "web_workers": 1,
+    }
     wanted = set()
     for child in Command()._children(options, {}):
         words = child.argv[1:]
