@@ -161,11 +161,12 @@ class AlertEngine:
         if not fired:
             return []
         try:
-            recorded = await in_thread(
-                services.record_alerts,
-                *(fired, bar.symbol, bar.open_time, bar.price, bar.metrics, bar.late),
-                serial=True,
-            )
+            with self.stats.timed("alerts_db_write_seconds"):
+                recorded = await in_thread(
+                    services.record_alerts,
+                    *(fired, bar.symbol, bar.open_time, bar.price, bar.metrics, bar.late),
+                    serial=True,
+                )
         except BaseException:
             self.tracker = None
             raise
@@ -174,6 +175,7 @@ class AlertEngine:
             logger.info("alerts of %s refused by alert_history (cooldown): %s", bar.symbol, recorded.blocked)
             self.tracker = None
         self.stats.inc("alerts_created_total", recorded.created)
+        self._count_fired(recorded.payloads)
         return recorded.payloads
 
     async def record_many(self, bars: list[MetricsMessage], decisions: list[list[RuleSpec]]) -> list[dict]:
@@ -183,7 +185,8 @@ class AlertEngine:
             return []
         rows = [(fired, b.symbol, b.open_time, b.price, b.metrics, b.late) for b, fired in firing]
         try:
-            recorded = await in_thread(services.record_many, rows, serial=True)
+            with self.stats.timed("alerts_db_write_seconds"):
+                recorded = await in_thread(services.record_many, rows, serial=True)
         except BaseException:
             self.tracker = None
             raise
@@ -196,7 +199,13 @@ class AlertEngine:
                 self.tracker = None
             self.stats.inc("alerts_created_total", result.created)
             payloads += result.payloads
+        self._count_fired(payloads)
         return payloads
+
+    def _count_fired(self, payloads: list[dict]) -> None:
+        """`alerts_fired_total` by rule: a global rule's slug; users' rules together (bounded labels)."""
+        for payload in payloads:
+            self.stats.inc("alerts_fired_total", rule=payload["rule"] if payload["owner"] is None else "user")
 
 
 def waves(items: list[tuple[Any, MetricsMessage]]) -> list[list[tuple[Any, MetricsMessage]]]:
@@ -237,6 +246,9 @@ class AlertWorker(Worker):
         self.nc = None
         self.js = None
         self._filters: list[str] = []
+
+    def consumers(self) -> list[tuple[str, str, str]]:
+        return [(subjects.METRICS_STREAM, self.durable, "alerts")]
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -372,7 +384,8 @@ class AlertWorker(Worker):
             ready.append((message, bar))
         try:
             for wave in waves(ready):
-                await self._handle_wave(wave, stop)
+                with self.stats.timed("alerts_wave_seconds"):
+                    await self._handle_wave(wave, stop)
         except _Stopping:
             return  # the rest is redelivered to the next run, in order
 

@@ -47,7 +47,7 @@ from django.db import transaction
 
 from alerts.selectors import visible_alerts
 from alerts.visibility import AlertAudience
-from cryptomon import messaging
+from cryptomon import exporter, messaging
 from cryptomon.workers import in_thread
 from gateway import feed, flow
 from gateway.bridge import ALERTS_GROUP, FEED_GROUP, MARKET_GROUP, RESYNC_GROUP
@@ -337,6 +337,7 @@ class AlertsConsumer(AsyncWebsocketConsumer):
             await self._close(CLOSE_TOO_MANY_SOCKETS)
             return
         self.slot_key = key
+        exporter.WEB_WEBSOCKET_CLIENTS.inc()  # while the socket holds its slot
         self.tasks.append(asyncio.create_task(self._heartbeat(limit)))
         take_flow = self.scope.get(flow.SCOPE_KEY)
         self.flow = take_flow() if take_flow is not None else None
@@ -368,6 +369,7 @@ class AlertsConsumer(AsyncWebsocketConsumer):
         self.joined.clear()
         if self.slot_key is not None:
             key, self.slot_key = self.slot_key, None
+            exporter.WEB_WEBSOCKET_CLIENTS.dec()
             with contextlib.suppress(Exception):
                 await feed.redis_client().zrem(key, self.channel_name)
 
@@ -404,6 +406,7 @@ class AlertsConsumer(AsyncWebsocketConsumer):
             if self.flow is not None:  # daphne: wait while the connection's write buffer is full
                 await self.flow.wait_writable()
             await self.send(text_data=text)
+            exporter.WEB_WEBSOCKET_MESSAGES.inc()
 
     async def _enqueue(self, text: str) -> None:
         if self.closed:
@@ -412,6 +415,7 @@ class AlertsConsumer(AsyncWebsocketConsumer):
             self.outbox.put_nowait(text)
         except asyncio.QueueFull:
             logger.info("ws: closing a slow client (%d frames waiting)", self.outbox.qsize())
+            exporter.WEB_WEBSOCKET_SEND_BUFFER_CLOSES.inc()
             await self._close(CLOSE_SLOW_CLIENT)
 
     # --- client → server ---------------------------------------------------------------------------------

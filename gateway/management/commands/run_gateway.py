@@ -35,5 +35,5 @@ class Command(BaseCommand):
         )
         self.stdout.write("run_gateway: started")
         self.stdout.flush()
-        await run_until_signalled(bridge)
+        await run_until_signalled(bridge, stage="gateway", metrics_port=settings.GATEWAY_METRICS_PORT)
         self.stdout.write(f"run_gateway: stopped ({bridge.stats.summary()})")
