@@ -75,7 +75,7 @@ WORKER_METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "collector_connections": ("gauge", (), "open WebSocket connections"),
     "collector_streams": ("gauge", (), "kline streams subscribed"),
     "collector_symbols": ("gauge", (), "symbols in the universe of this shard"),
-    "collector_live_symbols": ("gauge", (), "symbols whose final candle of the newest venue minute is in"),
+    "collector_live_symbols": ("gauge", (), "symbols with a final candle among the last three venue minutes"),
     "collector_buffered_candles": ("gauge", (), "final candles waiting for JetStream"),
     "collector_lag_seconds": ("gauge", (), "venue time minus event time of the newest published candle"),
     "collector_backfills_running": ("gauge", (), "REST backfills in progress"),
@@ -291,7 +291,7 @@ async def serve_worker(worker: Worker, stage: str, port: int, host: str) -> None
         except OSError as error:
             logger.warning("%s metrics endpoint on %s:%s not started: %s", stage, host, port, error)
             return
-        logger.info("%s metrics on http://%s:%s/metrics", stage, host, port)
+        logger.info("%s: /metrics on http://%s:%s/metrics", stage, host, port)
         while True:
             await poll_consumers(worker, stage)
             await asyncio.sleep(LAG_POLL_SECONDS)
@@ -363,11 +363,9 @@ def start_thread_exporter(port: int, host: str, collectors: Iterable[object] = (
     logger.info("metrics on http://%s:%s/metrics", host, port)
 
 
-def clear_multiprocess_dir() -> None:
-    """Files of a previous run would be summed in: start from an empty directory."""
-    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if not directory:
-        return
+def clear_multiprocess_dir(directory: str) -> None:
+    """Make an empty PROMETHEUS_MULTIPROC_DIR before the processes that write there start (files of a
+    previous run would be summed in; the directory must exist before prometheus-client is imported)."""
     os.makedirs(directory, exist_ok=True)
     for entry in os.scandir(directory):
         if entry.name.endswith(".db"):

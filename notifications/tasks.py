@@ -16,6 +16,7 @@ import cryptomon.celery  # noqa: F401 - the configured app, so .delay() from web
 from cryptomon import exporter
 from notifications import operator, queue, selectors, services, watchdog
 from notifications.base import DeliveryError, TransientError
+from notifications.models import NotificationChannel
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,10 @@ def _serve_metrics(**kwargs) -> None:
     (prometheus-client multiprocess mode, PROMETHEUS_MULTIPROC_DIR) and the queue ages, read at scrape time."""
     if not settings.CELERY_METRICS_PORT:
         return
-    exporter.clear_multiprocess_dir()
+    for kind in NotificationChannel.Kind.values:  # every kind and outcome from the first scrape, at 0
+        exporter.NOTIFICATION_SEND_SECONDS.labels(kind)
+        for outcome in ("sent", *services.OUTCOMES.values()):
+            exporter.NOTIFICATION_DELIVERIES.labels(kind, outcome)
     ages = exporter.ReadingCollector(_queue_ages, exporter.OUTBOX_METRICS)
     exporter.start_thread_exporter(settings.CELERY_METRICS_PORT, settings.METRICS_HOST, [ages])
 

@@ -19,6 +19,7 @@ from django.conf import settings
 from django.core.management import call_command, get_commands
 from django.core.management.base import BaseCommand
 
+from cryptomon import exporter
 from cryptomon.embedded import free_port
 
 MANAGE = [sys.executable, str(settings.BASE_DIR / "manage.py")]
@@ -156,6 +157,8 @@ class Command(BaseCommand):
         return children
 
     def _start(self, child: Child) -> None:
+        if directory := child.env.get("PROMETHEUS_MULTIPROC_DIR"):
+            exporter.clear_multiprocess_dir(directory)
         child.process = subprocess.Popen(
             child.argv,
             cwd=settings.BASE_DIR,
