@@ -11,13 +11,15 @@ import urllib.request
 
 import pytest
 import yaml
-from prometheus_client import generate_latest
+from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cryptomon import exporter
 from cryptomon.embedded import free_port
-from cryptomon.management.commands.run_monitor import METRICS_PORT_OFFSETS
+from cryptomon.management.commands.run_monitor import METRICS_PORT_OFFSETS, metrics_port
 from cryptomon.workers import Stats
+from notifications import grouping, services
+from notifications.base import PermanentError
 from tests.e2e_system import MANAGE, ROOT, System, wait_until
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "cryptomon.json"
@@ -201,3 +203,29 @@ def _quietly(check) -> bool:
         return check()
     except OSError:  # the web server not listening yet
         return False
+
+
+def test_run_monitor_gives_each_process_its_own_metrics_port_unless_one_is_set(settings):
+    settings.MONITOR_METRICS_PORT = 9310
+    settings.COLLECTOR_METRICS_PORT = 0
+    ports = [metrics_port(name) for name in METRICS_PORT_OFFSETS]
+    assert ports[0] == 9310 and len(set(ports)) == len(ports)
+    assert metrics_port("emulator") == 0  # not one of ours to watch
+    settings.COLLECTOR_METRICS_PORT = 12345
+    assert metrics_port("collector") == 12345
+    settings.MONITOR_METRICS_PORT = 0
+    assert metrics_port("alerts") == 0
+
+
+def test_a_refused_notification_is_counted_by_channel_kind_and_outcome(settings):
+    settings.NOTIFICATIONS_ALLOW_PRIVATE_TARGETS = False
+
+    def count(outcome: str) -> float:
+        labels = {"kind": "webhook", "outcome": outcome}
+        return REGISTRY.get_sample_value("cryptomon_notifications_deliveries_total", labels) or 0
+
+    before = count("permanent"), count("sent")
+    config = {"url": "http://127.0.0.1:9/hook", "secret": "s" * 28}
+    with pytest.raises(PermanentError):
+        services.deliver("webhook", config, grouping.test_message("metrics"))
+    assert (count("permanent"), count("sent")) == (before[0] + 1, before[1])
