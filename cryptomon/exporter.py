@@ -100,7 +100,11 @@ WORKER_METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     # alerts: bars through the rules
     "alerts_bars_total": ("counter", (), "metrics bars evaluated (in)"),
     "alerts_created_total": ("counter", (), "alerts stored (out)"),
-    "alerts_fired_total": ("counter", ("rule",), "alerts stored and published, by global rule slug or user"),
+    "alerts_fired_total": (
+        "counter",
+        ("rule",),
+        "alerts sent to publishing, by global rule slug or user (a redelivered bar's count again)",
+    ),
     "alerts_wave_seconds": ("histogram", (), "one wave of bars decided, stored and published"),
     "alerts_db_write_seconds": ("histogram", (), "one alert_history + outbox transaction"),
     "alerts_live_updates_total": ("counter", (), "metrics.live previews evaluated"),
