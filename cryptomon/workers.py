@@ -66,10 +66,6 @@ class Stats:
             return self.gauges[name]() or 0
         return self.values.get((name, tuple(sorted(labels.items()))), 0)
 
-    def count(self, name: str) -> float:
-        """How many samples a histogram has, over its labels."""
-        return sum(sum(counts[:-1]) for (key, _), counts in self.histograms.items() if key == name)
-
     def total(self, name: str) -> float:
         """A counter summed over its labels."""
         return sum(value for (key, _), value in self.values.items() if key == name)
