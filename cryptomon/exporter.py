@@ -279,16 +279,20 @@ def registry_for(stats: Stats, stage: str) -> CollectorRegistry:
     return registry
 
 
-async def serve_worker(worker: Worker, stage: str, port: int, host: str) -> None:
-    """Serve the worker's `/metrics` on `port` and poll its JetStream consumers until cancelled. A port in
-    use is logged, not fatal: the worker matters more than its metrics."""
+async def serve_worker(worker: Worker, stage: str, port: int) -> None:
+    """Serve the worker's `/metrics` on `port` (0: nothing) and poll its JetStream consumers until
+    cancelled. A port in use is logged, not fatal: the worker matters more than its metrics."""
+    if not port:
+        return
     from aiohttp import web
+    from django.conf import settings
     from prometheus_client.aiohttp import make_aiohttp_handler
 
     app = web.Application()
     app.router.add_get("/metrics", make_aiohttp_handler(registry_for(worker.stats, stage)))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
+    host = settings.METRICS_HOST
     try:
         try:
             await web.TCPSite(runner, host, port).start()

@@ -14,7 +14,7 @@ import contextlib
 import signal
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -142,19 +142,12 @@ async def run_until_signalled(
     worker: Worker,
     on_started: Callable[[], None] | None = None,
     *,
-    stage: str = "",
-    metrics_port: int = 0,
+    alongside: Coroutine | None = None,
 ) -> None:
     """Run a worker in a management command: SIGINT and SIGTERM stop it; `on_started` once it is live.
-    With a `metrics_port`, its Stats are served there as the `stage`'s `/metrics` (docs/operations.md)."""
+    `alongside` runs while the worker does (its `/metrics` endpoint, `cryptomon.exporter.serve_worker`)."""
     loop = asyncio.get_running_loop()
-    exporting = None
-    if metrics_port:
-        from django.conf import settings
-
-        from cryptomon.exporter import serve_worker
-
-        exporting = asyncio.create_task(serve_worker(worker, stage, metrics_port, settings.METRICS_HOST))
+    exporting = asyncio.create_task(alongside) if alongside is not None else None
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signum, worker.stop)

@@ -35,5 +35,5 @@ class Command(BaseCommand):
             self.stdout.flush()
 
         port = exporter.shard_port(settings.ALERTS_METRICS_PORT, worker.shard.index)
-        await run_until_signalled(worker, started, stage="alerts", metrics_port=port)
+        await run_until_signalled(worker, started, alongside=exporter.serve_worker(worker, "alerts", port))
         self.stdout.write(f"run_alerts: stopped ({worker.stats.summary()})")

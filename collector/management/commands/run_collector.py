@@ -33,4 +33,5 @@ class Command(BaseCommand):
         symbols = [s.strip() for s in options["symbols"].split(",") if s.strip()] or None
         config = CollectorConfig.from_settings(symbols=symbols, shard=shard, clock_rate=options["clock_rate"])
         port = exporter.shard_port(settings.COLLECTOR_METRICS_PORT, shard.index)
-        asyncio.run(run_until_signalled(Collector(config), stage="collector", metrics_port=port))
+        worker = Collector(config)
+        asyncio.run(run_until_signalled(worker, alongside=exporter.serve_worker(worker, "collector", port)))

@@ -27,4 +27,4 @@ class Command(BaseCommand):
             raise CommandError(str(error)) from None
         worker = MetricsWorker(WorkerConfig.from_settings(shard=shard))
         port = exporter.shard_port(settings.METRICS_METRICS_PORT, shard.index)
-        asyncio.run(run_until_signalled(worker, stage="metrics", metrics_port=port))
+        asyncio.run(run_until_signalled(worker, alongside=exporter.serve_worker(worker, "metrics", port)))
