@@ -200,9 +200,10 @@ class AlertEngine:
         if not fired:
             return []
         try:
-            recorded = await self.thread(
-                services.record_alerts, fired, bar.symbol, bar.open_time, bar.price, bar.metrics, bar.late
-            )
+            with self.stats.timed("alerts_db_write_seconds"):
+                recorded = await self.thread(
+                    services.record_alerts, fired, bar.symbol, bar.open_time, bar.price, bar.metrics, bar.late
+                )
         except BaseException:
             self.tracker = None
             raise
@@ -211,6 +212,7 @@ class AlertEngine:
             logger.info("alerts of %s refused by alert_history (cooldown): %s", bar.symbol, recorded.blocked)
             self.tracker = None
         self.stats.inc("alerts_created_total", recorded.created)
+        self._count_fired(recorded.payloads)
         return recorded.payloads
 
     async def record_many(self, bars: list[MetricsMessage], decisions: list[list[RuleSpec]]) -> list[dict]:
@@ -220,7 +222,8 @@ class AlertEngine:
             return []
         rows = [(fired, b.symbol, b.open_time, b.price, b.metrics, b.late) for b, fired in firing]
         try:
-            recorded = await self.thread(services.record_many, rows)
+            with self.stats.timed("alerts_db_write_seconds"):
+                recorded = await self.thread(services.record_many, rows)
         except BaseException:
             self.tracker = None
             raise
@@ -233,7 +236,13 @@ class AlertEngine:
                 self.tracker = None
             self.stats.inc("alerts_created_total", result.created)
             payloads += result.payloads
+        self._count_fired(payloads)
         return payloads
+
+    def _count_fired(self, payloads: list[dict]) -> None:
+        """`alerts_fired_total` by rule: a global rule's slug; users' rules together (bounded labels)."""
+        for payload in payloads:
+            self.stats.inc("alerts_fired_total", rule=payload["rule"] if payload["owner"] is None else "user")
 
 
 def waves(items: list[tuple[Any, MetricsMessage]]) -> list[list[tuple[Any, MetricsMessage]]]:
@@ -289,6 +298,9 @@ class AlertWorker(Worker):
         self._global_done = False
         self._global_idle = asyncio.Event()  # clear while the global lane handles a batch
         self._global_idle.set()
+
+    def consumers(self) -> list[tuple[str, str, str]]:
+        return [(subjects.METRICS_STREAM, self.durable, "alerts")]
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -515,6 +527,16 @@ class AlertWorker(Worker):
             return
         counter = "alerts_personal_bars_total" if engine.lane == "personal" else "alerts_bars_total"
         self.stats.inc(counter, len(items))
+        with self.stats.timed("alerts_wave_seconds", lane=engine.lane):
+            await self._handle_lane_timed(engine, items, stop, finish)
+
+    async def _handle_lane_timed(
+        self,
+        engine: AlertEngine,
+        items: list[tuple[Any, MetricsMessage]],
+        stop: asyncio.Event,
+        finish: Callable[[Any, MetricsMessage], Awaitable],
+    ) -> None:
         decisions = await self._decide(engine, items, stop)
         if decisions is not None and await self._handle_together(engine, items, decisions, stop, finish):
             return

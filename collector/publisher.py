@@ -110,7 +110,8 @@ class Publisher:
                 await self._wakeup.wait()
             batch = [self.queue.popleft() for _ in range(min(self.batch_size, len(self.queue)))]
             self.in_flight = len(batch)
-            failed_at = await self._publish_batch(batch)
+            with self.stats.timed("collector_publish_seconds"):
+                failed_at = await self._publish_batch(batch)
             self.in_flight = 0
             if failed_at is not None:
                 # Put the failed candle and everything after it back, in order, and try again shortly.

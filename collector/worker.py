@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from collector import metrics_export, selectors, services
+from collector import selectors, services
 from collector.binance import parse_frame
 from collector.pool import Pool, PoolConfig, backoff_delay
 from collector.publisher import Publisher
@@ -57,8 +57,6 @@ class CollectorConfig:
     ack_timeout_seconds: float = 5.0
     live_interval_seconds: float = 1.0
     status_interval_seconds: float = 5.0
-    metrics_host: str = "127.0.0.1"
-    metrics_port: int = 0  # 0: no /metrics endpoint
     nats_reconnect_wait_seconds: float = 2.0
 
     @classmethod
@@ -78,7 +76,6 @@ class CollectorConfig:
             "hole_scan_seconds": settings.COLLECTOR_HOLE_SCAN_SECONDS,
             "universe_refresh_seconds": settings.COLLECTOR_UNIVERSE_REFRESH_SECONDS,
             "buffer_limit": settings.COLLECTOR_BUFFER_LIMIT,
-            "metrics_port": getattr(settings, "COLLECTOR_METRICS_PORT", 0),
             "nats_reconnect_wait_seconds": settings.NATS_RECONNECT_WAIT_SECONDS,
         }
         values.update(overrides)
@@ -135,11 +132,6 @@ class Collector(Worker):
         self._build_parts()
         self._register_gauges()
         await self._first_universe()
-        runner = None
-        if cfg.metrics_port:
-            runner = await metrics_export.serve(
-                self.stats, cfg.metrics_host, cfg.metrics_port + cfg.shard.index
-            )
         loops = {
             "publisher": self.publisher.run(),
             "live publisher": self.publisher.run_live(),
@@ -162,7 +154,7 @@ class Collector(Worker):
         try:
             await until_one_ends(self._tasks, "collector")
         finally:
-            await self._shutdown(runner)
+            await self._shutdown()
 
     def _build_parts(self) -> None:
         """The publisher, the sequencer, the WebSocket pool and the universe, wired to each other."""
@@ -224,7 +216,7 @@ class Collector(Worker):
                 logger.warning("exchangeInfo unavailable (%s); retry in %.1f s", error, wait)
                 await asyncio.sleep(wait)
 
-    async def _shutdown(self, runner) -> None:
+    async def _shutdown(self) -> None:
         for task in self._tasks:
             task.cancel()
         for state in list(self.sequencer.states.values()) if self.sequencer else []:
@@ -243,8 +235,6 @@ class Collector(Worker):
                 await self.nc.close()
         if self.rest is not None:
             await self.rest.close()
-        if runner is not None:
-            await runner.cleanup()
 
     async def _apply_universe(self, selected: dict[str, dict], starts: dict[str, int]) -> None:
         now = self.rest.venue_now_ms()
@@ -314,7 +304,8 @@ class Collector(Worker):
     def _register_gauges(self) -> None:
         stats, rest = self.stats, self.rest
         stats.gauge("collector_symbols", lambda: len(self.symbol_set))
-        stats.gauge("collector_lag_ms", lambda: self.sequencer.last_ws_lag_ms)
+        stats.gauge("collector_lag_seconds", lambda: self.sequencer.last_ws_lag_ms / 1000)
+        stats.gauge("collector_live_symbols", self.live_symbols)
         stats.gauge("collector_rest_weight_used", lambda: rest.limiter.used)
         stats.gauge("collector_rest_requests_total", lambda: rest.stats.requests)
         stats.gauge("collector_rest_rate_limited_total", lambda: rest.stats.rate_limited)
@@ -322,16 +313,20 @@ class Collector(Worker):
         stats.gauge("collector_rest_region_blocked_total", lambda: rest.stats.region_blocked)
         stats.gauge("collector_backfills_running", lambda: self.sequencer.backfilling())
 
-    def status(self) -> Heartbeat:
-        """The feed heartbeat (`collector.status`, core NATS) the dashboard and the operator watchdog read."""
-        now = self.rest.venue_now_ms()
-        current = now // MINUTE_MS * MINUTE_MS
-        fresh_after = current - 3 * MINUTE_MS
-        live = sum(
+    def live_symbols(self) -> int:
+        """Symbols with a final candle among the last three venue minutes."""
+        fresh_after = self.rest.venue_now_ms() // MINUTE_MS * MINUTE_MS - 3 * MINUTE_MS
+        return sum(
             1
             for state in self.sequencer.states.values()
             if state.next_open is not None and state.next_open > fresh_after
         )
+
+    def status(self) -> Heartbeat:
+        """The feed heartbeat (`collector.status`, core NATS) the dashboard and the operator watchdog read."""
+        now = self.rest.venue_now_ms()
+        fresh_after = now // MINUTE_MS * MINUTE_MS - 3 * MINUTE_MS
+        live = self.live_symbols()
         last_open = self.publisher.last_open_time or None
         rest_state = self.rest.state()
         return Heartbeat(

@@ -85,6 +85,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "cryptomon.exporter.request_metrics",  # /metrics of the web process (docs/operations.md "Observe")
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",  # static files under daphne (docs/dashboard.md)
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -181,7 +182,19 @@ BINANCE_BACKOFF_BASE_SECONDS = env_float("BINANCE_BACKOFF_BASE_SECONDS", 1.0, mi
 COLLECTOR_HOLE_SCAN_SECONDS = env_float("COLLECTOR_HOLE_SCAN_SECONDS", 600.0, minimum=0.1)
 COLLECTOR_UNIVERSE_REFRESH_SECONDS = env_float("COLLECTOR_UNIVERSE_REFRESH_SECONDS", 300.0, minimum=0.1)
 COLLECTOR_BUFFER_LIMIT = env_int("COLLECTOR_BUFFER_LIMIT", 500_000, minimum=1)
-COLLECTOR_METRICS_PORT = env_int("COLLECTOR_METRICS_PORT", 0, minimum=0)  # 0: no /metrics endpoint
+
+# --- Prometheus /metrics (docs/operations.md "Observe"): each process its own port; 0 = none. A sharded
+# worker (--shard k/N) listens on port + k. run_monitor turns them on (MONITOR_METRICS_PORT).
+COLLECTOR_METRICS_PORT = env_int("COLLECTOR_METRICS_PORT", 0, minimum=0)
+METRICS_METRICS_PORT = env_int("METRICS_METRICS_PORT", 0, minimum=0)  # the metrics engine (run_metrics)
+ALERTS_METRICS_PORT = env_int("ALERTS_METRICS_PORT", 0, minimum=0)
+GATEWAY_METRICS_PORT = env_int("GATEWAY_METRICS_PORT", 0, minimum=0)
+WEB_METRICS_PORT = env_int("WEB_METRICS_PORT", 0, minimum=0)
+CELERY_METRICS_PORT = env_int("CELERY_METRICS_PORT", 0, minimum=0)
+METRICS_HOST = env_str("METRICS_HOST", "127.0.0.1")  # 0.0.0.0 in containers, for the Prometheus service
+# run_monitor's first metrics port: collector, metrics, alerts, gateway, web, celery on it and the next five
+# (a process's own *_METRICS_PORT wins); 0 = no /metrics under run_monitor.
+MONITOR_METRICS_PORT = env_int("MONITOR_METRICS_PORT", 9310, minimum=0)
 
 # --- NATS / JetStream (docs/contract.md §5)
 NATS_STREAM_MAX_BYTES = env_int("NATS_STREAM_MAX_BYTES", 1024**3, minimum=1024 * 1024)

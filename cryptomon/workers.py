@@ -9,27 +9,57 @@ its worker with `run_until_signalled`, which turns SIGINT/SIGTERM into `stop()`.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import signal
+import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.db import DatabaseError, InterfaceError, connections
 
+# Latency buckets in seconds (a batch, a DB write, a send): 1 ms to 10 s.
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
 
 class Stats:
-    """A worker's counters and gauges by (name, label pairs): what its periodic log line, its `/metrics`
-    endpoint and the tests read. Cheap to bump from the hot path."""
+    """A worker's counters, gauges and latency histograms by (name, label pairs): what its periodic log
+    line, its `/metrics` endpoint (`cryptomon/exporter.py`) and the tests read. Cheap to bump from the
+    hot path."""
 
     def __init__(self) -> None:
         self.values: dict[tuple[str, tuple], float] = defaultdict(float)
         self.gauges: dict[str, Callable[[], float | None]] = {}
+        # Per (name, labels): a count per bucket (the last one +Inf), then the sum.
+        self.histograms: dict[tuple[str, tuple], list[float]] = {}
 
     def inc(self, name: str, amount: float = 1, **labels: str) -> None:
         self.values[(name, tuple(sorted(labels.items())))] += amount
+
+    def set(self, name: str, value: float, **labels: str) -> None:
+        """A gauge with labels, set by whoever measures it (e.g. consumer lag)."""
+        self.values[(name, tuple(sorted(labels.items())))] = value
+
+    def observe(self, name: str, seconds: float, **labels: str) -> None:
+        """One latency sample into the histogram `name`."""
+        key = (name, tuple(sorted(labels.items())))
+        counts = self.histograms.get(key)
+        if counts is None:
+            counts = self.histograms[key] = [0.0] * (len(BUCKETS) + 2)
+        counts[bisect.bisect_left(BUCKETS, seconds)] += 1
+        counts[-1] += seconds
+
+    @contextlib.contextmanager
+    def timed(self, name: str, **labels: str) -> Iterator[None]:
+        """Observe how long the block takes (also when it raises)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.observe(name, time.perf_counter() - started, **labels)
 
     def get(self, name: str, **labels: str) -> float:
         """A counter with exactly these labels (none: the unlabelled one), or a gauge's current value."""
@@ -51,30 +81,9 @@ class Stats:
             f"{name}={_number(self.get(name) if name in self.gauges else self.total(name))}" for name in names
         )
 
-    def render(self, help_texts: Mapping[str, tuple[str, str]] | None = None) -> str:
-        """Prometheus text format; `help_texts` maps a name to (kind, help)."""
-        help_texts = help_texts or {}
-        lines: list[str] = []
-        names = sorted({name for name, _ in self.values} | set(self.gauges))
-        for name in names:
-            kind, text = help_texts.get(name, ("gauge" if name in self.gauges else "counter", name))
-            lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
-            if name in self.gauges:
-                lines.append(f"{name} {self.gauges[name]()}")
-                continue
-            for (key, labels), value in sorted(self.values.items()):
-                if key == name:
-                    label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
-                    lines.append(f"{name}{{{label_text}}} {value}" if label_text else f"{name} {value}")
-        return "\n".join(lines) + "\n"
-
 
 def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
-
-
-def _escape(value: str) -> str:
-    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 class Worker:
@@ -96,6 +105,10 @@ class Worker:
 
     async def serve(self) -> None:
         raise NotImplementedError
+
+    def consumers(self) -> list[tuple[str, str, str]]:
+        """(stream, durable, label) of the JetStream consumers whose lag `/metrics` reports."""
+        return []
 
     async def run(self) -> None:
         """Work until `stop()` (or cancellation); an error of `serve()` is raised."""
@@ -126,9 +139,16 @@ async def until_one_ends(tasks: list[asyncio.Task], worker: str) -> None:
     raise RuntimeError(f"{worker}: a loop ended unexpectedly: {ended}")
 
 
-async def run_until_signalled(worker: Worker, on_started: Callable[[], None] | None = None) -> None:
-    """Run a worker in a management command: SIGINT and SIGTERM stop it; `on_started` once it is live."""
+async def run_until_signalled(
+    worker: Worker,
+    on_started: Callable[[], None] | None = None,
+    *,
+    alongside: Coroutine | None = None,
+) -> None:
+    """Run a worker in a management command: SIGINT and SIGTERM stop it; `on_started` once it is live.
+    `alongside` runs while the worker does (its `/metrics` endpoint, `cryptomon.exporter.serve_worker`)."""
     loop = asyncio.get_running_loop()
+    exporting = asyncio.create_task(alongside) if alongside is not None else None
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signum, worker.stop)
@@ -143,8 +163,9 @@ async def run_until_signalled(worker: Worker, on_started: Callable[[], None] | N
     try:
         await worker.run()
     finally:
-        if announce is not None:
-            announce.cancel()
+        for task in (announce, exporting):
+            if task is not None:
+                task.cancel()
 
 
 def _reconnecting(function: Callable) -> Callable:

@@ -241,13 +241,15 @@ class Bridge(Worker):
 
     async def _group_send(self, group: str, message: dict) -> bool:
         try:
-            await asyncio.wait_for(self.layer.group_send(group, message), timeout=5)
+            with self.stats.timed("gateway_send_seconds"):
+                await asyncio.wait_for(self.layer.group_send(group, message), timeout=5)
         except Exception as error:
             self.stats.inc("gateway_send_errors_total")
             if self.redis_ok:
                 logger.warning("gateway: channel layer unavailable (%s); will resync when it is back", error)
             self.redis_ok = False
             return False
+        self.stats.inc("gateway_sent_total")
         return True
 
     def _resync_channel(self) -> str | None:

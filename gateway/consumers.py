@@ -48,7 +48,7 @@ from django.db import transaction
 
 from alerts.selectors import visible_alerts
 from alerts.visibility import AlertAudience
-from cryptomon import messaging
+from cryptomon import exporter, messaging
 from cryptomon.workers import in_thread
 from gateway import feed, flow, hub
 
@@ -419,6 +419,7 @@ class AlertsConsumer(AsyncWebsocketConsumer):
             await self._close(CLOSE_TOO_MANY_SOCKETS)
             return
         self.slot_key = key
+        exporter.WEB_WEBSOCKET_CLIENTS.inc()  # while the socket holds its slot
         self.tasks.append(asyncio.create_task(self._heartbeat(limit)))
         take_flow = self.scope.get(flow.SCOPE_KEY)
         self.flow = take_flow() if take_flow is not None else None
@@ -454,6 +455,7 @@ class AlertsConsumer(AsyncWebsocketConsumer):
         self.joined.clear()
         if self.slot_key is not None:
             key, self.slot_key = self.slot_key, None
+            exporter.WEB_WEBSOCKET_CLIENTS.dec()
             with contextlib.suppress(Exception):
                 await feed.redis_client().zrem(key, self.channel_name)
 
@@ -485,12 +487,14 @@ class AlertsConsumer(AsyncWebsocketConsumer):
             if self.flow is not None:  # daphne: wait while the connection's write buffer is full
                 await self.flow.wait_writable()
             await self.send(text_data=self.outbox.take())
+            exporter.WEB_WEBSOCKET_MESSAGES.inc()
 
     def _put(self, entry: str | Alerts) -> None:
         if self.closed or self.closing_slow:
             return
         if not self.outbox.put(entry):
             logger.info("ws: closing a slow client (%d frames waiting)", len(self.outbox))
+            exporter.WEB_WEBSOCKET_SEND_BUFFER_CLOSES.inc()
             self.closing_slow = True  # queue nothing more; the close runs as a task (hub calls are sync)
             self.closer = asyncio.get_running_loop().create_task(self._close(CLOSE_SLOW_CLIENT))
 

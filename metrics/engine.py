@@ -114,6 +114,12 @@ class MetricsWorker(Worker):
     def shard(self) -> messaging.Shard:
         return self.config.shard
 
+    def consumers(self) -> list[tuple[str, str, str]]:
+        return [
+            (subjects.CANDLES_STREAM, self.shard.consumer_name(kind), kind)
+            for kind in (BARS_KIND, STORE_KIND)
+        ]
+
     # --- lifecycle ------------------------------------------------------------------------------------------
 
     async def serve(self) -> None:
@@ -312,8 +318,10 @@ class MetricsWorker(Worker):
                 continue
             self._bars_backlogged = len(messages) >= self.config.batch_size
             self._bars_idle.clear()
+            self.stats.inc("metrics_candles_received_total", len(messages))
             try:
-                published, candles, bars, acks = await self._make_bars(messages)
+                with self.stats.timed("metrics_batch_seconds"):
+                    published, candles, bars, acks = await self._make_bars(messages)
             finally:
                 self._bars_idle.set()
                 self._bars_done_at = asyncio.get_running_loop().time()
@@ -354,7 +362,8 @@ class MetricsWorker(Worker):
             published, candles, bars, messages = await self._commits.get()
             await self._confirm(published)
             await self._after_bars()
-            refused = await in_thread(services.store, candles, bars)
+            with self.stats.timed("metrics_db_write_seconds", table="bars"):
+                refused = await in_thread(services.store, candles, bars)
             self.stats.inc("metrics_refused_rows_total", len(refused))
             await _ack(messages)
 
@@ -425,8 +434,10 @@ class MetricsWorker(Worker):
                 candles += parsed[1]
                 await asyncio.sleep(0)
             try:
-                refused = await in_thread(services.store, candles, [])
+                with self.stats.timed("metrics_db_write_seconds", table="candles"):
+                    refused = await in_thread(services.store, candles, [])
             except Exception as error:
+                self.stats.inc("metrics_store_failures_total")
                 logger.warning(
                     "storing %d candles failed (%s); they will be redelivered", len(candles), error
                 )

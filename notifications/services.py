@@ -34,6 +34,7 @@ from django.db.models import F
 
 from alerts.models import AlertHistory, OutboxEntry, UserSettings
 from alerts.visibility import AlertAudience
+from cryptomon import exporter
 from notifications import grouping, queue, routing
 from notifications.base import (
     DeliveryError,
@@ -395,7 +396,21 @@ def _config_of(channel: NotificationChannel) -> dict:
 
 
 def deliver(kind: str, config: dict, message: Message) -> None:
-    """One send through the kind's transport; every failure becomes a DeliveryError with a safe text."""
+    """One send through the kind's transport; every failure becomes a DeliveryError with a safe text.
+    Counted and timed by kind and outcome (docs/operations.md "Observe")."""
+    try:
+        with exporter.NOTIFICATION_SEND_SECONDS.labels(kind).time():
+            _deliver(kind, config, message)
+    except DeliveryError as error:
+        exporter.NOTIFICATION_DELIVERIES.labels(kind, OUTCOMES.get(type(error), "failed")).inc()
+        raise
+    exporter.NOTIFICATION_DELIVERIES.labels(kind, "sent").inc()
+
+
+OUTCOMES = {TransientError: "transient", PermanentError: "permanent", RejectedError: "rejected"}
+
+
+def _deliver(kind: str, config: dict, message: Message) -> None:
     try:
         transport(kind).send(config, message)
     except DeliveryError:

@@ -6,13 +6,17 @@ Registered under their `notifications.queue` names (still `alerts.tasks.*`: see 
 from __future__ import annotations
 
 import logging
+import time
 
-from celery import shared_task
+from celery import shared_task, signals
 from django.conf import settings
+from django.db import connections
 
 import cryptomon.celery  # noqa: F401 - the configured app, so .delay() from web/run_alerts uses its broker
-from notifications import operator, queue, services, watchdog
+from cryptomon import exporter
+from notifications import operator, queue, selectors, services, watchdog
 from notifications.base import DeliveryError, TransientError
+from notifications.models import NotificationChannel
 
 logger = logging.getLogger(__name__)
 
@@ -76,3 +80,43 @@ def send_operator_message(self, index: int, key: str, state: str, text: str, sin
 def check_operator_conditions() -> list[str]:
     """Raise or resolve the operator alerts (feed stale, consumer lag, REST 418/451, forced gaps)."""
     return [condition.key for condition in watchdog.check() if condition.problem]
+
+
+# --- /metrics of the Celery worker (docs/operations.md "Observe") ---------------------------------------
+
+
+@signals.worker_init.connect
+def _serve_metrics(**kwargs) -> None:
+    """In the worker's main process: serve the tasks' and deliveries' metrics that its pool processes write
+    (prometheus-client multiprocess mode, PROMETHEUS_MULTIPROC_DIR) and the queue ages, read at scrape time."""
+    if not settings.CELERY_METRICS_PORT:
+        return
+    for kind in NotificationChannel.Kind.values:  # every kind and outcome from the first scrape, at 0
+        exporter.NOTIFICATION_SEND_SECONDS.labels(kind)
+        for outcome in ("sent", *services.OUTCOMES.values()):
+            exporter.NOTIFICATION_DELIVERIES.labels(kind, outcome)
+    ages = exporter.ReadingCollector(_queue_ages, exporter.OUTBOX_METRICS)
+    exporter.start_thread_exporter(settings.CELERY_METRICS_PORT, settings.METRICS_HOST, [ages])
+
+
+def _queue_ages() -> dict[str, float]:
+    try:
+        return selectors.queue_ages()
+    finally:
+        connections.close_all()  # the exporter's thread keeps no connection between scrapes
+
+
+_task_started: dict[str, float] = {}
+
+
+@signals.task_prerun.connect
+def _task_prerun(task_id: str, **kwargs) -> None:
+    _task_started[task_id] = time.perf_counter()
+
+
+@signals.task_postrun.connect
+def _task_postrun(task_id: str, task, state: str | None = None, **kwargs) -> None:
+    started = _task_started.pop(task_id, None)
+    if started is not None:
+        exporter.CELERY_TASK_SECONDS.labels(task.name).observe(time.perf_counter() - started)
+    exporter.CELERY_TASKS.labels(task.name, (state or "unknown").lower()).inc()

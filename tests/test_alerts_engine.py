@@ -131,6 +131,8 @@ async def test_it_stores_publishes_and_queues_one_alert_per_rule_symbol_and_bar(
         await publish_bar(js, bar("BTCUSDT", 2, 3.0))
         await until(lambda: worker.stats.get("alerts_bars_total") >= 4, what="4 bars")
         await until(lambda: len(seen.payloads) >= 2, what="2 published alerts")
+    fired = {labels for name, labels in worker.stats.values if name == "alerts_fired_total"}
+    assert fired == {(("rule", "pump"),)}  # /metrics counts alerts by their global rule's slug
     rows = await history()
     assert [(r.rule, r.symbol, r.open_time) for r in rows] == [
         ("pump", "BTCUSDT", T0),

@@ -34,6 +34,7 @@ APP_IMAGE = "cryptomon"  # services built from ./Dockerfile (FROM python:3.11-sl
 IMAGE_TOOLS: dict[str, tuple[set[str], str]] = {
     "nats": (set(), "the plain nats image is FROM scratch: nats-server only, no shell, no wget or curl"),
     "nats:alpine": ({"sh", "wget", "nc", "nats-server"}, "alpine variant: busybox provides sh, wget, nc"),
+    "prom/prometheus": ({"sh", "wget", "prometheus", "promtool"}, "busybox-based image: sh and wget are there"),
     "postgres": ({"sh", "pg_isready", "psql"}, "the PostgreSQL client tools ship with the server"),
     "postgres:alpine": ({"sh", "pg_isready", "psql"}, "the PostgreSQL client tools ship with the server"),
     "timescale/timescaledb": ({"sh", "pg_isready", "psql"}, "postgres:alpine based: same client tools"),
@@ -109,8 +110,11 @@ def argv(service: dict) -> list[str]:
 
 
 def invocations(service: dict) -> list[list[str]]:
-    """The programs a service's command runs (`sh -c "a && b"` runs two)."""
+    """The programs a service's command runs (`sh -c "a && b"` runs two); an image whose entrypoint is its
+    program (`prom/prometheus`) gets flags only."""
     words = argv(service)
+    if service.get("image", "").startswith("prom/prometheus") and words[0].startswith("--"):
+        return [["prometheus", *words]]
     if words[:2] == ["sh", "-c"]:
         return [shlex.split(part) for part in words[2].split("&&")]
     return [words]
@@ -181,6 +185,17 @@ def check_redis_server(args: list[str]) -> None:
 
 CHECKERS = {"daphne": check_daphne, "celery": check_celery, "nats-server": check_nats_server}
 CHECKERS["redis-server"] = check_redis_server
+
+
+def check_prometheus(args: list[str]) -> None:
+    """The image's entrypoint is `prometheus`: only the flags this file uses, each with its value."""
+    known = {"--config.file", "--storage.tsdb.path", "--storage.tsdb.retention.time", "--web.enable-lifecycle"}
+    for arg in args:
+        flag, _, value = arg.partition("=")
+        assert flag in known and value, f"prometheus flag {arg!r} is not one this file documents"
+
+
+CHECKERS["prometheus"] = check_prometheus
 
 
 def check_invocation(words: list[str]) -> None:

@@ -12,6 +12,7 @@ from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.test import Client
+from prometheus_client import REGISTRY
 
 from alerts import services as alert_services
 from alerts.models import AlertHistory, UserSettings
@@ -350,12 +351,14 @@ async def test_a_client_that_cannot_keep_up_is_closed_with_4008_and_gets_a_snaps
     server = BlockedClient(application)
     socket, _, _ = await connect_ready(headers, server)
     server.blocked.set()
+    closes = REGISTRY.get_sample_value("cryptomon_web_websocket_send_buffer_closes_total")
     for n in range(100):  # one at a time (alerts arriving together share a frame) until the buffer is full
         await publish(payload(symbol=f"S{n}USDT", minutes_ago=1 + n))
         if not await socket.receive_nothing(timeout=0.05):
             break
     assert n >= 5
     assert await close_code(socket) == 4008
+    assert REGISTRY.get_sample_value("cryptomon_web_websocket_send_buffer_closes_total") == closes + 1
     await socket.disconnect()
     stored = await database_sync_to_async(store)(payload(symbol="S1USDT"))
     socket, _, snapshot = await connect_ready(headers)

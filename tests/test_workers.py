@@ -70,4 +70,3 @@ def test_stats_count_by_label_sum_over_labels_and_read_gauges():
     assert stats.get("candles_total", source="rest") == 2 and stats.total("candles_total") == 3
     assert stats.get("lag_ms") == 250 and stats.get("never_total") == 0
     assert stats.summary() == "candles_total=3, lag_ms=250"
-    assert 'candles_total{source="ws"} 1' in stats.render({"candles_total": ("counter", "candles")})

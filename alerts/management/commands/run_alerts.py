@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import asyncio
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from alerts.engine import AlertWorker
-from cryptomon import messaging
+from cryptomon import exporter, messaging
 from cryptomon.workers import run_until_signalled
 
 
@@ -33,5 +34,6 @@ class Command(BaseCommand):
             self.stdout.write(f"run_alerts: started as {worker.durable}")
             self.stdout.flush()
 
-        await run_until_signalled(worker, started)
+        port = exporter.shard_port(settings.ALERTS_METRICS_PORT, worker.shard.index)
+        await run_until_signalled(worker, started, alongside=exporter.serve_worker(worker, "alerts", port))
         self.stdout.write(f"run_alerts: stopped ({worker.stats.summary()})")

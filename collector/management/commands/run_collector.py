@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from collector.worker import Collector, CollectorConfig
-from cryptomon import messaging
+from cryptomon import exporter, messaging
 from cryptomon.workers import run_until_signalled
 
 
@@ -31,4 +32,6 @@ class Command(BaseCommand):
             raise CommandError(str(error)) from None
         symbols = [s.strip() for s in options["symbols"].split(",") if s.strip()] or None
         config = CollectorConfig.from_settings(symbols=symbols, shard=shard, clock_rate=options["clock_rate"])
-        asyncio.run(run_until_signalled(Collector(config)))
+        port = exporter.shard_port(settings.COLLECTOR_METRICS_PORT, shard.index)
+        worker = Collector(config)
+        asyncio.run(run_until_signalled(worker, alongside=exporter.serve_worker(worker, "collector", port)))

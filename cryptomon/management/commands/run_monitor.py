@@ -19,11 +19,14 @@ from django.conf import settings
 from django.core.management import call_command, get_commands
 from django.core.management.base import BaseCommand
 
+from cryptomon import exporter
 from cryptomon.embedded import free_port
 from gateway import serving
 
 MANAGE = [sys.executable, str(settings.BASE_DIR / "manage.py")]
 DEMO_SYMBOLS = 60  # the demo's market size unless --symbols says otherwise
+# Each process's /metrics port: its own *_METRICS_PORT setting, else MONITOR_METRICS_PORT + this offset.
+METRICS_PORT_OFFSETS = {"collector": 0, "metrics": 1, "alerts": 2, "gateway": 3, "web": 4, "celery": 5}
 
 
 @dataclass
@@ -78,6 +81,9 @@ class Command(BaseCommand):
             for child in children:
                 self._start(child)
             self.stdout.write(f"cryptomon is running at {url} (Ctrl-C stops it)")
+            exported = [f"{c.name} :{metrics_port(c.name)}" for c in children if metrics_port(c.name)]
+            if exported:
+                self.stdout.write(f"/metrics of {', '.join(exported)} on {settings.METRICS_HOST}")
             self.stdout.flush()
             self._supervise(children)
         except KeyboardInterrupt:
@@ -157,9 +163,16 @@ class Command(BaseCommand):
             )
         for child in children:
             child.env = {**env, **child.env}
+        for child in children:
+            if port := metrics_port(child.name):
+                child.env[f"{child.name.upper()}_METRICS_PORT"] = str(port)
+                if child.name == "celery":  # its pool processes count, its main process serves the sum
+                    child.env["PROMETHEUS_MULTIPROC_DIR"] = str(settings.VAR_DIR / "prometheus-celery")
         return children
 
     def _start(self, child: Child) -> None:
+        if directory := child.env.get("PROMETHEUS_MULTIPROC_DIR"):
+            exporter.clear_multiprocess_dir(directory)
         child.process = subprocess.Popen(
             child.argv,
             cwd=settings.BASE_DIR,
@@ -209,3 +222,12 @@ class Command(BaseCommand):
             except subprocess.TimeoutExpired:
                 child.process.kill()
                 child.process.wait()
+
+
+def metrics_port(name: str) -> int:
+    """The /metrics port run_monitor gives a child process (0: none)."""
+    if name not in METRICS_PORT_OFFSETS:
+        return 0
+    own = getattr(settings, f"{name.upper()}_METRICS_PORT")
+    base = settings.MONITOR_METRICS_PORT
+    return own or (base + METRICS_PORT_OFFSETS[name] if base else 0)

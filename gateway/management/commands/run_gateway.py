@@ -12,6 +12,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
+from cryptomon import exporter
 from cryptomon.workers import run_until_signalled
 from gateway.bridge import Bridge
 
@@ -35,5 +36,6 @@ class Command(BaseCommand):
         )
         self.stdout.write("run_gateway: started")
         self.stdout.flush()
-        await run_until_signalled(bridge)
+        metrics = exporter.serve_worker(bridge, "gateway", settings.GATEWAY_METRICS_PORT)
+        await run_until_signalled(bridge, alongside=metrics)
         self.stdout.write(f"run_gateway: stopped ({bridge.stats.summary()})")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from cryptomon import messaging
+from cryptomon import exporter, messaging
 from cryptomon.workers import run_until_signalled
 from metrics.engine import MetricsWorker, WorkerConfig
 
@@ -24,4 +25,6 @@ class Command(BaseCommand):
             shard = messaging.Shard.parse(options["shard"])
         except ValueError as error:
             raise CommandError(str(error)) from None
-        asyncio.run(run_until_signalled(MetricsWorker(WorkerConfig.from_settings(shard=shard))))
+        worker = MetricsWorker(WorkerConfig.from_settings(shard=shard))
+        port = exporter.shard_port(settings.METRICS_METRICS_PORT, shard.index)
+        asyncio.run(run_until_signalled(worker, alongside=exporter.serve_worker(worker, "metrics", port)))
