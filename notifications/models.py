@@ -13,7 +13,9 @@ from django.db import models
 
 from notifications import crypto
 
-__all__ = ["Delivery", "NotificationChannel"]
+__all__ = ["Delivery", "NotificationChannel", "TelegramLinkToken"]
+
+SEVERITY_ORDER = ("info", "warning", "critical")
 
 
 class NotificationChannel(models.Model):
@@ -26,6 +28,15 @@ class NotificationChannel(models.Model):
         WEBHOOK = "webhook", "generic webhook"
         EMAIL = "email", "email"
 
+    class Scope(models.TextChoices):
+        ALL = "all", "all my visible alerts"
+        OWN = "own", "only my own rules"
+        RULES = "rules", "only these rules"
+
+    class QuietAction(models.TextChoices):
+        HOLD = "hold", "hold them and send one digest when quiet hours end"
+        DROP = "drop", "drop them"
+
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notification_channels"
     )
@@ -34,6 +45,18 @@ class NotificationChannel(models.Model):
     secret_config = models.TextField(
         editable=False, help_text="Fernet-encrypted JSON: URL / chat id / address / signing secret"
     )
+    address_digest = models.CharField(
+        max_length=64,
+        blank=True,
+        default="",
+        db_index=True,
+        help_text="SHA-256 of a Telegram chat id (/stop)",
+    )
+    verified = models.BooleanField(default=True, help_text="false for an email address not yet confirmed")
+    scope = models.CharField(max_length=5, choices=Scope.choices, default=Scope.ALL)
+    min_severity = models.CharField(max_length=8, blank=True, default="", help_text="empty = every severity")
+    watchlist_only = models.BooleanField(default=False, help_text="only symbols on the owner's watchlist")
+    quiet_action = models.CharField(max_length=4, choices=QuietAction.choices, default=QuietAction.DROP)
     rules = models.JSONField(default=list, blank=True, help_text="rule slugs; empty = every rule")
     directions = models.JSONField(default=list, blank=True, help_text="bull/bear/neutral; empty = all")
     severities = models.JSONField(default=list, blank=True, help_text="info/warning/critical; empty = all")
@@ -85,6 +108,26 @@ class NotificationChannel(models.Model):
     def log_name(self) -> str:
         return f"channel {self.pk} ({self.kind} {self.masked})"
 
+    @property
+    def awaiting_verification(self) -> bool:
+        return not self.verified
+
+
+class TelegramLinkToken(models.Model):
+    """A one-time `/start` token of the "Connect Telegram" deep link: only its SHA-256 is stored."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    digest = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "notification_telegram_link_tokens"
+
+    def __str__(self) -> str:
+        return f"telegram link of user {self.user_id}"
+
 
 class Delivery(models.Model):
     """One alert to one channel: unique per (alert, channel), so fan-out can run any number of times."""
@@ -95,6 +138,7 @@ class Delivery(models.Model):
         SENT = "sent"
         FAILED = "failed"  # gave up: rejected, permanent error or out of attempts
         SKIPPED = "skipped"  # quiet hours or daily cap (kept so fan-out stays idempotent)
+        HELD = "held"  # quiet hours with "hold": released as one digest at next_attempt_at (their end)
 
     id = models.BigAutoField(primary_key=True)
     alert_id = models.BigIntegerField(help_text="alert_history.id")
