@@ -210,6 +210,7 @@ class ChannelForm(forms.ModelForm):
             "watchlist_only": "only my watchlist",
             "quiet_action": "alerts in quiet hours",
         }
+        help_texts = {"watchlist_only": "only symbols on your watchlist (Settings)"}
         widgets = {"scope": forms.RadioSelect, "quiet_action": forms.RadioSelect}
 
     def __init__(self, *args, rules: list[tuple[str, str]], **kwargs):

@@ -8,6 +8,8 @@ time-series alias and keep channel and user ids as plain integers (no FK crosses
 
 from __future__ import annotations
 
+import hashlib
+
 from django.conf import settings
 from django.db import models
 
@@ -16,6 +18,12 @@ from notifications import crypto
 __all__ = ["Delivery", "NotificationChannel", "TelegramLinkToken"]
 
 SEVERITY_ORDER = ("info", "warning", "critical")
+
+
+def digest_of(value: str) -> str:
+    """SHA-256 hex of a value kept only encrypted (a chat id, an address) or not at all (a link token):
+    what lookups compare."""
+    return hashlib.sha256(str(value).encode()).hexdigest()
 
 
 class NotificationChannel(models.Model):
@@ -50,7 +58,7 @@ class NotificationChannel(models.Model):
         blank=True,
         default="",
         db_index=True,
-        help_text="SHA-256 of a Telegram chat id (/stop)",
+        help_text="SHA-256 of the chat id or address (lookups)",
     )
     verified = models.BooleanField(default=True, help_text="false for an email address not yet confirmed")
     scope = models.CharField(max_length=5, choices=Scope.choices, default=Scope.ALL)
@@ -94,6 +102,9 @@ class NotificationChannel(models.Model):
     def set_config(self, value: dict) -> None:
         self.secret_config = crypto.encrypt_json(value)
         self._config_cache = (self.secret_config, dict(value))
+        # /stop finds a chat's channels, a confirmation link its address, by this digest.
+        key = value.get("chat_id") or value.get("address")
+        self.address_digest = digest_of(key) if key else ""
 
     @property
     def masked(self) -> str:
@@ -107,10 +118,6 @@ class NotificationChannel(models.Model):
 
     def log_name(self) -> str:
         return f"channel {self.pk} ({self.kind} {self.masked})"
-
-    @property
-    def awaiting_verification(self) -> bool:
-        return not self.verified
 
 
 class TelegramLinkToken(models.Model):

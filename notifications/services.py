@@ -18,7 +18,6 @@ the deadline and is never handed to a second thread while the first still waits 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import random
@@ -48,7 +47,7 @@ from notifications.base import (
     clamp_retry_after,
 )
 from notifications.crypto import SecretUnreadable
-from notifications.models import Delivery, NotificationChannel, TelegramLinkToken
+from notifications.models import Delivery, NotificationChannel, TelegramLinkToken, digest_of
 from notifications.safety import UnsafeTarget
 from notifications.transports import transport
 
@@ -100,11 +99,6 @@ def _check_room(user) -> None:
         )
 
 
-def digest_of(value: str) -> str:
-    """The lookup key of a Telegram chat id or an email address (the value itself stays encrypted)."""
-    return hashlib.sha256(str(value).encode()).hexdigest()
-
-
 PASTED_KINDS = ("discord", "slack", "webhook", "email")
 
 
@@ -119,14 +113,12 @@ def add_channel(user, kind: str, name: str, config: dict) -> NotificationChannel
             clean = clean_channel_config(kind, {key: config.get(key) for key in ("url", "address")})
         except (ValueError, UnsafeTarget) as error:
             raise ChannelError(str(error)) from None
-        is_email = kind == NotificationChannel.Kind.EMAIL
         return create_channel(
             user,
             kind,
             clean,
             name=name or NotificationChannel.Kind(kind).label,
-            verified=not is_email,
-            address_digest=digest_of(clean["address"]) if is_email else "",
+            verified=kind != NotificationChannel.Kind.EMAIL,
         )
 
 
@@ -196,7 +188,6 @@ def connect_telegram(token: str, chat_id: int | str, chat_name: str = "") -> Not
             NotificationChannel.Kind.TELEGRAM,
             {"chat_id": str(chat_id)},
             name=(chat_name or "Telegram")[:80],
-            address_digest=chat_digest,
         )
 
 

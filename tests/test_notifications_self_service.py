@@ -6,7 +6,11 @@ cap. A real Celery worker, real PostgreSQL and Redis, as in test_notifications_d
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
+import subprocess
+import sys
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -19,6 +23,7 @@ from gateway import selectors as gateway_selectors
 from notifications import routing, selectors, services, telegram_bot, webhook
 from notifications.models import Delivery, NotificationChannel, TelegramLinkToken
 from tests import test_notifications_delivery as delivery_tests
+from tests.browser.test_dashboard_browser import ROOT, _test_database_url
 from tests.fake_telegram import FakeBotAPI
 
 pytestmark = pytest.mark.django_db(databases=["default", "timeseries"], transaction=True)
@@ -426,3 +431,38 @@ def test_quiet_hours_and_caps_leave_history_untouched(celery_worker, fast, recei
     assert {d.status for d in deliveries()} == {"skipped"}
     shown = gateway_selectors.filtered_alerts(trader, gateway_selectors.AlertFilters(symbol="BTCUSDT"))
     assert shown.count() == 3  # the history page and the API read this
+
+
+def test_run_telegram_bot_binds_a_chat_until_sigterm(bot):
+    """The management command as run_monitor and docker-compose run it, polling the fake Bot API."""
+    trader = make_user("trader")
+    token = services.start_telegram_link(trader)
+    env = {
+        **os.environ,
+        "DATABASE_URL": _test_database_url("DATABASE_URL", "default"),
+        "TIMESERIES_DATABASE_URL": _test_database_url("TIMESERIES_DATABASE_URL", "timeseries"),
+        "TELEGRAM_API_URL": bot.url,
+        "TELEGRAM_BOT_TOKEN": BOT_TOKEN,
+        "TELEGRAM_POLL_TIMEOUT_SECONDS": "1",
+        "NOTIFICATIONS_ALLOW_PRIVATE_TARGETS": "true",
+        "NOTIFICATIONS_ALLOWED_EXTRA_PORTS": str(bot.port),
+    }
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "run_telegram_bot"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        bot.user_sends(CHAT, f"/start {token}")
+        bot.wait_for_message(CHAT, "connected", timeout=120)  # a loaded machine boots Django slowly
+        assert NotificationChannel.objects.get(user=trader).config == {"chat_id": str(CHAT)}
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+        assert process.returncode == 0, output
+        assert "run_telegram_bot: stopped (telegram_updates_total=1)" in output
+    finally:
+        if process.poll() is None:
+            process.kill()
