@@ -246,6 +246,9 @@ NOTIFICATIONS_EMAIL_VERIFY_MAX_AGE_SECONDS = env_int(
     "NOTIFICATIONS_EMAIL_VERIFY_MAX_AGE_SECONDS", 3 * 86400, minimum=60
 )
 SIGNUP_ENABLED = env_bool("SIGNUP_ENABLED", True)
+SIGNUP_RATE_LIMIT_PER_HOUR = env_int("SIGNUP_RATE_LIMIT_PER_HOUR", 20, minimum=1)  # per client address
+# Send test, Connect Telegram and Add channel, per user: each can make the server send a request or a mail.
+NOTIFICATIONS_ACTIONS_PER_MINUTE = env_int("NOTIFICATIONS_ACTIONS_PER_MINUTE", 20, minimum=1)
 OPERATOR_WEBHOOK_URL = os.environ.get("OPERATOR_WEBHOOK_URL", "")
 OPERATOR_WEBHOOK_SECRET = os.environ.get("OPERATOR_WEBHOOK_SECRET", "")
 OPERATOR_DISCORD_URL = os.environ.get("OPERATOR_DISCORD_URL", "")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import timedelta
+from functools import wraps
 
 from django.conf import settings
 from django.contrib import messages
@@ -22,6 +23,7 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from gateway import limits
 from gateway import selectors as gateway_selectors
 from gateway.forms import ChannelAddForm, ChannelForm, SignUpForm
 from gateway.views import _page_context, settings_page_view
@@ -31,6 +33,26 @@ from notifications.models import NotificationChannel
 logger = logging.getLogger(__name__)
 
 MAX_UPDATE_BYTES = 64 * 1024  # a Telegram update is a few KB
+
+
+def limited_action(view):
+    """At most NOTIFICATIONS_ACTIONS_PER_MINUTE sends, links and new channels per user (a 429 naming it)."""
+
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args, **kwargs):
+        limit = settings.NOTIFICATIONS_ACTIONS_PER_MINUTE
+        wait = limits.take("notification-actions", f"user:{request.user.pk}", limit)
+        if wait:
+            message = (
+                f"at most {limit} tests, links and new channels a minute "
+                f"(NOTIFICATIONS_ACTIONS_PER_MINUTE); try again in {wait} s"
+            )
+            return HttpResponse(
+                message, status=429, content_type="text/plain", headers={"Retry-After": str(wait)}
+            )
+        return view(request, *args, **kwargs)
+
+    return wrapper
 
 
 # --- sign-up --------------------------------------------------------------------------------------
@@ -43,6 +65,14 @@ def signup(request: HttpRequest) -> HttpResponse:
     if request.user.is_authenticated:
         return redirect("notifications")
     form = SignUpForm(request.POST or None)
+    if request.method == "POST":
+        limit = settings.SIGNUP_RATE_LIMIT_PER_HOUR
+        wait = limits.take("signup", f"ip:{request.META.get('REMOTE_ADDR', '')}", limit, 3600)
+        if wait:
+            message = f"at most {limit} sign-ups an hour from one address; try again in {wait} s"
+            return HttpResponse(
+                message, status=429, content_type="text/plain", headers={"Retry-After": str(wait)}
+            )
     if request.method == "POST" and form.is_valid():
         user = form.save()
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
@@ -82,6 +112,7 @@ def notifications_page(request: HttpRequest) -> HttpResponse:
 
 @settings_page_view
 @require_POST
+@limited_action
 def connect_telegram(request: HttpRequest) -> HttpResponse:
     """A fresh one-time deep link to the bot (Telegram binds the chat when the user presses Start)."""
     if not (settings.TELEGRAM_BOT_TOKEN and settings.TELEGRAM_BOT_USERNAME):
@@ -98,6 +129,7 @@ def connect_telegram(request: HttpRequest) -> HttpResponse:
 
 @settings_page_view
 @require_POST
+@limited_action
 def add_channel(request: HttpRequest) -> HttpResponse:
     form = ChannelAddForm(request.POST)
     if not form.is_valid():
@@ -183,6 +215,7 @@ def channel_page(request: HttpRequest, channel_id: int) -> HttpResponse:
 
 @settings_page_view
 @require_POST
+@limited_action
 def test_channel(request: HttpRequest, channel_id: int) -> HttpResponse:
     """Send a test now; the result (delivered, or the remote's error in one line) shows on the page."""
     channel = _own_channel(request, channel_id)
@@ -193,6 +226,7 @@ def test_channel(request: HttpRequest, channel_id: int) -> HttpResponse:
 
 @settings_page_view
 @require_POST
+@limited_action
 def resend_verification(request: HttpRequest, channel_id: int) -> HttpResponse:
     channel = _own_channel(request, channel_id)
     if channel.kind == NotificationChannel.Kind.EMAIL and not channel.verified:

@@ -281,6 +281,30 @@ def test_nobody_sees_or_changes_another_users_channel():
     assert NotificationChannel.objects.filter(pk=channel.pk).exists()
 
 
+def test_tests_links_and_new_channels_are_rate_limited_per_user(settings):
+    settings.NOTIFICATIONS_ACTIONS_PER_MINUTE = 2
+    trader = make_user("trader")
+    channel = services.add_channel(
+        trader, "discord", "d", {"url": "https://discord.example.com/api/webhooks/1"}
+    )
+    client = Client()
+    client.force_login(trader)
+    statuses = [client.post(f"/settings/notifications/{channel.pk}/test").status_code for _ in range(3)]
+    assert statuses[2] == 429 and 429 not in statuses[:2]
+    refused = client.post("/settings/notifications/telegram")
+    assert refused.status_code == 429
+    assert "NOTIFICATIONS_ACTIONS_PER_MINUTE" in refused.content.decode()
+
+
+def test_sign_ups_are_limited_per_address(settings):
+    settings.SIGNUP_RATE_LIMIT_PER_HOUR = 1
+    client = Client(REMOTE_ADDR="198.51.100.7")
+    form = {"username": "first", "password1": "pw-first-trader-1", "password2": "pw-first-trader-1"}
+    assert client.post("/signup/", form).status_code == 302
+    second = Client(REMOTE_ADDR="198.51.100.7").post("/signup/", {**form, "username": "second"})
+    assert second.status_code == 429 and "at most 1 sign-ups an hour" in second.content.decode()
+
+
 # --- email ----------------------------------------------------------------------------------------
 
 

@@ -36,6 +36,12 @@ CHAT = 5550001
 PASSWORD = "pw-new-trader-2026!"
 
 
+@pytest.fixture(autouse=True)
+def roomy_limits(settings):
+    """Every test signs up from 127.0.0.1; the sign-up limit per address is tested elsewhere."""
+    settings.SIGNUP_RATE_LIMIT_PER_HOUR = 10_000
+
+
 @pytest.fixture
 def bot(fast):
     fake = FakeBotAPI(BOT_TOKEN)
@@ -88,6 +94,7 @@ def test_a_new_trader_signs_up_connects_telegram_and_gets_the_test_message(
     sign_up(page, live_server.url)
     assert "No channels yet" in page.inner_text("#channels")
     page.click("#connect-telegram")
+    dashboard.screenshot(page, "telegram-connect")
     link = page.get_attribute("#telegram-link", "href")
     match = re.fullmatch(rf"https://t\.me/{bot.username}\?start=([A-Za-z0-9_-]{{16,64}})", link)
     assert match, link
@@ -211,3 +218,4 @@ def test_the_daily_cap_is_set_on_the_page_and_counted_there(live_server, page, c
     page.reload()
     assert page.inner_text("#cap-counters tr[data-symbol=BTCUSDT] .count") == "2 of 2"
     assert "daily cap of 2 for BTCUSDT" in page.inner_text("#deliveries")
+    dashboard.screenshot(page, "channel-routing")
