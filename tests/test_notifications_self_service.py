@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -298,10 +299,10 @@ def test_tests_links_and_new_channels_are_rate_limited_per_user(settings):
 
 def test_sign_ups_are_limited_per_address(settings):
     settings.SIGNUP_RATE_LIMIT_PER_HOUR = 1
-    client = Client(REMOTE_ADDR="198.51.100.7")
+    address = f"2001:db8::{secrets.token_hex(2)}:{secrets.token_hex(2)}"  # not counted by an earlier run
     form = {"username": "first", "password1": "pw-first-trader-1", "password2": "pw-first-trader-1"}
-    assert client.post("/signup/", form).status_code == 302
-    second = Client(REMOTE_ADDR="198.51.100.7").post("/signup/", {**form, "username": "second"})
+    assert Client(REMOTE_ADDR=address).post("/signup/", form).status_code == 302
+    second = Client(REMOTE_ADDR=address).post("/signup/", {**form, "username": "second"})
     assert second.status_code == 429 and "at most 1 sign-ups an hour" in second.content.decode()
 
 
