@@ -215,6 +215,7 @@ def test_the_daily_cap_is_set_on_the_page_and_counted_there(live_server, page, c
     for minute in range(3):
         store_alert("BTCUSDT", minute=minute)
     wait_for(lambda: Delivery.objects.filter(status="skipped").count() == 1, what="the capped alert")
+    wait_for(lambda: Delivery.objects.filter(status="sent").count() == 2, what="the two under the cap")
     page.reload()
     assert page.inner_text("#cap-counters tr[data-symbol=BTCUSDT] .count") == "2 of 2"
     assert "daily cap of 2 for BTCUSDT" in page.inner_text("#deliveries")
