@@ -187,7 +187,7 @@ def connect_telegram(token: str, chat_id: int | str, chat_name: str = "") -> Not
             link.user,
             NotificationChannel.Kind.TELEGRAM,
             {"chat_id": str(chat_id)},
-            name=(chat_name or "Telegram")[:80],
+            name="".join(ch for ch in chat_name if ch.isprintable())[:80] or "Telegram",
         )
 
 

@@ -50,7 +50,9 @@ def handle_update(update: dict) -> str | None:
     message = update.get("message") if isinstance(update, dict) else None
     if not isinstance(message, dict):
         return None
-    chat = message.get("chat") or {}
+    chat = message.get("chat")
+    if not isinstance(chat, dict):
+        return None
     chat_id, text = chat.get("id"), message.get("text")
     if not isinstance(chat_id, int) or isinstance(chat_id, bool) or not isinstance(text, str):
         return None
@@ -62,7 +64,7 @@ def handle_update(update: dict) -> str | None:
             reply = HELLO
         else:
             name = chat.get("title") or chat.get("username") or chat.get("first_name") or "Telegram"
-            channel = services.connect_telegram(argument, chat_id, f"Telegram {name}"[:80])
+            channel = services.connect_telegram(argument, chat_id, f"Telegram {name}"[:200])
             reply = CONNECTED if channel is not None else LINK_REFUSED
     elif command == "/stop":
         reply = STOPPED if services.disconnect_telegram(chat_id) else NOT_CONNECTED

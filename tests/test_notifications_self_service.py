@@ -18,6 +18,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.core import mail
 from django.test import Client
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from alerts.models import OutboxEntry
 from gateway import selectors as gateway_selectors
@@ -196,6 +199,61 @@ def test_the_webhook_endpoint_needs_the_secret_token(celery_worker, bot, setting
     assert accepted.status_code == 200
     assert NotificationChannel.objects.get(user=trader).config["chat_id"] == str(CHAT)
     assert bot.messages(CHAT) == [telegram_bot.CONNECTED]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+updates = st.fixed_dictionaries(
+    {"update_id": st.integers(0, 10**9)},
+    optional={
+        "message": st.fixed_dictionaries(
+            {},
+            optional={
+                "chat": st.fixed_dictionaries(
+                    {},
+                    optional={
+                        "id": st.integers(-(10**13), 10**13) | json_values,
+                        "first_name": st.text(max_size=90),
+                    },
+                )
+                | json_values,
+                "text": st.sampled_from(["/start", "/stop", "/start \x00", "hello"])
+                | st.text(max_size=80)
+                | json_values,
+            },
+        )
+        | json_values
+    },
+)
+
+
+@hypothesis_settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(update=updates)
+def test_any_update_shape_gets_an_answer_never_a_crash(bot, settings, update):
+    settings.TELEGRAM_WEBHOOK_SECRET = "hook-secret-0123456789"
+    response = Client().post(
+        "/telegram/webhook",
+        update,
+        content_type="application/json",
+        headers={"X-Telegram-Bot-Api-Secret-Token": "hook-secret-0123456789"},
+    )
+    assert response.status_code == 200
+
+
+def test_a_connected_chats_odd_name_is_kept_printable(bot, poller):
+    trader = make_user("trader")
+    token = services.start_telegram_link(trader)
+    bot.user_sends(CHAT, f"/start {token}", first_name="Bob\x00\u202e" + "x" * 200)
+    bot.wait_for_message(CHAT, "connected")
+    name = NotificationChannel.objects.get(user=trader).name
+    assert name.startswith("Telegram Bobx") and len(name) == 80
 
 
 # --- pasted URLs, secrets, limits -----------------------------------------------------------------
