@@ -201,6 +201,22 @@ def test_the_webhook_endpoint_needs_the_secret_token(celery_worker, bot, setting
     assert bot.messages(CHAT) == [telegram_bot.CONNECTED]
 
 
+def test_in_webhook_mode_telegram_posts_updates_to_the_site(bot, settings, live_server):
+    """setWebhook registers the site's /telegram/webhook with the secret; the fake then POSTs each update
+    there with the secret token header, as Telegram does."""
+    settings.TELEGRAM_WEBHOOK_SECRET = "hook-secret-0123456789"
+    trader = make_user("trader")
+    telegram_bot.set_webhook(f"{live_server.url}/telegram/webhook")
+    assert bot.webhook_secret == "hook-secret-0123456789"
+    token = services.start_telegram_link(trader)
+    assert bot.user_sends(CHAT, f"/start {token}") == 200
+    assert bot.messages(CHAT) == [telegram_bot.CONNECTED]
+    assert NotificationChannel.objects.get(user=trader).enabled
+    bot.webhook_secret = "not-the-secret-000000"
+    assert bot.user_sends(CHAT, "/stop") == 403  # a forged update is refused
+    assert NotificationChannel.objects.get(user=trader).enabled
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
     lambda children: (
