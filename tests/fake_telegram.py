@@ -6,7 +6,8 @@ api.telegram.org does for the methods cryptomon uses.
 - `setWebhook` (`url`, `secret_token`; an empty url removes it) and `deleteWebhook`; with a webhook set,
   a user's message is POSTed to it with the `X-Telegram-Bot-Api-Secret-Token` header;
 - `sendMessage`: 403 "Forbidden: bot was blocked by the user" for a blocked chat, 400 "chat not found"
-  for a chat that never wrote to the bot, 429 with `parameters.retry_after` while rate limited;
+  for a chat that never wrote to the bot;
+- any method: 429 with `parameters.retry_after` while rate limited (`rate_limit`);
 - a wrong token in the path: 401 Unauthorized.
 
 The test plays the user: `user_sends(chat_id, text)` is a message typed in the chat; `messages(chat_id)`
@@ -33,7 +34,7 @@ class FakeBotAPI:
         self.chats: dict[int, dict] = {}  # chat id -> the chat object of its messages
         self.sent: dict[int, list[str]] = {}
         self.blocked: set[int] = set()
-        self.rate_limited = 0  # how many sendMessage calls still get 429
+        self.rate_limited: dict[str, int] = {}  # method -> how many calls still get 429
         self.retry_after = 1
         self.webhook_url = ""
         self.webhook_secret = ""
@@ -86,6 +87,15 @@ class FakeBotAPI:
         handler = getattr(self, f"_api_{method}", None)
         if handler is None:
             return 404, {"ok": False, "error_code": 404, "description": "Not Found"}
+        with self.condition:
+            if self.rate_limited.get(method, 0) > 0:
+                self.rate_limited[method] -= 1
+                return 429, {
+                    "ok": False,
+                    "error_code": 429,
+                    "description": f"Too Many Requests: retry after {self.retry_after}",
+                    "parameters": {"retry_after": self.retry_after},
+                }
         return handler(params)
 
     def _api_getMe(self, params):
@@ -120,14 +130,6 @@ class FakeBotAPI:
         chat_id = int(params.get("chat_id"))
         text = str(params.get("text") or "")
         with self.condition:
-            if self.rate_limited > 0:
-                self.rate_limited -= 1
-                return 429, {
-                    "ok": False,
-                    "error_code": 429,
-                    "description": f"Too Many Requests: retry after {self.retry_after}",
-                    "parameters": {"retry_after": self.retry_after},
-                }
             if chat_id in self.blocked:
                 return 403, {
                     "ok": False,
@@ -186,9 +188,10 @@ class FakeBotAPI:
         with self.condition:
             self.blocked.add(chat_id)
 
-    def rate_limit(self, count: int, retry_after: int = 1) -> None:
+    def rate_limit(self, count: int, retry_after: int = 1, method: str = "sendMessage") -> None:
+        """The next `count` calls of `method` get 429 with `parameters.retry_after`."""
         with self.condition:
-            self.rate_limited, self.retry_after = count, retry_after
+            self.rate_limited[method], self.retry_after = count, retry_after
 
     def messages(self, chat_id: int) -> list[str]:
         with self.condition:

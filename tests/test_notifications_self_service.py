@@ -155,6 +155,21 @@ def test_a_429_from_telegram_is_retried_after_its_retry_after(celery_worker, bot
     assert delivery.attempts == 3  # two 429s, each waited out, then delivered
 
 
+def test_the_poller_waits_out_a_429_on_getupdates(bot):
+    bot.rate_limit(2, retry_after=1, method="getUpdates")
+    trader = make_user("trader")
+    worker = telegram_bot.TelegramPoller()
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_until_complete, args=(worker.run(),), daemon=True)
+    thread.start()
+    try:
+        connect(bot, trader)
+        assert bot.rate_limited["getUpdates"] == 0 and worker.stats.get("telegram_errors_total") == 2
+    finally:
+        loop.call_soon_threadsafe(worker.stop)
+        thread.join(timeout=30)
+
+
 def test_the_poller_removes_a_webhook_before_polling(celery_worker, bot):
     trader = make_user("trader")
     worker = telegram_bot.TelegramPoller()
