@@ -1,4 +1,4 @@
-.PHONY: run demo test bench soak lint fuzz
+.PHONY: run demo test bench soak lint fuzz screenshots
 run:
 	scripts/run.sh
 demo:
@@ -13,3 +13,5 @@ soak:
 	scripts/setup.sh && .venv/bin/python benchmarks/soak.py
 fuzz:
 	scripts/setup.sh && HYPOTHESIS_PROFILE=fuzz .venv/bin/pytest -q -p no:warnings tests/test_hostile_*.py
+screenshots:  # refresh docs/screenshots/ from the browser tests (Chromium: scripts/setup-browser.sh)
+	CRYPTOMON_SCREENSHOTS_TO_DOCS=1 .venv/bin/pytest -q -p no:cacheprovider tests/browser

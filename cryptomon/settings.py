@@ -250,6 +250,21 @@ TELEGRAM_API_URL = check_url(
     "TELEGRAM_API_URL", env_str("TELEGRAM_API_URL", "https://api.telegram.org"), {"http", "https"}
 )
 TELEGRAM_BOT_TOKEN = env_str("TELEGRAM_BOT_TOKEN", "")
+# Self-service Telegram (docs/notifications.md): the bot's @username for the t.me deep link; a public
+# webhook URL (empty: the run_telegram_bot worker long-polls getUpdates) and its secret token header.
+TELEGRAM_BOT_USERNAME = env_str("TELEGRAM_BOT_USERNAME", "").lstrip("@")
+TELEGRAM_WEBHOOK_URL = env_str("TELEGRAM_WEBHOOK_URL", "")
+TELEGRAM_WEBHOOK_SECRET = env_str("TELEGRAM_WEBHOOK_SECRET", "")
+TELEGRAM_POLL_TIMEOUT_SECONDS = env_int("TELEGRAM_POLL_TIMEOUT_SECONDS", 30, minimum=0)
+TELEGRAM_LINK_TTL_SECONDS = env_int("TELEGRAM_LINK_TTL_SECONDS", 600, minimum=10)
+NOTIFICATIONS_MAX_CHANNELS_PER_USER = env_int("NOTIFICATIONS_MAX_CHANNELS_PER_USER", 10, minimum=1)
+NOTIFICATIONS_EMAIL_VERIFY_MAX_AGE_SECONDS = env_int(
+    "NOTIFICATIONS_EMAIL_VERIFY_MAX_AGE_SECONDS", 3 * 86400, minimum=60
+)
+SIGNUP_ENABLED = env_bool("SIGNUP_ENABLED", True)
+SIGNUP_RATE_LIMIT_PER_HOUR = env_int("SIGNUP_RATE_LIMIT_PER_HOUR", 20, minimum=1)  # per client address
+# Send test, Connect Telegram and Add channel, per user: each can make the server send a request or a mail.
+NOTIFICATIONS_ACTIONS_PER_MINUTE = env_int("NOTIFICATIONS_ACTIONS_PER_MINUTE", 20, minimum=1)
 OPERATOR_WEBHOOK_URL = env_str("OPERATOR_WEBHOOK_URL", "")
 OPERATOR_WEBHOOK_SECRET = env_str("OPERATOR_WEBHOOK_SECRET", "")
 OPERATOR_DISCORD_URL = env_str("OPERATOR_DISCORD_URL", "")

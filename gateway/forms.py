@@ -5,9 +5,11 @@ from __future__ import annotations
 from zoneinfo import available_timezones
 
 from django import forms
+from django.contrib.auth.forms import UserCreationForm
 
 from alerts.models import PERSONAL_MIN_COOLDOWN_SECONDS, AlertRule
 from alerts.rule_language import RuleError, compile_rule
+from notifications.models import SEVERITY_ORDER, NotificationChannel
 
 MUTE_DURATIONS = [
     ("1", "1 hour"),
@@ -120,3 +122,112 @@ class PersonalRuleForm(forms.ModelForm):
         except RuleError as error:
             raise forms.ValidationError(str(error)) from None
         return expression
+
+
+class SignUpForm(UserCreationForm):
+    """A new trader's account (username and password, Django's password validators)."""
+
+
+MAX_URL_LENGTH = 2000
+MAX_CAP = 1000
+MAX_ROUTED_RULES = 50
+
+
+class ChannelAddForm(forms.Form):
+    """A channel whose address is pasted: Discord, Slack or webhook URL, or an email address."""
+
+    kind = forms.ChoiceField(
+        choices=[
+            ("discord", "Discord webhook"),
+            ("slack", "Slack incoming webhook"),
+            ("webhook", "my own webhook (signed)"),
+            ("email", "email"),
+        ]
+    )
+    name = forms.CharField(max_length=80, required=False, help_text="what the page calls it")
+    url = forms.CharField(
+        max_length=MAX_URL_LENGTH,
+        required=False,
+        label="URL",
+        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false"}),
+        help_text="Discord, Slack or your webhook's https:// URL",
+    )
+    address = forms.EmailField(max_length=254, required=False, help_text="for email")
+
+    def clean(self):
+        data = super().clean()
+        kind = data.get("kind")
+        if kind == "email" and not data.get("address"):
+            self.add_error("address", "enter the email address to send alerts to")
+        if kind in {"discord", "slack", "webhook"} and not data.get("url"):
+            self.add_error("url", "paste the URL to send alerts to")
+        return data
+
+
+class ChannelForm(forms.ModelForm):
+    """Name, enabled and routing of one channel (its secrets are never part of this form)."""
+
+    rules = forms.MultipleChoiceField(
+        required=False,
+        widget=forms.SelectMultiple(attrs={"size": 6}),
+        help_text="used with 'only these rules'",
+    )
+    min_severity = forms.ChoiceField(
+        required=False,
+        choices=[("", "any severity"), *[(name, f"{name} and above") for name in SEVERITY_ORDER]],
+        label="minimum severity",
+    )
+    quiet_start = forms.TimeField(
+        required=False, widget=forms.TimeInput(attrs={"type": "time"}, format="%H:%M"), label="quiet from"
+    )
+    quiet_end = forms.TimeField(
+        required=False, widget=forms.TimeInput(attrs={"type": "time"}, format="%H:%M"), label="quiet until"
+    )
+    daily_cap_per_symbol = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=MAX_CAP,
+        label="at most N alerts per symbol per day",
+        help_text="empty = no cap; counted per day in your time zone",
+    )
+
+    class Meta:
+        model = NotificationChannel
+        fields = [
+            "name",
+            "enabled",
+            "scope",
+            "rules",
+            "min_severity",
+            "watchlist_only",
+            "quiet_start",
+            "quiet_end",
+            "quiet_action",
+            "daily_cap_per_symbol",
+        ]
+        labels = {
+            "scope": "which alerts",
+            "watchlist_only": "only my watchlist",
+            "quiet_action": "alerts in quiet hours",
+        }
+        help_texts = {"watchlist_only": "only symbols on your watchlist (Settings)"}
+        widgets = {"scope": forms.RadioSelect, "quiet_action": forms.RadioSelect}
+
+    def __init__(self, *args, rules: list[tuple[str, str]], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["rules"].choices = rules
+        self.fields["name"].required = True
+
+    def clean_rules(self) -> list[str]:
+        rules = self.cleaned_data["rules"]
+        if len(rules) > MAX_ROUTED_RULES:
+            raise forms.ValidationError(f"at most {MAX_ROUTED_RULES} rules")
+        return rules
+
+    def clean(self):
+        data = super().clean()
+        if data.get("scope") == NotificationChannel.Scope.RULES and not data.get("rules"):
+            self.add_error("rules", "pick at least one rule for 'only these rules'")
+        if bool(data.get("quiet_start")) != bool(data.get("quiet_end")):
+            self.add_error("quiet_end", "give both ends of the quiet hours, or neither")
+        return data

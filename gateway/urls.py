@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path, re_path
 
-from gateway import api, views
+from gateway import api, notification_views, views
 
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
@@ -17,6 +17,26 @@ urlpatterns = [
     path("settings/rules/preview", views.rule_preview, name="rule_preview"),
     path("settings/rules/<int:rule_id>/", views.rule_edit, name="rule_edit"),
     path("settings/rules/<int:rule_id>/delete", views.rule_delete, name="rule_delete"),
+    path("settings/notifications/", notification_views.notifications_page, name="notifications"),
+    path("settings/notifications/add", notification_views.add_channel, name="add_channel"),
+    path("settings/notifications/telegram", notification_views.connect_telegram, name="connect_telegram"),
+    path("settings/notifications/<int:channel_id>/", notification_views.channel_page, name="channel"),
+    path(
+        "settings/notifications/<int:channel_id>/test", notification_views.test_channel, name="test_channel"
+    ),
+    path(
+        "settings/notifications/<int:channel_id>/delete",
+        notification_views.delete_channel,
+        name="delete_channel",
+    ),
+    path(
+        "settings/notifications/<int:channel_id>/resend",
+        notification_views.resend_verification,
+        name="resend_verification",
+    ),
+    path("notifications/verify/<str:token>", notification_views.verify_email, name="verify_email"),
+    path("telegram/webhook", notification_views.telegram_webhook, name="telegram_webhook"),
+    path("signup/", notification_views.signup, name="signup"),
     path("watchlist/toggle", views.toggle_watchlist, name="watchlist_toggle"),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),

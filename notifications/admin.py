@@ -33,12 +33,17 @@ class NotificationChannelForm(forms.ModelForm):
             "kind",
             "name",
             "enabled",
+            "verified",
+            "scope",
             "rules",
+            "min_severity",
+            "watchlist_only",
             "directions",
             "severities",
             "symbols",
             "quiet_start",
             "quiet_end",
+            "quiet_action",
             "daily_cap_per_symbol",
         ]
 

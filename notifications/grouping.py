@@ -36,7 +36,16 @@ def _bar_time(payload: dict) -> str:
     return datetime.fromtimestamp(payload["open_time"] / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def alerts_message(payloads: list[dict], idempotency_key: str) -> Message:
+def alerts_message(payloads: list[dict], idempotency_key: str, digest: bool = False) -> Message:
+    """One message for a group; `digest`: the alerts held during quiet hours, sent when they ended."""
+    message = _alerts_message(payloads, idempotency_key)
+    if digest:
+        message.title = f"Quiet hours digest: {message.title}"
+        message.header = f"Quiet hours digest · {message.header}"
+    return message
+
+
+def _alerts_message(payloads: list[dict], idempotency_key: str) -> Message:
     payloads = sorted(payloads, key=lambda p: (p["open_time"], p["symbol"], p["rule"]))
     if len(payloads) == 1:
         alert = payloads[0]

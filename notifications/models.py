@@ -8,12 +8,22 @@ time-series alias and keep channel and user ids as plain integers (no FK crosses
 
 from __future__ import annotations
 
+import hashlib
+
 from django.conf import settings
 from django.db import models
 
 from notifications import crypto
 
-__all__ = ["Delivery", "NotificationChannel"]
+__all__ = ["Delivery", "NotificationChannel", "TelegramLinkToken"]
+
+SEVERITY_ORDER = ("info", "warning", "critical")
+
+
+def digest_of(value: str) -> str:
+    """SHA-256 hex of a value kept only encrypted (a chat id, an address) or not at all (a link token):
+    what lookups compare."""
+    return hashlib.sha256(str(value).encode()).hexdigest()
 
 
 class NotificationChannel(models.Model):
@@ -26,6 +36,15 @@ class NotificationChannel(models.Model):
         WEBHOOK = "webhook", "generic webhook"
         EMAIL = "email", "email"
 
+    class Scope(models.TextChoices):
+        ALL = "all", "all my visible alerts"
+        OWN = "own", "only my own rules"
+        RULES = "rules", "only these rules"
+
+    class QuietAction(models.TextChoices):
+        HOLD = "hold", "hold them and send one digest when quiet hours end"
+        DROP = "drop", "drop them"
+
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notification_channels"
     )
@@ -34,6 +53,18 @@ class NotificationChannel(models.Model):
     secret_config = models.TextField(
         editable=False, help_text="Fernet-encrypted JSON: URL / chat id / address / signing secret"
     )
+    address_digest = models.CharField(
+        max_length=64,
+        blank=True,
+        default="",
+        db_index=True,
+        help_text="SHA-256 of the chat id or address (lookups)",
+    )
+    verified = models.BooleanField(default=True, help_text="false for an email address not yet confirmed")
+    scope = models.CharField(max_length=5, choices=Scope.choices, default=Scope.ALL)
+    min_severity = models.CharField(max_length=8, blank=True, default="", help_text="empty = every severity")
+    watchlist_only = models.BooleanField(default=False, help_text="only symbols on the owner's watchlist")
+    quiet_action = models.CharField(max_length=4, choices=QuietAction.choices, default=QuietAction.DROP)
     rules = models.JSONField(default=list, blank=True, help_text="rule slugs; empty = every rule")
     directions = models.JSONField(default=list, blank=True, help_text="bull/bear/neutral; empty = all")
     severities = models.JSONField(default=list, blank=True, help_text="info/warning/critical; empty = all")
@@ -71,6 +102,9 @@ class NotificationChannel(models.Model):
     def set_config(self, value: dict) -> None:
         self.secret_config = crypto.encrypt_json(value)
         self._config_cache = (self.secret_config, dict(value))
+        # /stop finds a chat's channels, a confirmation link its address, by this digest.
+        key = value.get("chat_id") or value.get("address")
+        self.address_digest = digest_of(key) if key else ""
 
     @property
     def masked(self) -> str:
@@ -86,6 +120,22 @@ class NotificationChannel(models.Model):
         return f"channel {self.pk} ({self.kind} {self.masked})"
 
 
+class TelegramLinkToken(models.Model):
+    """A one-time `/start` token of the "Connect Telegram" deep link: only its SHA-256 is stored."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    digest = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "notification_telegram_link_tokens"
+
+    def __str__(self) -> str:
+        return f"telegram link of user {self.user_id}"
+
+
 class Delivery(models.Model):
     """One alert to one channel: unique per (alert, channel), so fan-out can run any number of times."""
 
@@ -95,6 +145,7 @@ class Delivery(models.Model):
         SENT = "sent"
         FAILED = "failed"  # gave up: rejected, permanent error or out of attempts
         SKIPPED = "skipped"  # quiet hours or daily cap (kept so fan-out stays idempotent)
+        HELD = "held"  # quiet hours with "hold": released as one digest at next_attempt_at (their end)
 
     id = models.BigAutoField(primary_key=True)
     alert_id = models.BigIntegerField(help_text="alert_history.id")

@@ -9,12 +9,25 @@ from __future__ import annotations
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from alerts.models import AlertHistory
-from notifications.models import NotificationChannel
+from alerts.models import AlertHistory, UserSettings
+from notifications.models import SEVERITY_ORDER, NotificationChannel
 
 
-def routes(channel: NotificationChannel, alert: AlertHistory) -> bool:
-    """The channel's own filters; an empty list lets everything through."""
+def routes(
+    channel: NotificationChannel, alert: AlertHistory, user_settings: UserSettings | None = None
+) -> bool:
+    """The channel's own filters (an empty list lets everything through): its scope (all visible alerts,
+    the owner's own rules, or the rules listed), the minimum severity, the owner's watchlist."""
+    if channel.scope == NotificationChannel.Scope.OWN and alert.owner_id != channel.user_id:
+        return False
+    if channel.scope == NotificationChannel.Scope.RULES and alert.rule not in (channel.rules or ()):
+        return False
+    if channel.min_severity and _rank(alert.severity) < _rank(channel.min_severity):
+        return False
+    if channel.watchlist_only and alert.symbol not in (
+        (user_settings.watchlist if user_settings else None) or ()
+    ):
+        return False
     return all(
         not allowed or value in allowed
         for allowed, value in (
@@ -24,6 +37,19 @@ def routes(channel: NotificationChannel, alert: AlertHistory) -> bool:
             (channel.symbols, alert.symbol),
         )
     )
+
+
+def _rank(severity: str) -> int:
+    return SEVERITY_ORDER.index(severity) if severity in SEVERITY_ORDER else 0
+
+
+def quiet_hours_end(start: time | None, end: time | None, tz: ZoneInfo, now: datetime) -> datetime:
+    """When the quiet window holding `now` ends, as a UTC instant (the digest's release time)."""
+    local = now.astimezone(tz)
+    candidate = datetime.combine(local.date(), end, tzinfo=tz)
+    if candidate <= local:
+        candidate = datetime.combine(local.date() + timedelta(days=1), end, tzinfo=tz)
+    return candidate.astimezone(UTC)
 
 
 def zone(name: str | None) -> ZoneInfo:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,14 +29,16 @@ from functools import cache
 
 import redis
 from django.conf import settings
+from django.core import signing
 from django.core.exceptions import ImproperlyConfigured
+from django.core.mail import send_mail
 from django.db import connections, transaction
 from django.db.models import F
 
 from alerts.models import AlertHistory, OutboxEntry, UserSettings
 from alerts.visibility import AlertAudience
 from cryptomon import exporter
-from notifications import grouping, queue, routing
+from notifications import grouping, queue, routing, selectors
 from notifications.base import (
     DeliveryError,
     Message,
@@ -45,7 +48,7 @@ from notifications.base import (
     clamp_retry_after,
 )
 from notifications.crypto import SecretUnreadable
-from notifications.models import Delivery, NotificationChannel
+from notifications.models import Delivery, NotificationChannel, TelegramLinkToken, digest_of
 from notifications.safety import UnsafeTarget
 from notifications.transports import transport
 
@@ -85,6 +88,160 @@ def create_channel(user, kind: str, config: dict, **fields) -> NotificationChann
     return channel
 
 
+class ChannelError(ValueError):
+    """A self-service request refused, with the message the page shows."""
+
+
+def _check_room(user) -> None:
+    limit = settings.NOTIFICATIONS_MAX_CHANNELS_PER_USER
+    if NotificationChannel.objects.filter(user=user).count() >= limit:
+        raise ChannelError(
+            f"you have {limit} channels, the most allowed (NOTIFICATIONS_MAX_CHANNELS_PER_USER): delete one first"
+        )
+
+
+PASTED_KINDS = ("discord", "slack", "webhook", "email")
+
+
+def add_channel(user, kind: str, name: str, config: dict) -> NotificationChannel:
+    """A channel the user pasted (Discord, Slack, webhook URL; email address, unverified until its link is
+    opened). A webhook's signing secret is generated here; the page shows it once, then only masked."""
+    if kind not in PASTED_KINDS:
+        raise ChannelError("Telegram is connected with the Connect Telegram button")
+    with transaction.atomic():
+        _check_room(user)
+        try:
+            clean = clean_channel_config(kind, {key: config.get(key) for key in ("url", "address")})
+        except (ValueError, UnsafeTarget) as error:
+            raise ChannelError(str(error)) from None
+        return create_channel(
+            user,
+            kind,
+            clean,
+            name=name or NotificationChannel.Kind(kind).label,
+            verified=kind != NotificationChannel.Kind.EMAIL,
+        )
+
+
+def update_channel(channel: NotificationChannel, **fields) -> NotificationChannel:
+    """Name, enabled and routing from the channel's page (re-enabling clears the disabled reason)."""
+    for name, value in fields.items():
+        setattr(channel, name, value)
+    if fields.get("enabled"):
+        channel.disabled_reason = ""
+    channel.full_clean(exclude=["secret_config", "user"])
+    channel.save()
+    return channel
+
+
+def delete_channel(channel: NotificationChannel) -> None:
+    channel_id = channel.pk
+    channel.delete()
+    Delivery.objects.filter(
+        channel_id=channel_id, status__in=[Delivery.Status.PENDING, Delivery.Status.HELD]
+    ).update(status=Delivery.Status.FAILED, last_error="channel deleted")
+
+
+# --- Telegram connect (docs/notifications.md) -------------------------------------------------------
+
+
+def start_telegram_link(user) -> str:
+    """A one-time `/start` token for the deep link (valid TELEGRAM_LINK_TTL_SECONDS); only its digest is kept."""
+    _check_room(user)
+    TelegramLinkToken.objects.filter(user=user, expires_at__lt=_now()).delete()
+    token = secrets.token_urlsafe(24)
+    TelegramLinkToken.objects.create(
+        user=user,
+        digest=digest_of(token),
+        expires_at=_now() + timedelta(seconds=settings.TELEGRAM_LINK_TTL_SECONDS),
+    )
+    return token
+
+
+def telegram_deep_link(token: str) -> str:
+    return f"https://t.me/{settings.TELEGRAM_BOT_USERNAME}?start={token}"
+
+
+def connect_telegram(token: str, chat_id: int | str, chat_name: str = "") -> NotificationChannel | None:
+    """Bind the chat that sent `/start <token>` to the token's user; None when the token is unknown,
+    used or expired. A chat already bound to that user is switched back on (after /stop or a block)."""
+    if not token or len(token) > 64:
+        return None
+    with transaction.atomic():
+        link = TelegramLinkToken.objects.select_for_update().filter(digest=digest_of(token)).first()
+        if link is None or link.used_at is not None or link.expires_at <= _now():
+            return None
+        link.used_at = _now()
+        link.save(update_fields=["used_at"])
+        chat_digest = digest_of(str(chat_id))
+        existing = NotificationChannel.objects.filter(
+            user_id=link.user_id, kind=NotificationChannel.Kind.TELEGRAM, address_digest=chat_digest
+        ).first()
+        if existing is not None:
+            enable_channel(existing)
+            return existing
+        if NotificationChannel.objects.filter(user_id=link.user_id).count() >= (
+            settings.NOTIFICATIONS_MAX_CHANNELS_PER_USER
+        ):
+            return None
+        return create_channel(
+            link.user,
+            NotificationChannel.Kind.TELEGRAM,
+            {"chat_id": str(chat_id)},
+            name="".join(ch for ch in chat_name if ch.isprintable())[:80] or "Telegram",
+        )
+
+
+def disconnect_telegram(chat_id: int | str) -> int:
+    """`/stop` in the chat: every channel bound to it is switched off with the reason shown on the page."""
+    channels = NotificationChannel.objects.filter(
+        kind=NotificationChannel.Kind.TELEGRAM, address_digest=digest_of(str(chat_id)), enabled=True
+    )
+    ids = list(channels.values_list("pk", flat=True))
+    for channel_id in ids:
+        _disable_channel(channel_id, "disconnected with /stop in Telegram")
+    return len(ids)
+
+
+# --- email verification ---------------------------------------------------------------------------
+
+EMAIL_SALT = "notifications.email-verification"
+
+
+def email_verification_token(channel: NotificationChannel) -> str:
+    """Signed (SECRET_KEY) and bound to the channel and its address; expires per the setting."""
+    return signing.dumps({"c": channel.pk, "a": channel.address_digest}, salt=EMAIL_SALT)
+
+
+def send_email_verification(channel: NotificationChannel, link: str) -> None:
+    """The one mail sent before the address is confirmed: the confirmation link."""
+    hours = settings.NOTIFICATIONS_EMAIL_VERIFY_MAX_AGE_SECONDS // 3600
+    send_mail(
+        "cryptomon: confirm this address for alerts",
+        f"Open this link to receive cryptomon alerts at this address (valid {hours} hours):\n\n{link}\n\n"
+        "If you did not ask for this, ignore this mail: nothing is sent until the link is opened.",
+        settings.DEFAULT_FROM_EMAIL,
+        [channel.config["address"]],
+    )
+
+
+def verify_email(token: str) -> NotificationChannel | None:
+    """The channel whose link this is, now verified; None for a bad, expired or outdated link."""
+    try:
+        data = signing.loads(
+            token[:500], salt=EMAIL_SALT, max_age=settings.NOTIFICATIONS_EMAIL_VERIFY_MAX_AGE_SECONDS
+        )
+    except signing.BadSignature:
+        return None
+    channel = NotificationChannel.objects.filter(
+        pk=data.get("c"), kind=NotificationChannel.Kind.EMAIL, address_digest=data.get("a")
+    ).first()
+    if channel is not None and not channel.verified:
+        channel.verified = True
+        channel.save(update_fields=["verified", "updated_at"])
+    return channel
+
+
 def enable_channel(channel: NotificationChannel) -> None:
     channel.enabled = True
     channel.disabled_reason = ""
@@ -95,9 +252,9 @@ def _disable_channel(channel_id: int, reason: str) -> None:
     NotificationChannel.objects.filter(pk=channel_id).update(
         enabled=False, disabled_reason=reason, last_error=reason, last_error_at=_now(), updated_at=_now()
     )
-    Delivery.objects.filter(channel_id=channel_id, status=Delivery.Status.PENDING).update(
-        status=Delivery.Status.FAILED, last_error=f"channel disabled: {reason}"
-    )
+    Delivery.objects.filter(
+        channel_id=channel_id, status__in=[Delivery.Status.PENDING, Delivery.Status.HELD]
+    ).update(status=Delivery.Status.FAILED, last_error=f"channel disabled: {reason}")
 
 
 # --- fan-out --------------------------------------------------------------------------------------
@@ -125,13 +282,14 @@ def _candidate_channels(
     alert: AlertHistory, now: datetime
 ) -> list[tuple[NotificationChannel, UserSettings | None]]:
     """Enabled channels whose routing takes the alert and whose owner may see it."""
-    channels = NotificationChannel.objects.filter(enabled=True)
+    channels = NotificationChannel.objects.filter(enabled=True, verified=True)
     if alert.owner_id is not None:
         channels = channels.filter(user_id=alert.owner_id)
-    channels = [channel for channel in channels if routing.routes(channel, alert)]
+    channels = list(channels)
     user_settings = {
         row.user_id: row for row in UserSettings.objects.filter(user_id__in={c.user_id for c in channels})
     }
+    channels = [c for c in channels if routing.routes(c, alert, user_settings.get(c.user_id))]
     payload = alert.to_payload()
     return [
         (channel, user_settings.get(channel.user_id))
@@ -163,7 +321,7 @@ def fan_out(outbox_id: int) -> FanOut:
         targets = sorted(((c, s) for c, s in targets if c.pk not in done), key=lambda pair: pair[0].pk)
         rows = []
         for channel, user_settings in targets:
-            status, reason = _decide(channel, user_settings, alert, now)
+            status, reason, due = _decide(channel, user_settings, alert, now)
             rows.append(
                 Delivery(
                     alert_id=alert.pk,
@@ -172,7 +330,7 @@ def fan_out(outbox_id: int) -> FanOut:
                     symbol=alert.symbol,
                     status=status,
                     last_error=reason,
-                    next_attempt_at=now,
+                    next_attempt_at=due,
                 )
             )
         Delivery.objects.bulk_create(rows, ignore_conflicts=True)
@@ -193,24 +351,40 @@ def fan_out(outbox_id: int) -> FanOut:
 
 def _decide(
     channel: NotificationChannel, user_settings: UserSettings | None, alert: AlertHistory, now: datetime
-) -> tuple[str, str]:
-    """PENDING, or SKIPPED with the reason (quiet hours, daily cap). Runs inside the fan-out transaction."""
+) -> tuple[str, str, datetime]:
+    """PENDING; SKIPPED with the reason (over the daily cap, quiet hours with "drop"); or HELD until the
+    quiet hours end ("hold"). Runs inside the fan-out transaction. Held alerts count toward the cap."""
     tz = routing.zone(user_settings.timezone if user_settings else "UTC")
-    if routing.in_quiet_hours(channel.quiet_start, channel.quiet_end, tz, now):
-        return Delivery.Status.SKIPPED, "quiet hours"
     if channel.daily_cap_per_symbol is not None:
         with connections[TS].cursor() as cursor:  # serialises concurrent fan-outs for this channel
             cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [7_346_001, channel.pk])
-        sent_today = (
-            Delivery.objects.filter(
-                channel_id=channel.pk, symbol=alert.symbol, created_at__gte=routing.local_day_start(tz, now)
-            )
-            .exclude(status=Delivery.Status.SKIPPED)
-            .count()
+        counted = selectors.counted_toward_cap(channel, tz, now).filter(symbol=alert.symbol).count()
+        if counted >= channel.daily_cap_per_symbol:
+            reason = f"daily cap of {channel.daily_cap_per_symbol} for {alert.symbol}"
+            return Delivery.Status.SKIPPED, reason, now
+    if routing.in_quiet_hours(channel.quiet_start, channel.quiet_end, tz, now):
+        if channel.quiet_action == NotificationChannel.QuietAction.DROP:
+            return Delivery.Status.SKIPPED, "quiet hours", now
+        release = routing.quiet_hours_end(channel.quiet_start, channel.quiet_end, tz, now)
+        return Delivery.Status.HELD, "quiet hours: held for the digest", release
+    return Delivery.Status.PENDING, "", now
+
+
+def release_held(now: datetime | None = None) -> int:
+    """Quiet hours over: each channel's held deliveries become one pending group (the digest) and are
+    flushed now. Called by the sweep (beat), so a digest leaves within one sweep interval of the end."""
+    now = now or _now()
+    due = Delivery.objects.filter(status=Delivery.Status.HELD, next_attempt_at__lte=now)
+    by_channel: dict[int, list[int]] = {}
+    for pk, channel_id in due.values_list("pk", "channel_id"):
+        by_channel.setdefault(channel_id, []).append(pk)
+    released = 0
+    for channel_id, ids in sorted(by_channel.items()):
+        released += Delivery.objects.filter(pk__in=ids, status=Delivery.Status.HELD).update(
+            status=Delivery.Status.PENDING, next_attempt_at=now, last_error="", group_key=f"digest-{min(ids)}"
         )
-        if sent_today >= channel.daily_cap_per_symbol:
-            return Delivery.Status.SKIPPED, f"daily cap of {channel.daily_cap_per_symbol} for {alert.symbol}"
-    return Delivery.Status.PENDING, ""
+        queue.flush_channel(channel_id)
+    return released
 
 
 def schedule_flush(channel_id: int, delay: float | None = None) -> bool:
@@ -344,7 +518,11 @@ def _send_group(channel: NotificationChannel, key: str, members: list[Delivery])
         ids = [pk for pk in ids if pk not in gone]
         if not ids:
             return 0
-    message = grouping.alerts_message([alert.to_payload() for alert in alerts.values()], idempotency_key=key)
+    message = grouping.alerts_message(
+        [alert.to_payload() for alert in alerts.values()],
+        idempotency_key=key,
+        digest=key.startswith("digest"),
+    )
     attempts = max(row.attempts for row in members)
     try:
         deliver(channel.kind, _config_of(channel), message)
@@ -438,11 +616,14 @@ class TestResult:
 
 
 def send_test(channel: NotificationChannel) -> TestResult:
-    """Send a test message now and report success or the exact failure (the admin's action).
+    """Send a test message now and report success or the exact failure (the settings page's and the admin's).
 
     A test is a send like any other, so it takes the channel's claim: refused while a flush's send to the
     channel is in flight (or being claimed), and while the test is out, the channel's claims wait for it
-    (at most the one HTTP deadline), so an endpoint never has two sends from us at once."""
+    (at most the one HTTP deadline), so an endpoint never has two sends from us at once. An email address
+    gets nothing before it is confirmed."""
+    if not channel.verified:
+        return TestResult(False, "confirm the address first: open the link in the mail we sent")
     with connections[TS].cursor() as cursor:  # the lock `_claim` takes, held for the whole send
         cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [CLAIM_LOCK, channel.pk])
         if not cursor.fetchone()[0]:
@@ -475,6 +656,7 @@ class Requeued:
     outbox: int = 0
     reclaimed: int = 0
     channels: int = 0
+    digests: int = 0  # held deliveries released at the end of quiet hours
 
 
 def requeue_stuck(now: datetime | None = None) -> Requeued:
@@ -483,7 +665,7 @@ def requeue_stuck(now: datetime | None = None) -> Requeued:
     lease (`claim_lease_seconds()`) has run out, so a send still in flight is never handed to another."""
     now = now or _now()
     cutoff = now - timedelta(seconds=settings.NOTIFICATIONS_STUCK_SECONDS)
-    result = Requeued()
+    result = Requeued(digests=release_held(now))
     stuck_outbox = list(
         OutboxEntry.objects.filter(dispatched_at__isnull=True, created_at__lt=cutoff).values_list(
             "pk", flat=True
@@ -504,6 +686,6 @@ def requeue_stuck(now: datetime | None = None) -> Requeued:
     for channel_id in sorted(channels):
         queue.flush_channel(channel_id)
     result.channels = len(channels)
-    if result.outbox or result.reclaimed or result.channels:
+    if result.outbox or result.reclaimed or result.channels:  # a released digest is no warning
         logger.warning("re-queued stuck notifications: %s", result)
     return result

@@ -39,22 +39,41 @@ def summary(config: dict) -> str:
     return f"chat {mask(config.get('chat_id'))}"
 
 
-def send(config: dict, message: Message) -> None:
+def request(method: str, payload: dict, timeout: float | None = None) -> tuple[safety.Response, dict, str]:
+    """POST one Bot API method: (response, its JSON answer, the description with the token masked)."""
     token = settings.TELEGRAM_BOT_TOKEN
     if not token:
         raise TransientError("TELEGRAM_BOT_TOKEN is not set on the server")
-    body = json.dumps(
-        {"chat_id": config["chat_id"], "text": message.text(LIMIT), "disable_web_page_preview": True}
-    ).encode()
-    url = f"{settings.TELEGRAM_API_URL.rstrip('/')}/bot{token}/sendMessage"
+    url = f"{settings.TELEGRAM_API_URL.rstrip('/')}/bot{token}/{method}"
     try:
-        response = safety.post(url, body, {"Content-Type": "application/json"})
+        response = safety.post(
+            url, json.dumps(payload).encode(), {"Content-Type": "application/json"}, timeout=timeout
+        )
     except safety.UnsafeTarget as error:  # TELEGRAM_API_URL is the operator's setting, not the user's
         raise TransientError(f"TELEGRAM_API_URL {error}") from None
     answer = response.json()
+    description = str(answer.get("description") or response.text())[:200].replace(token, mask(token))
+    return response, answer, description
+
+
+def call(method: str, payload: dict, timeout: float | None = None):
+    """A Bot API method's `result` (the bot's own calls: getUpdates, setWebhook, replies); any refusal is
+    a TransientError (with Telegram's `retry_after` on a 429)."""
+    response, answer, description = request(method, payload, timeout)
+    if 200 <= response.status < 300 and answer.get("ok"):
+        return answer.get("result")
+    retry_after = (answer.get("parameters") or {}).get("retry_after") if response.status == 429 else None
+    raise TransientError(
+        f"Telegram answered {response.status} to {method}: {description}",
+        retry_after=clamp_retry_after(retry_after),
+    )
+
+
+def send(config: dict, message: Message) -> None:
+    payload = {"chat_id": config["chat_id"], "text": message.text(LIMIT), "disable_web_page_preview": True}
+    response, answer, description = request("sendMessage", payload)
     if 200 <= response.status < 300 and answer.get("ok", True):
         return
-    description = str(answer.get("description") or response.text())[:200].replace(token, mask(token))
     if response.status == 429:
         retry_after = (answer.get("parameters") or {}).get("retry_after")
         raise TransientError(

@@ -1,8 +1,9 @@
 """Generic webhook: the docs/contract.md §5 alert payload (or `{v: 1, alerts: [...]}` for a group), signed.
 
 Headers: `Idempotency-Key` (the first delivery id of the group, stable across retries, so a receiver
-can drop the repeat of a send whose answer was lost) and `X-Cryptomon-Signature: sha256=<hex>`, the
-HMAC-SHA256 of the exact body bytes with the channel's signing secret.
+can drop the repeat of a send whose answer was lost), `X-Cryptomon-Timestamp` (Unix seconds) and
+`X-Cryptomon-Signature: sha256=<hex>`, the HMAC-SHA256 of `<timestamp>.<exact body bytes>` with the
+channel's signing secret (the timestamp inside the signature stops replays of an old request).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import time
 
 from notifications import safety
 from notifications.base import Message, http_failure, retry_after_header
@@ -31,20 +33,32 @@ def summary(config: dict) -> str:
     return f"webhook {mask(config.get('url'))}, secret {mask(config.get('secret'))}"
 
 
-def sign(secret: str, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+TOLERANCE_SECONDS = 300  # how old a timestamp a receiver should accept (replays of a captured request)
 
 
-def verify(secret: str, body: bytes, signature: str) -> bool:
-    """What a receiver does (also used by the tests)."""
-    return hmac.compare_digest(sign(secret, body), signature)
+def sign(secret: str, body: bytes, timestamp: int) -> str:
+    """`sha256=` + hex HMAC-SHA256 over `<timestamp>.` followed by the exact body bytes."""
+    signed = str(timestamp).encode() + b"." + body
+    return "sha256=" + hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+
+
+def verify(secret: str, body: bytes, signature: str, timestamp: str, now: float | None = None) -> bool:
+    """What a receiver does (the docs' samples do the same; the tests use it): a fresh timestamp and a
+    matching signature, compared in constant time."""
+    if not str(timestamp).isdigit() or len(str(timestamp)) > 12:
+        return False
+    if abs((time.time() if now is None else now) - int(timestamp)) > TOLERANCE_SECONDS:
+        return False
+    return hmac.compare_digest(sign(secret, body, int(timestamp)), signature)
 
 
 def send(config: dict, message: Message) -> None:
     body = json.dumps(message.webhook_body(), separators=(",", ":"), ensure_ascii=False).encode()
+    timestamp = int(time.time())
     headers = {
         "Content-Type": "application/json",
-        "X-Cryptomon-Signature": sign(config.get("secret", ""), body),
+        "X-Cryptomon-Timestamp": str(timestamp),
+        "X-Cryptomon-Signature": sign(config.get("secret", ""), body, timestamp),
     }
     if message.idempotency_key:
         headers["Idempotency-Key"] = message.idempotency_key

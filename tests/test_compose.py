@@ -34,7 +34,10 @@ APP_IMAGE = "cryptomon"  # services built from ./Dockerfile (FROM python:3.11-sl
 IMAGE_TOOLS: dict[str, tuple[set[str], str]] = {
     "nats": (set(), "the plain nats image is FROM scratch: nats-server only, no shell, no wget or curl"),
     "nats:alpine": ({"sh", "wget", "nc", "nats-server"}, "alpine variant: busybox provides sh, wget, nc"),
-    "prom/prometheus": ({"sh", "wget", "prometheus", "promtool"}, "busybox-based image: sh and wget are there"),
+    "prom/prometheus": (
+        {"sh", "wget", "prometheus", "promtool"},
+        "busybox-based image: sh and wget are there",
+    ),
     "postgres": ({"sh", "pg_isready", "psql"}, "the PostgreSQL client tools ship with the server"),
     "postgres:alpine": ({"sh", "pg_isready", "psql"}, "the PostgreSQL client tools ship with the server"),
     "timescale/timescaledb": ({"sh", "pg_isready", "psql"}, "postgres:alpine based: same client tools"),
@@ -189,7 +192,12 @@ CHECKERS["redis-server"] = check_redis_server
 
 def check_prometheus(args: list[str]) -> None:
     """The image's entrypoint is `prometheus`: only the flags this file uses, each with its value."""
-    known = {"--config.file", "--storage.tsdb.path", "--storage.tsdb.retention.time", "--web.enable-lifecycle"}
+    known = {
+        "--config.file",
+        "--storage.tsdb.path",
+        "--storage.tsdb.retention.time",
+        "--web.enable-lifecycle",
+    }
     for arg in args:
         flag, _, value = arg.partition("=")
         assert flag in known and value, f"prometheus flag {arg!r} is not one this file documents"

@@ -461,8 +461,10 @@ def test_each_transport_sends_what_its_api_expects(celery_worker, fast, receiver
     by_path = {request["path"]: request for request in receiver.requests}
     hook = by_path["/hook"]
     assert json.loads(hook["body"]) == alert.to_payload()
-    assert webhook.verify(secret, hook["body"], hook["headers"]["X-Cryptomon-Signature"])
-    assert not webhook.verify(secret, hook["body"] + b" ", hook["headers"]["X-Cryptomon-Signature"])
+    signature, timestamp = hook["headers"]["X-Cryptomon-Signature"], hook["headers"]["X-Cryptomon-Timestamp"]
+    assert webhook.verify(secret, hook["body"], signature, timestamp)
+    assert not webhook.verify(secret, hook["body"] + b" ", signature, timestamp)
+    assert not webhook.verify(secret, hook["body"], signature, timestamp, now=int(timestamp) + 3600)
     assert hook["headers"]["Idempotency-Key"] == str(deliveries()[0].pk)
     assert "ETHUSDT" in json.loads(by_path["/api/webhooks/1/discordtoken"]["body"])["content"]
     assert json.loads(by_path["/api/webhooks/1/discordtoken"]["body"])["allowed_mentions"] == {"parse": []}

@@ -62,7 +62,10 @@ def test_an_operator_alert_is_sent_once_when_raised_and_once_when_resolved(opera
     assert bodies[1]["message"].startswith("resolved after ")
     for hook in hooks:
         assert webhook.verify(
-            "operator-secret-0123456789", hook["body"], hook["headers"]["X-Cryptomon-Signature"]
+            "operator-secret-0123456789",
+            hook["body"],
+            hook["headers"]["X-Cryptomon-Signature"],
+            hook["headers"]["X-Cryptomon-Timestamp"],
         )
     texts = [json.loads(r["body"])["text"] for r in receiver.requests if r["path"].endswith("/sendMessage")]
     assert texts[0] == "🚨 PROBLEM [feed_stale] feed stale for 135 s"

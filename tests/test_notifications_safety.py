@@ -163,7 +163,8 @@ def test_the_admin_form_keeps_a_secret_left_blank_and_validates_a_new_one(admin_
     user = get_user_model().objects.create_user("editor", password="x-unused-pass-1")
     channel = services.create_channel(user, "slack", {"url": SECRET_URL})
     form = {"user": user.pk, "kind": "slack", "name": "renamed", "enabled": "on", "rules": "[]"}
-    form |= {"directions": "[]", "severities": "[]", "symbols": "[]"}
+    form |= {"directions": "[]", "severities": "[]", "symbols": "[]", "scope": "all", "quiet_action": "drop"}
+    form |= {"verified": "on"}
 
     admin_client.post(f"/admin/notifications/notificationchannel/{channel.pk}/change/", form)
     channel.refresh_from_db()

@@ -143,6 +143,8 @@ class Command(BaseCommand):
                 if name in commands:
                     extra = collector_args if name == "run_collector" else []
                     children.append(Child(name.removeprefix("run_"), [*MANAGE, name, *extra]))
+            if settings.TELEGRAM_BOT_TOKEN and not settings.TELEGRAM_WEBHOOK_URL:  # no public URL: long-poll
+                children.append(Child("telegram", [*MANAGE, "run_telegram_bot"]))
             children.append(
                 Child(
                     "celery",
