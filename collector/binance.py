@@ -21,7 +21,11 @@ from cryptomon.contract.times import MINUTE_MS
 REST_CLOSED_MARGIN_MS = 5_000
 
 _INFINITIES = (math.inf, -math.inf)
-_DECIMAL = re.compile(r"(?:0|[1-9][0-9]*)(?:\.[0-9]+)?")
+_DECIMAL = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?")
+_UNSIGNED = re.compile(r"(?:0|[1-9][0-9]*)(?:\.[0-9]+)?")
+MARK_PRICE_STREAM = "!markPrice@arr@1s"
+FORCE_ORDER_STREAM = "!forceOrder@arr"
+DERIVATIVE_STREAMS = (MARK_PRICE_STREAM, FORCE_ORDER_STREAM)
 
 
 class KlineFields(msgspec.Struct, frozen=True):
@@ -64,9 +68,44 @@ class ContractInfoEvent(msgspec.Struct, frozen=True, tag_field="e", tag="contrac
     dt: int = 0
 
 
+class MarkPriceUpdate(msgspec.Struct, frozen=True):
+    """One element of `!markPrice@arr@1s`: `p` mark, `i` index, `r` funding rate, `T` next funding time."""
+
+    E: int
+    s: str
+    p: str
+    i: str
+    r: str
+    T: int
+    e: str = "markPriceUpdate"
+    P: str = ""
+
+
+class ForceOrder(msgspec.Struct, frozen=True):
+    """`o` of a forceOrder event: `S` side (SELL = a long liquidated), `z` filled quantity, `ap` average
+    price, `T` trade time."""
+
+    s: str
+    S: str
+    z: str
+    ap: str
+    T: int
+    o: str = ""
+    f: str = ""
+    q: str = ""
+    p: str = ""
+    X: str = ""
+    l: str = ""  # noqa: E741 - Binance's name
+
+
+class ForceOrderEvent(msgspec.Struct, frozen=True, tag_field="e", tag="forceOrder"):
+    E: int
+    o: ForceOrder
+
+
 class Envelope(msgspec.Struct, frozen=True):
     stream: str
-    data: KlineEvent | ContractInfoEvent
+    data: KlineEvent | ContractInfoEvent | ForceOrderEvent | list[MarkPriceUpdate]
 
 
 class Reply(msgspec.Struct, frozen=True):
@@ -103,6 +142,16 @@ class Kline(msgspec.Struct):
     taker_buy_quote_volume: str
     event_time: int
     source: Literal["ws", "rest", "filled"] = "ws"
+    # docs/contract.md §7b, attached when the candle is handed to the publisher (None: unknown)
+    mark_close: str | None = None
+    index_close: str | None = None
+    funding_rate: str | None = None
+    funding_interval_hours: int | None = None
+    next_funding_time: int | None = None
+    open_interest: str | None = None
+    liq_long_quote: str | None = None
+    liq_short_quote: str | None = None
+    liq_count: int | None = None
 
     @classmethod
     def from_kline(cls, k: KlineFields, event_time: int) -> Kline:
@@ -151,6 +200,15 @@ class Kline(msgspec.Struct):
             "taker_buy_volume": _number(self.taker_buy_volume),
             "taker_buy_quote_volume": _number(self.taker_buy_quote_volume),
             "event_time": self.event_time,
+            "mark_close": _optional(self.mark_close),
+            "index_close": _optional(self.index_close),
+            "funding_rate": _optional(self.funding_rate),
+            "funding_interval_hours": self.funding_interval_hours,
+            "next_funding_time": self.next_funding_time,
+            "open_interest": _optional(self.open_interest),
+            "liq_long_quote": _optional(self.liq_long_quote),
+            "liq_short_quote": _optional(self.liq_short_quote),
+            "liq_count": self.liq_count,
         }
         if not live:
             body["source"] = self.source
@@ -178,6 +236,10 @@ def _number(text: str) -> msgspec.Raw:
     if _DECIMAL.fullmatch(text):
         return msgspec.Raw(text.encode())
     return msgspec.Raw(msgspec.json.encode(float(text)))
+
+
+def _optional(text: str | None) -> msgspec.Raw | None:
+    return None if text is None else _number(text)
 
 
 def check_numbers(
@@ -210,11 +272,14 @@ def check_times(open_time: int, close_time: int) -> str | None:
 class Frame(msgspec.Struct):
     """What one WebSocket frame turned out to be."""
 
-    kind: Literal["kline", "contract", "reply", "invalid"]
+    kind: Literal["kline", "contract", "mark", "liquidation", "reply", "invalid"]
     candle: Kline | None = None
     final: bool = False
     contract: ContractInfoEvent | None = None
     reason: str = ""
+    marks: list[MarkPriceUpdate] | None = None  # the valid updates of a markPrice array
+    refused: int = 0  # updates of that array refused as invalid
+    liquidation: ForceOrder | None = None
 
 
 _REPLY = Frame("reply")
@@ -229,8 +294,17 @@ def parse_frame(data: bytes | str, symbols: Container[str] | None = None) -> Fra
     except msgspec.DecodeError:
         return _classify_undecodable(data, "bad_json")
     event = envelope.data
-    if type(event) is ContractInfoEvent:
+    kind = type(event)
+    if kind is list:
+        return _mark_frame(event)
+    if kind is ContractInfoEvent:
         return Frame("contract", contract=event)
+    if kind is ForceOrderEvent:
+        order = event.o
+        reason = check_liquidation(order)
+        if reason:
+            return Frame("invalid", reason=reason)
+        return Frame("liquidation", liquidation=order)
     k = event.k
     if k.s != event.s or k.i != "1m":
         return Frame("invalid", reason="wrong_stream")
@@ -240,6 +314,33 @@ def parse_frame(data: bytes | str, symbols: Container[str] | None = None) -> Fra
     if reason:
         return Frame("invalid", reason=reason)
     return Frame("kline", candle=Kline.from_kline(k, event.E), final=k.x)
+
+
+def check_mark(update: MarkPriceUpdate) -> str | None:
+    """The reason a markPriceUpdate is unusable, or None: mark and index > 0, a decimal rate, times > 0."""
+    if not (_UNSIGNED.fullmatch(update.p) and _UNSIGNED.fullmatch(update.i) and _DECIMAL.fullmatch(update.r)):
+        return "bad_number"
+    if float(update.p) <= 0 or float(update.i) <= 0:
+        return "negative"
+    if update.E <= 0 or update.T <= 0:
+        return "bad_time"
+    return None
+
+
+def _mark_frame(updates: list[MarkPriceUpdate]) -> Frame:
+    valid = [u for u in updates if check_mark(u) is None]
+    return Frame("mark", marks=valid, refused=len(updates) - len(valid))
+
+
+def check_liquidation(order: ForceOrder) -> str | None:
+    """The reason a forceOrder is unusable, or None: side SELL/BUY, a positive quantity and price."""
+    if order.S not in ("SELL", "BUY"):
+        return "bad_side"
+    if not (_UNSIGNED.fullmatch(order.z) and _UNSIGNED.fullmatch(order.ap)):
+        return "bad_number"
+    if float(order.z) <= 0 or float(order.ap) <= 0 or order.T <= 0:
+        return "negative"
+    return None
 
 
 def _classify_undecodable(data: bytes | str, reason: str) -> Frame:
@@ -262,9 +363,46 @@ def _classify_undecodable(data: bytes | str, reason: str) -> Frame:
         except msgspec.DecodeError:
             return Frame("invalid", reason="bad_json")
         data = value.get("data") if isinstance(value, dict) else None
-        if isinstance(data, dict) and data.get("e") not in ("kline", "contractInfo"):
+        if isinstance(data, dict) and data.get("e") not in ("kline", "contractInfo", "forceOrder"):
             return Frame("invalid", reason="unknown_event")
     return Frame("invalid", reason=reason)
+
+
+class OpenInterest(msgspec.Struct, frozen=True):
+    """`GET /fapi/v1/openInterest`: open interest in contracts at venue time `time`."""
+
+    symbol: str
+    openInterest: str
+    time: int
+
+
+class FundingInfo(msgspec.Struct, frozen=True):
+    symbol: str
+    fundingIntervalHours: int
+
+
+_open_interest_decoder = msgspec.json.Decoder(OpenInterest)
+_funding_info_decoder = msgspec.json.Decoder(list[FundingInfo])
+
+
+def parse_open_interest(body: bytes) -> OpenInterest:
+    """An openInterest answer; ValueError names what is wrong with it."""
+    try:
+        answer = _open_interest_decoder.decode(body)
+    except msgspec.DecodeError as error:
+        raise ValueError(f"openInterest answer unusable: {error}") from None
+    if not _UNSIGNED.fullmatch(answer.openInterest) or answer.time <= 0:
+        raise ValueError(f"openInterest answer unusable: {answer.openInterest!r} at {answer.time}")
+    return answer
+
+
+def parse_funding_info(body: bytes) -> dict[str, int]:
+    """fundingInfo: the funding interval (hours) of every symbol it lists (the others have 8 h)."""
+    try:
+        entries = _funding_info_decoder.decode(body)
+    except msgspec.DecodeError as error:
+        raise ValueError(f"fundingInfo answer unusable: {error}") from None
+    return {entry.symbol: entry.fundingIntervalHours for entry in entries if entry.fundingIntervalHours > 0}
 
 
 def parse_rest_rows(

@@ -156,6 +156,7 @@ class Heartbeat(msgspec.Struct, kw_only=True, frozen=True):
     venue_time: int | None = None
     rest: str = "ok"  # ok | banned | region_blocked
     banned_until: int | None = None
+    silent_streams: int = 0  # streams found silent on a live connection in the last 10 minutes (replaced)
 
     def __post_init__(self) -> None:
         if not _is_shard(self.shard):
