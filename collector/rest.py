@@ -117,9 +117,10 @@ class WeightLimiter:
         """Wait until `weight` fits in this venue minute's budget (and no 429/418 block is on), then take it."""
         async with self._lock:
             while True:
-                now = self.clock.now_ms()
+                # A block ends by the venue's clock: wait until even our earliest estimate of it has passed.
+                now = self.clock.earliest_now_ms()
                 if now < self.blocked_until_ms:
-                    await asyncio.sleep(min(self.clock.until_ms(self.blocked_until_ms) + 0.001, 30.0))
+                    await asyncio.sleep(min(self.clock.wall_seconds(self.blocked_until_ms - now) + 0.001, 30.0))
                     continue
                 self._roll()
                 if self.used + weight <= self.budget:
@@ -133,9 +134,9 @@ class WeightLimiter:
         """Low priority: take `weight` only while this minute's use stays ≤ `ceiling` and no `acquire()` caller
         is waiting, so polling never delays backfill (docs/collector.md "REST budget")."""
         while True:
-            now = self.clock.now_ms()
+            now = self.clock.earliest_now_ms()
             if now < self.blocked_until_ms:
-                await asyncio.sleep(min(self.clock.until_ms(self.blocked_until_ms) + 0.001, 30.0))
+                await asyncio.sleep(min(self.clock.wall_seconds(self.blocked_until_ms - now) + 0.001, 30.0))
                 continue
             self._roll()
             if self.used + weight > min(ceiling, self.budget):
