@@ -120,7 +120,9 @@ class WeightLimiter:
                 # A block ends by the venue's clock: wait until even our earliest estimate of it has passed.
                 now = self.clock.earliest_now_ms()
                 if now < self.blocked_until_ms:
-                    await asyncio.sleep(min(self.clock.wall_seconds(self.blocked_until_ms - now) + 0.001, 30.0))
+                    await asyncio.sleep(
+                        min(self.clock.wall_seconds(self.blocked_until_ms - now) + 0.001, 30.0)
+                    )
                     continue
                 self._roll()
                 if self.used + weight <= self.budget:
