@@ -6,10 +6,15 @@ from __future__ import annotations
 import asyncio
 import json
 from decimal import Decimal
+from pathlib import Path
 
+import pytest
 from websockets.asyncio.client import connect
 
 from collector.binance import parse_frame
+from collector.emulator.derivatives import Derivatives
+from collector.emulator.market import Market
+from collector.emulator.scenarios import compile_scenario, load_file
 from tests.test_emulator import MINUTE, T0, emulator, get, shape, stream_url
 
 # Shapes as documented by Binance (USDⓈ-M market streams and REST), values shortened.
@@ -164,3 +169,70 @@ async def test_the_same_seed_pushes_the_same_derivatives_values():
                 )
             )
     assert values[0] == values[1]
+
+
+# --- the preset scenarios -----------------------------------------------------------------------------------
+SCENARIOS = Path(__file__).resolve().parent.parent / "collector" / "emulator" / "scenarios"
+DERIVATIVE_PRESETS = {
+    # slug: the preset's condition on bar i, written from the docs/contract.md §7b formulas
+    "futures_crowded_longs": lambda m: m.apr() > 50 and m.oi_change(240) > 5 and m.change(240) > 0,
+    "futures_crowded_shorts": lambda m: m.apr() < -50 and m.oi_change(240) > 5 and m.change(240) < 0,
+    "futures_long_squeeze": lambda m: m.liq("liq_long_quote", 5) > 1_000_000 and m.change(5) < -1,
+    "futures_short_squeeze": lambda m: m.liq("liq_short_quote", 5) > 1_000_000 and m.change(5) > 1,
+    "futures_oi_surge": lambda m: m.oi_change(15) > 5 and abs(m.change(15)) < 1,
+    "futures_basis_dislocation": lambda m: abs(m.basis()) > 0.5,
+}
+
+
+class Bar:
+    """§7b metrics of bar `i` over a list of (candle, derivatives fields) minutes, with plain arithmetic."""
+
+    def __init__(self, rows: list[tuple[dict, dict]], i: int):
+        self.rows, self.i = rows, i
+
+    def field(self, name: str, back: int = 0) -> Decimal:
+        return Decimal(str(self.rows[self.i - back][1][name]))
+
+    def change(self, n: int) -> Decimal:
+        first = Decimal(self.rows[self.i - n + 1][0]["open"])
+        return (Decimal(self.rows[self.i][0]["close"]) - first) / first * 100
+
+    def apr(self) -> Decimal:
+        return self.field("funding_rate") * 100 * 24 / self.field("funding_interval_hours") * 365
+
+    def oi_change(self, n: int) -> Decimal:
+        return (
+            (self.field("open_interest") - self.field("open_interest", n))
+            / self.field("open_interest", n)
+            * 100
+        )
+
+    def liq(self, name: str, n: int) -> Decimal:
+        return sum(self.field(name, k) for k in range(n))
+
+    def basis(self) -> Decimal:
+        return (self.field("mark_close") - self.field("index_close")) / self.field("index_close") * 100
+
+
+def fired_minutes(slug: str, spec: dict) -> list[int]:
+    symbol = spec["symbol"]
+    market = Market([symbol], seed=7, speed=1e9, t0_ms=T0, history_minutes=300, extras=False)
+    market.add_scenario(compile_scenario(spec, market.t0_ms, market.states))
+    derivatives = Derivatives(market)
+    end = spec["start_minute"] + sum(step["minutes"] for step in spec["steps"])
+    rows = []
+    for minute in range(-299, end + 5):
+        open_time = T0 + minute * MINUTE
+        rows.append((market.candle(symbol, open_time), derivatives.expected(symbol, open_time)))
+    condition = DERIVATIVE_PRESETS[slug]
+    return [T0 + (k - 299) * MINUTE for k in range(241, len(rows)) if condition(Bar(rows, k))]
+
+
+@pytest.mark.parametrize("slug", sorted(DERIVATIVE_PRESETS))
+def test_each_derivatives_preset_scenario_meets_its_condition_first_while_scripted(slug):
+    (spec,) = load_file(SCENARIOS / f"{slug}.json")
+    start = T0 + spec["start_minute"] * MINUTE
+    scripted = range(start, start + sum(step["minutes"] for step in spec["steps"]) * MINUTE, MINUTE)
+    fired = fired_minutes(slug, spec)
+    assert fired and fired[0] in scripted, (slug, fired[:3])
+    assert fired[0] >= T0  # after the emulator's start: the demo shows it live

@@ -81,7 +81,8 @@ class Derivatives:
         if rule is not None and rule.funding_rate is not None:
             return rule.funding_rate
         u = _uniforms(_mix(self.market.seed, state.key, (event_ms // HOUR_MS) + (3 << 40)))
-        return 0.0001 + (u[0] - 0.5) * 0.0002
+        # around 0.01 % per 8 hours, scaled to the interval: the same APR whatever the interval
+        return (0.0001 + (u[0] - 0.5) * 0.0002) * interval_hours(state) / 8
 
     def mark_values(self, state: SymbolState, event_ms: int) -> tuple[str, str, str, int]:
         """(mark, index, funding rate, next funding time) of a markPriceUpdate at `event_ms`."""
@@ -253,6 +254,32 @@ class Derivatives:
 
     def record_open_interest(self, symbol: str, now_ms: int) -> None:
         self.oi_served.add((symbol, now_ms // MINUTE_MS))
+
+    def expected(self, symbol: str, open_time: int) -> dict:
+        """The §7b fields of a final minute as a collector connected all along would publish them: the mark of
+        the minute's last second, an open interest sample, every liquidation of the minute. Needs no client
+        (backtests of the scenarios use it); `truth()` is the record of what was actually pushed."""
+        state = self.market.states[symbol]
+        minute = open_time // MINUTE_MS
+        mark, index, rate, next_funding = self.mark_values(state, open_time + 59_000)
+        long_units = short_units = count = 0
+        for event in self.liquidations(minute).get(symbol, []):
+            if event.side == "SELL":
+                long_units += event.units()
+            else:
+                short_units += event.units()
+            count += 1
+        return {
+            "mark_close": mark,
+            "index_close": index,
+            "funding_rate": rate,
+            "next_funding_time": next_funding,
+            "funding_interval_hours": interval_hours(state),
+            "open_interest": self.open_interest(state, minute),
+            "liq_long_quote": units_text(long_units),
+            "liq_short_quote": units_text(short_units),
+            "liq_count": count,
+        }
 
     def truth(self, symbol: str, open_time: int) -> dict:
         """The §7b fields of minute `open_time` as a collector that received everything pushed would publish
