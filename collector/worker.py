@@ -233,7 +233,7 @@ class Collector(Worker):
             ),
             self.on_message,
             self.stats,
-            on_connected=self.sequencer.catch_up,
+            on_connected=self._on_connected,
             fixed_streams=[CONTRACT_STREAM],
             watched_streams=list(DERIVATIVE_STREAMS) if cfg.derivatives else None,
             on_streams=self._on_streams,
@@ -358,6 +358,13 @@ class Collector(Worker):
             logger.warning("invalid frame dropped (%s, #%d): %r", reason, seen, bytes(data[:200]))
 
     # --- silence per stream -------------------------------------------------------------------------------
+    def _on_connected(self, symbols: set[str]) -> None:
+        """Symbols (re)subscribed: their silence counts from now; catch them up from REST."""
+        now = time.monotonic()
+        for symbol in symbols:
+            self._kline_seen[symbol] = max(self._kline_seen.get(symbol, 0.0), now)
+        self.sequencer.catch_up(symbols)
+
     def _on_streams(self, streams: frozenset[str], up: bool) -> None:
         if self.derivatives is not None and DERIVATIVE_STREAMS[1] in streams:
             self.derivatives.liquidation_stream(up)
