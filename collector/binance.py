@@ -8,10 +8,11 @@ stay the venue's decimal strings end to end, so no float rounding ever touches a
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from collections.abc import Container
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -68,8 +69,28 @@ class ContractInfoEvent(msgspec.Struct, frozen=True, tag_field="e", tag="contrac
     dt: int = 0
 
 
+_POSITIVE = r"^(?:[1-9][0-9]*(?:\.[0-9]+)?|0\.[0-9]*[1-9][0-9]*)$"
+_SIGNED = r"^-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?$"
+Positive = Annotated[str, msgspec.Meta(pattern=_POSITIVE)]
+
+
 class MarkPriceUpdate(msgspec.Struct, frozen=True):
-    """One element of `!markPrice@arr@1s`: `p` mark, `i` index, `r` funding rate, `T` next funding time."""
+    """One element of `!markPrice@arr@1s`: `p` mark, `i` index, `r` funding rate, `T` next funding time.
+
+    600 of these arrive every second: msgspec validates them in C while decoding (mark and index positive
+    decimals, the rate a signed decimal, times positive); fields we do not use (`e`, `P`) are skipped."""
+
+    E: Annotated[int, msgspec.Meta(gt=0)]
+    s: str
+    p: Positive
+    i: Positive
+    r: Annotated[str, msgspec.Meta(pattern=_SIGNED)]
+    T: Annotated[int, msgspec.Meta(gt=0)]
+
+
+class LenientMarkPriceUpdate(msgspec.Struct, frozen=True):
+    """The same without constraints: an array with one bad element is decoded again with this, and only
+    that element is dropped."""
 
     E: int
     s: str
@@ -77,8 +98,6 @@ class MarkPriceUpdate(msgspec.Struct, frozen=True):
     i: str
     r: str
     T: int
-    e: str = "markPriceUpdate"
-    P: str = ""
 
 
 class ForceOrder(msgspec.Struct, frozen=True):
@@ -105,7 +124,20 @@ class ForceOrderEvent(msgspec.Struct, frozen=True, tag_field="e", tag="forceOrde
 
 class Envelope(msgspec.Struct, frozen=True):
     stream: str
-    data: KlineEvent | ContractInfoEvent | ForceOrderEvent | list[MarkPriceUpdate]
+    data: KlineEvent | ContractInfoEvent
+
+
+class MarketWideEnvelope(msgspec.Struct, frozen=True):
+    """A `!…` stream (`!markPrice@arr@1s`, `!forceOrder@arr`, `!contractInfo`): kept out of the kline
+    envelope so the 2,400 kline frames a second decode exactly as fast as without them."""
+
+    stream: str
+    data: ContractInfoEvent | ForceOrderEvent | list[MarkPriceUpdate]
+
+
+class LenientMarkEnvelope(msgspec.Struct, frozen=True):
+    stream: str
+    data: list[LenientMarkPriceUpdate]
 
 
 class Reply(msgspec.Struct, frozen=True):
@@ -119,6 +151,9 @@ class Reply(msgspec.Struct, frozen=True):
 RestRow = tuple[int, str, str, str, str, str, int, str, int, str, str, str]
 
 _envelope_decoder = msgspec.json.Decoder(Envelope)
+_market_wide_decoder = msgspec.json.Decoder(MarketWideEnvelope)
+_lenient_mark_decoder = msgspec.json.Decoder(LenientMarkEnvelope)
+_MARKET_WIDE = (b'{"stream":"!', '{"stream":"!')
 _reply_decoder = msgspec.json.Decoder(Reply)
 _rows_decoder = msgspec.json.Decoder(list[RestRow])
 _any_decoder = msgspec.json.Decoder()
@@ -239,7 +274,8 @@ def _number(text: str) -> msgspec.Raw:
 
 
 def _optional(text: str | None) -> msgspec.Raw | None:
-    return None if text is None else _number(text)
+    """A derivatives field: its text was validated as a decimal on arrival (or made by us), so verbatim."""
+    return None if text is None else msgspec.Raw(text.encode())
 
 
 def check_numbers(
@@ -287,24 +323,17 @@ _REPLY = Frame("reply")
 
 def parse_frame(data: bytes | str, symbols: Container[str] | None = None) -> Frame:
     """Decode and validate one combined-stream frame; `symbols` is the set of symbols we subscribed."""
+    if data[:12] in _MARKET_WIDE:
+        return _parse_market_wide(data)
     try:
         envelope = _envelope_decoder.decode(data)
     except msgspec.ValidationError:
-        return _classify_undecodable(data, "wrong_type")
+        return _parse_market_wide(data)  # spelled differently (spaces, raw path), or not a kline at all
     except msgspec.DecodeError:
         return _classify_undecodable(data, "bad_json")
     event = envelope.data
-    kind = type(event)
-    if kind is list:
-        return _mark_frame(event)
-    if kind is ContractInfoEvent:
+    if type(event) is ContractInfoEvent:
         return Frame("contract", contract=event)
-    if kind is ForceOrderEvent:
-        order = event.o
-        reason = check_liquidation(order)
-        if reason:
-            return Frame("invalid", reason=reason)
-        return Frame("liquidation", liquidation=order)
     k = event.k
     if k.s != event.s or k.i != "1m":
         return Frame("invalid", reason="wrong_stream")
@@ -316,20 +345,41 @@ def parse_frame(data: bytes | str, symbols: Container[str] | None = None) -> Fra
     return Frame("kline", candle=Kline.from_kline(k, event.E), final=k.x)
 
 
-def check_mark(update: MarkPriceUpdate) -> str | None:
-    """The reason a markPriceUpdate is unusable, or None: mark and index > 0, a decimal rate, times > 0."""
-    if not (_UNSIGNED.fullmatch(update.p) and _UNSIGNED.fullmatch(update.i) and _DECIMAL.fullmatch(update.r)):
-        return "bad_number"
-    if float(update.p) <= 0 or float(update.i) <= 0:
-        return "negative"
-    if update.E <= 0 or update.T <= 0:
-        return "bad_time"
-    return None
+def _parse_market_wide(data: bytes | str) -> Frame:
+    try:
+        event = _market_wide_decoder.decode(data).data
+    except msgspec.ValidationError:
+        return _lenient_marks(data)
+    except msgspec.DecodeError:
+        return _classify_undecodable(data, "bad_json")
+    kind = type(event)
+    if kind is list:
+        return Frame("mark", marks=event)
+    if kind is ContractInfoEvent:
+        return Frame("contract", contract=event)
+    order = event.o
+    reason = check_liquidation(order)
+    if reason:
+        return Frame("invalid", reason=reason)
+    return Frame("liquidation", liquidation=order)
 
 
-def _mark_frame(updates: list[MarkPriceUpdate]) -> Frame:
-    valid = [u for u in updates if check_mark(u) is None]
+def _lenient_marks(data: bytes | str) -> Frame:
+    """A market-wide frame the strict decoder refused: a markPrice array with bad elements keeps the good
+    ones (each checked as strictly); anything else is classified like any undecodable frame."""
+    try:
+        updates = _lenient_mark_decoder.decode(data).data
+    except msgspec.DecodeError:
+        return _classify_undecodable(data, "wrong_type")
+    valid = []
+    for update in updates:
+        with contextlib.suppress(msgspec.ValidationError):
+            valid.append(_mark_converter(update))
     return Frame("mark", marks=valid, refused=len(updates) - len(valid))
+
+
+def _mark_converter(update: LenientMarkPriceUpdate) -> MarkPriceUpdate:
+    return msgspec.convert(msgspec.structs.asdict(update), MarkPriceUpdate)
 
 
 def check_liquidation(order: ForceOrder) -> str | None:

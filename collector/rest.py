@@ -29,6 +29,9 @@ from cryptomon.contract.times import MINUTE_MS
 logger = logging.getLogger(__name__)
 
 _BAN_UNTIL = re.compile(r"(\d{12,14})")
+# A 429/418 block ends this long (venue ms) after its time, by the earliest estimate of the venue's clock:
+# a local clock slightly ahead of the venue's must not send a request into the refused minute.
+BLOCK_MARGIN_MS = 1_000
 _time_decoder = msgspec.json.Decoder()
 
 
@@ -119,9 +122,12 @@ class WeightLimiter:
             while True:
                 # A block ends by the venue's clock: wait until even our earliest estimate of it has passed.
                 now = self.clock.earliest_now_ms()
-                if now < self.blocked_until_ms:
+                if now < self.blocked_until_ms + BLOCK_MARGIN_MS:
                     await asyncio.sleep(
-                        min(self.clock.wall_seconds(self.blocked_until_ms - now) + 0.001, 30.0)
+                        min(
+                            self.clock.wall_seconds(self.blocked_until_ms + BLOCK_MARGIN_MS - now) + 0.001,
+                            30.0,
+                        )
                     )
                     continue
                 self._roll()
@@ -137,8 +143,10 @@ class WeightLimiter:
         is waiting, so polling never delays backfill (docs/collector.md "REST budget")."""
         while True:
             now = self.clock.earliest_now_ms()
-            if now < self.blocked_until_ms:
-                await asyncio.sleep(min(self.clock.wall_seconds(self.blocked_until_ms - now) + 0.001, 30.0))
+            if now < self.blocked_until_ms + BLOCK_MARGIN_MS:
+                await asyncio.sleep(
+                    min(self.clock.wall_seconds(self.blocked_until_ms + BLOCK_MARGIN_MS - now) + 0.001, 30.0)
+                )
                 continue
             self._roll()
             if self.used + weight > min(ceiling, self.budget):
