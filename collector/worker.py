@@ -382,19 +382,17 @@ class Collector(Worker):
             replaced: set[str] = set()
             for symbol in sorted(self.symbol_set):
                 stream = stream_name(symbol)
-                if stream in replaced:
+                since = None if stream in replaced else self.pool.connected_since(stream)
+                if since is None:
                     continue
-                since = self.pool.connected_since(stream)
-                if since is not None and now - max(since, self._kline_seen.get(symbol, 0.0)) > (
-                    cfg.kline_silence_seconds
-                ):
-                    replaced |= self._silent(
-                        stream, "kline", now - max(since, self._kline_seen.get(symbol, 0.0))
-                    )
+                quiet = now - max(since, self._kline_seen.get(symbol, 0.0))
+                if quiet > cfg.kline_silence_seconds:
+                    replaced |= self._silent(stream, "kline", quiet)
             if self.derivatives is not None:
                 since = self.pool.connected_since(MARK_PRICE_STREAM)
-                if since is not None and now - max(since, self._mark_seen) > cfg.mark_silence_seconds:
-                    self._silent(MARK_PRICE_STREAM, "mark_price", now - max(since, self._mark_seen))
+                quiet = 0.0 if since is None else now - max(since, self._mark_seen)
+                if quiet > cfg.mark_silence_seconds:
+                    self._silent(MARK_PRICE_STREAM, "mark_price", quiet)
                 if now - last_prune > 60:
                     last_prune = now
                     self.derivatives.prune(self.symbol_set)
@@ -407,8 +405,7 @@ class Collector(Worker):
         )
         self.stats.inc("collector_stream_silences_total", stream=kind)
         self._silences.append(time.monotonic())
-        streams = self.pool.replace(stream)
-        return streams
+        return self.pool.replace(stream)
 
     def recent_silences(self) -> int:
         horizon = time.monotonic() - self.config.silence_report_seconds
