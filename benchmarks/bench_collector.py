@@ -29,7 +29,8 @@ from pathlib import Path
 
 import msgspec
 
-ROOT = Path(__file__).resolve().parent.parent
+# CRYPTOMON_BENCH_ROOT runs another checkout's code (e.g. the main branch, for a before/after figure)
+ROOT = Path(os.environ.get("CRYPTOMON_BENCH_ROOT") or Path(__file__).resolve().parent.parent)
 sys.path.insert(0, str(ROOT))
 
 from collector.binance import parse_frame  # noqa: E402
@@ -145,7 +146,7 @@ def emulator_process(symbols: int, speed: float):
 
 
 async def bench_end_to_end(
-    rest_url: str, ws_url: str, symbols: int, seconds: float, speed: float, derivatives: bool
+    rest_url: str, ws_url: str, symbols: int, seconds: float, speed: float, derivatives: bool | None
 ) -> dict:
     """Emulator (another process) → collector → JetStream on this machine's embedded NATS/PostgreSQL."""
     from django.core.management import call_command
@@ -170,7 +171,7 @@ async def bench_end_to_end(
         warmup_minutes=5,
         hole_scan_seconds=3600,
         stagger_seconds=0.05,
-        derivatives=derivatives,
+        **({} if derivatives is None else {"derivatives": derivatives}),
     )
     collector = Collector(config)
     latencies: list[float] = []
@@ -233,9 +234,10 @@ def main() -> None:
     parser.add_argument("--speed", type=float, default=1.0)
     parser.add_argument(
         "--derivatives",
-        choices=("on", "off", "compare"),
+        choices=("on", "off", "compare", "default"),
         default="compare",
-        help="markPrice/forceOrder streams and open interest polls: on, off, or both (off, on, off, on)",
+        help="markPrice/forceOrder streams and open interest polls: on, off, both (off, on, off, on), or the "
+        "code's default (for a checkout that predates them)",
     )
     args = parser.parse_args()
     result = bench_parse(args.frames)
@@ -246,7 +248,9 @@ def main() -> None:
     )
     if args.parse_only:
         return
-    modes = {"on": [True], "off": [False], "compare": [False, True, False, True]}[args.derivatives]
+    modes = {"on": [True], "off": [False], "compare": [False, True, False, True], "default": [None]}[
+        args.derivatives
+    ]
     _django()
     with emulator_process(args.symbols, args.speed) as (rest_url, ws_url):
         for derivatives in modes:
@@ -254,7 +258,7 @@ def main() -> None:
                 bench_end_to_end(rest_url, ws_url, args.symbols, args.seconds, args.speed, derivatives)
             )
             print(
-                f"end to end, derivatives {'on ' if derivatives else 'off'}: {e2e['symbols']} symbols for "
+                f"end to end, derivatives {({True: 'on ', False: 'off', None: 'n/a'})[derivatives]}: {e2e['symbols']} symbols for "
                 f"{e2e['seconds']:.0f} s: {e2e['frames_per_s']:,.0f} frames/s, collector CPU "
                 f"{e2e['cpu_percent_of_one_core']:.1f}% of one core (the emulator runs in its own process), "
                 f"{e2e['finals_published_ws']} live finals, {e2e['liquidations']} liquidations; minute close → "

@@ -235,16 +235,22 @@ class Kline(msgspec.Struct):
             "taker_buy_volume": _number(self.taker_buy_volume),
             "taker_buy_quote_volume": _number(self.taker_buy_quote_volume),
             "event_time": self.event_time,
-            "mark_close": _optional(self.mark_close),
-            "index_close": _optional(self.index_close),
-            "funding_rate": _optional(self.funding_rate),
-            "funding_interval_hours": self.funding_interval_hours,
-            "next_funding_time": self.next_funding_time,
-            "open_interest": _optional(self.open_interest),
-            "liq_long_quote": _optional(self.liq_long_quote),
-            "liq_short_quote": _optional(self.liq_short_quote),
-            "liq_count": self.liq_count,
         }
+        if (
+            self.liq_count is not None
+            or self.funding_interval_hours is not None
+            or self.mark_close is not None
+            or self.open_interest is not None
+        ):  # nothing attached (a `rest` candle, derivatives off): the fields are absent, which reads as null
+            body["mark_close"] = _optional(self.mark_close)
+            body["index_close"] = _optional(self.index_close)
+            body["funding_rate"] = _optional(self.funding_rate)
+            body["funding_interval_hours"] = self.funding_interval_hours
+            body["next_funding_time"] = self.next_funding_time
+            body["open_interest"] = _optional(self.open_interest)
+            body["liq_long_quote"] = _optional(self.liq_long_quote)
+            body["liq_short_quote"] = _optional(self.liq_short_quote)
+            body["liq_count"] = self.liq_count
         if not live:
             body["source"] = self.source
         return body
