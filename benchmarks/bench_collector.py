@@ -6,6 +6,10 @@
    from each minute's close (venue time) to the JetStream acknowledgement, p50/p99.
 
     .venv/bin/python benchmarks/bench_collector.py [--parse-only] [--symbols 600] [--seconds 60] [--speed 1]
+                                                 [--derivatives on|off|compare]
+
+With `--derivatives compare` (the default) the same run measures the collector without and with the
+derivatives streams and polls, alternating (off, on, off, on) on one emulator process.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import os
 import random
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,7 +29,8 @@ from pathlib import Path
 
 import msgspec
 
-ROOT = Path(__file__).resolve().parent.parent
+# CRYPTOMON_BENCH_ROOT runs another checkout's code (e.g. the main branch, for a before/after figure)
+ROOT = Path(os.environ.get("CRYPTOMON_BENCH_ROOT") or Path(__file__).resolve().parent.parent)
 sys.path.insert(0, str(ROOT))
 
 from collector.binance import parse_frame  # noqa: E402
@@ -92,12 +98,10 @@ def bench_parse(count: int = 200_000) -> dict:
     }
 
 
-async def bench_end_to_end(symbols: int, seconds: float, speed: float) -> dict:
-    """Emulator → collector → JetStream on this machine's embedded NATS/PostgreSQL."""
+def _django() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cryptomon.settings")
     if not os.environ.get("DATABASE_URL"):
         from cryptomon import embedded
-        from cryptomon.contract import subjects
 
         var_dir = Path(tempfile.mkdtemp(prefix="cryptomon-bench-"))
         os.environ["CRYPTOMON_VAR_DIR"] = str(var_dir)
@@ -105,55 +109,99 @@ async def bench_end_to_end(symbols: int, seconds: float, speed: float) -> dict:
     import django
 
     django.setup()
+
+
+@contextlib.contextmanager
+def emulator_process(symbols: int, speed: float):
+    """`run_emulator` in its own process, so this process's CPU is the collector's alone."""
+    url_file = Path(tempfile.mkdtemp(prefix="cryptomon-bench-emu-")) / "urls.env"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "manage.py"),
+            "run_emulator",
+            "--port",
+            "0",
+            "--symbols",
+            str(symbols),
+            "--speed",
+            str(speed),
+            "--url-file",
+            str(url_file),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (url_file.exists() and "BINANCE_WS_URL" in url_file.read_text()):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("run_emulator did not start")
+            time.sleep(0.1)
+        urls = dict(line.split("=", 1) for line in url_file.read_text().split())
+        yield urls["BINANCE_REST_URL"], urls["BINANCE_WS_URL"]
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+async def bench_end_to_end(
+    rest_url: str, ws_url: str, symbols: int, seconds: float, speed: float, derivatives: bool | None
+) -> dict:
+    """Emulator (another process) → collector → JetStream on this machine's embedded NATS/PostgreSQL."""
     from django.core.management import call_command
 
     await asyncio.to_thread(call_command, "migrate", verbosity=0)
     await asyncio.to_thread(call_command, "migrate", database="timeseries", verbosity=0)
 
-    from collector.emulator import EmulatorServer
     from collector.worker import Collector, CollectorConfig
     from cryptomon import messaging
+    from cryptomon.contract import subjects
 
-    names = [f"B{i:03d}USDT" for i in range(symbols)]
-    async with EmulatorServer(symbols=names, speed=speed) as emu:
-        nc = await messaging.connect("bench")
-        js = nc.jetstream()
-        for name in subjects.STREAMS:
-            with contextlib.suppress(Exception):
-                await js.delete_stream(name)
-        await messaging.ensure_streams(js)
-        config = CollectorConfig.from_settings(
-            rest_url=emu.rest_url,
-            ws_url=emu.ws_url,
-            clock_rate=speed,
-            warmup_minutes=5,
-            hole_scan_seconds=3600,
-            stagger_seconds=0.05,
-        )
-        collector = Collector(config)
-        latencies: list[float] = []
+    nc = await messaging.connect("bench")
+    js = nc.jetstream()
+    for name in subjects.STREAMS:
+        with contextlib.suppress(Exception):
+            await js.delete_stream(name)
+    await messaging.ensure_streams(js)
+    config = CollectorConfig.from_settings(
+        rest_url=rest_url,
+        ws_url=ws_url,
+        clock_rate=speed,
+        warmup_minutes=5,
+        hole_scan_seconds=3600,
+        stagger_seconds=0.05,
+        **({} if derivatives is None else {"derivatives": derivatives}),
+    )
+    collector = Collector(config)
+    latencies: list[float] = []
 
-        task = asyncio.create_task(collector.run())
-        await asyncio.wait_for(collector.started.wait(), 60)
-        publisher = collector.publisher
-        base_published = publisher._published
+    task = asyncio.create_task(collector.run())
+    await asyncio.wait_for(collector.started.wait(), 60)
+    while collector.sequencer.backfilling():  # measure the steady state, not the start-up backfill
+        await asyncio.sleep(0.5)
+    await asyncio.sleep(5)
+    publisher = collector.publisher
+    base_published = publisher._published
 
-        def published(candle) -> None:
-            base_published(candle)
-            if candle.source == "ws":
-                latencies.append(collector.rest.venue_now_ms() - (candle.close_time + 1))
+    def published(candle) -> None:
+        base_published(candle)
+        if candle.source == "ws":
+            latencies.append(collector.rest.venue_now_ms() - (candle.close_time + 1))
 
-        publisher._published = published
-        usage0 = resource.getrusage(resource.RUSAGE_SELF)
-        frames0 = collector.stats.total("collector_frames_total")
-        started = time.perf_counter()
-        await asyncio.sleep(seconds)
-        elapsed = time.perf_counter() - started
-        usage1 = resource.getrusage(resource.RUSAGE_SELF)
-        frames = collector.stats.total("collector_frames_total") - frames0
-        collector.stop()
-        await task
-        await nc.close()
+    publisher._published = published
+    usage0 = resource.getrusage(resource.RUSAGE_SELF)
+    frames0 = collector.stats.total("collector_frames_total")
+    load0 = os.getloadavg()[0]
+    started = time.perf_counter()
+    await asyncio.sleep(seconds)
+    elapsed = time.perf_counter() - started
+    usage1 = resource.getrusage(resource.RUSAGE_SELF)
+    frames = collector.stats.total("collector_frames_total") - frames0
+    liquidations = collector.stats.total("collector_liquidations_total")
+    collector.stop()
+    await task
+    await nc.close()
     cpu = (usage1.ru_utime - usage0.ru_utime + usage1.ru_stime - usage0.ru_stime) / elapsed
     latencies.sort()
 
@@ -163,14 +211,17 @@ async def bench_end_to_end(symbols: int, seconds: float, speed: float) -> dict:
         )
 
     return {
+        "derivatives": derivatives,
         "symbols": symbols,
         "seconds": elapsed,
         "frames_per_s": frames / elapsed,
         "cpu_percent_of_one_core": cpu * 100,
         "finals_published_ws": len(latencies),
+        "liquidations": liquidations,
         "close_to_ack_p50_ms": pct(0.5),
         "close_to_ack_p99_ms": pct(0.99),
         "mean_ms": statistics.fmean(latencies) / speed if latencies else float("nan"),
+        "load_average_1m": (load0 + os.getloadavg()[0]) / 2,
     }
 
 
@@ -181,6 +232,13 @@ def main() -> None:
     parser.add_argument("--symbols", type=int, default=600)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--speed", type=float, default=1.0)
+    parser.add_argument(
+        "--derivatives",
+        choices=("on", "off", "compare", "default"),
+        default="compare",
+        help="markPrice/forceOrder streams and open interest polls: on, off, both (off, on, off, on), or the "
+        "code's default (for a checkout that predates them)",
+    )
     args = parser.parse_args()
     result = bench_parse(args.frames)
     print(
@@ -190,14 +248,24 @@ def main() -> None:
     )
     if args.parse_only:
         return
-    e2e = asyncio.run(bench_end_to_end(args.symbols, args.seconds, args.speed))
-    print(
-        f"end to end: {e2e['symbols']} symbols for {e2e['seconds']:.0f} s: {e2e['frames_per_s']:,.0f} frames/s, "
-        f"CPU {e2e['cpu_percent_of_one_core']:.0f}% of one core (collector + emulator in this process), "
-        f"{e2e['finals_published_ws']} live finals; minute close → JetStream ack "
-        f"p50 {e2e['close_to_ack_p50_ms']:.0f} ms, p99 {e2e['close_to_ack_p99_ms']:.0f} ms "
-        "(includes the venue's ~2 s final delay)"
-    )
+    modes = {"on": [True], "off": [False], "compare": [False, True, False, True], "default": [None]}[
+        args.derivatives
+    ]
+    _django()
+    with emulator_process(args.symbols, args.speed) as (rest_url, ws_url):
+        for derivatives in modes:
+            e2e = asyncio.run(
+                bench_end_to_end(rest_url, ws_url, args.symbols, args.seconds, args.speed, derivatives)
+            )
+            print(
+                f"end to end, derivatives {({True: 'on ', False: 'off', None: 'n/a'})[derivatives]}: {e2e['symbols']} symbols for "
+                f"{e2e['seconds']:.0f} s: {e2e['frames_per_s']:,.0f} frames/s, collector CPU "
+                f"{e2e['cpu_percent_of_one_core']:.1f}% of one core (the emulator runs in its own process), "
+                f"{e2e['finals_published_ws']} live finals, {e2e['liquidations']} liquidations; minute close → "
+                f"JetStream ack p50 {e2e['close_to_ack_p50_ms']:.0f} ms, p99 {e2e['close_to_ack_p99_ms']:.0f} ms "
+                f"(includes the venue's ~2 s final delay); load average {e2e['load_average_1m']:.2f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

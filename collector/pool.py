@@ -54,6 +54,7 @@ class Slot:
     id: int
     streams: list[str]
     watchdog: bool = True
+    fixed: bool = False  # a slot of fixed streams (contract info, derivatives): never given kline streams
     symbols: set[str] = field(default_factory=set)
     ws: ClientConnection | None = None
     ws_streams: set[str] = field(default_factory=set)
@@ -76,6 +77,8 @@ class Pool:
         stats: Stats,
         on_connected: Callable[[set[str]], None] | None = None,
         fixed_streams: list[str] | None = None,
+        watched_streams: list[str] | None = None,
+        on_streams: Callable[[frozenset[str], bool], None] | None = None,
     ):
         self.config = config
         self.on_message = on_message
@@ -84,7 +87,9 @@ class Pool:
         self.slots: list[Slot] = []
         self._ids = itertools.count()
         self._request_ids = itertools.count(1)
-        self._fixed = fixed_streams or []
+        self._fixed = fixed_streams or []  # own connection, sporadic: no watchdog
+        self._watched = watched_streams or []  # own connection with a steady cadence: under the watchdog
+        self.on_streams = on_streams or (lambda streams, up: None)
         self._running = False
         self._opened = 0
         stats.gauge("collector_connections", self.connections)
@@ -116,7 +121,7 @@ class Pool:
         for slot in self.slots:
             if not added:
                 break
-            if not slot.watchdog:
+            if slot.fixed:
                 continue
             room = self.config.streams_per_connection - len(slot.streams)
             if room > 0:
@@ -148,7 +153,9 @@ class Pool:
     async def run(self) -> None:
         self._running = True
         if self._fixed:
-            self.slots.append(Slot(next(self._ids), list(self._fixed), watchdog=False))
+            self.slots.append(Slot(next(self._ids), list(self._fixed), watchdog=False, fixed=True))
+        if self._watched:
+            self.slots.append(Slot(next(self._ids), list(self._watched), fixed=True))
         for slot in self.slots:
             self._launch(slot)
         try:
@@ -161,6 +168,24 @@ class Pool:
                 self._close_slot(slot)
                 if slot.ws is not None:
                     slot.ws.transport.abort()
+
+    def connected_since(self, stream: str) -> float | None:
+        """time.monotonic() at which the connection carrying `stream` opened, or None while it is down."""
+        for slot in self.slots:
+            if slot.ws is not None and stream in slot.ws_streams:
+                return slot.opened_at
+        return None
+
+    def replace(self, stream: str) -> set[str]:
+        """Replace the connection carrying `stream` (it went silent on a live connection); the reconnect
+        catches its symbols up from REST like any other. Returns the streams of that connection."""
+        for slot in self.slots:
+            ws = slot.ws
+            if ws is not None and stream in slot.streams:
+                slot.last_frame = time.monotonic()
+                ws.transport.abort()
+                return set(slot.streams)
+        return set()
 
     def _check(self) -> None:
         now = time.monotonic()
@@ -219,6 +244,7 @@ class Pool:
                 slot.ws, slot.ws_streams = ws, streams
                 slot.last_frame = time.monotonic()
                 self.on_connected(set(slot.symbols))
+                self.on_streams(frozenset(streams), True)
             else:
                 slot.ws, slot.ws_streams = ws, streams
                 slot.opened_at = time.monotonic()
@@ -248,6 +274,7 @@ class Pool:
             slot.ws = None
             if slot.handover is not None:
                 continue
+            self.on_streams(frozenset(streams), False)
             if time.monotonic() - started > STABLE_SECONDS:
                 attempt = 0
             wait = backoff_delay(attempt, self.config.backoff_base, self.config.backoff_cap)

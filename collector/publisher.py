@@ -18,6 +18,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from collector.binance import Kline
+from collector.derivatives import DerivativesBook
 from cryptomon import messaging
 from cryptomon.contract import subjects
 from cryptomon.workers import Stats
@@ -39,6 +40,7 @@ class Publisher:
         ack_timeout: float = 5.0,
         live_interval: float = 1.0,
         retry_delay: float = 0.5,
+        derivatives: DerivativesBook | None = None,
     ):
         self.nc, self.js, self.stats = nc, js, stats
         self.buffer_limit = buffer_limit
@@ -46,6 +48,7 @@ class Publisher:
         self.ack_timeout = ack_timeout
         self.live_interval = live_interval
         self.retry_delay = retry_delay
+        self.derivatives = derivatives
         self.queue: deque[Kline] = deque()
         self.in_flight = 0
         self._wakeup = asyncio.Event()
@@ -82,6 +85,8 @@ class Publisher:
             self._room.clear()
             self.stats.inc("collector_candles_dropped_total")
             return False
+        if self.derivatives is not None:
+            self.derivatives.attach(candle)
         self.queue.append(candle)
         self._wakeup.set()
         return True
@@ -91,6 +96,8 @@ class Publisher:
         while not self.has_room():
             self._room.clear()
             await self._room.wait()
+        if self.derivatives is not None:
+            self.derivatives.attach(candle)
         self.queue.append(candle)
         self._wakeup.set()
 
@@ -182,6 +189,8 @@ class Publisher:
 
     def _send_live(self, candle: Kline, now: float) -> None:
         self._live_sent[candle.symbol] = now
+        if self.derivatives is not None:
+            self.derivatives.attach_live(candle)
         asyncio.get_running_loop().create_task(self._publish_live(candle))
 
     async def _publish_live(self, candle: Kline) -> None:

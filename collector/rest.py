@@ -17,12 +17,21 @@ from dataclasses import dataclass, field
 import aiohttp
 import msgspec
 
-from collector.binance import Kline, parse_rest_rows
+from collector.binance import (
+    Kline,
+    OpenInterest,
+    parse_funding_info,
+    parse_open_interest,
+    parse_rest_rows,
+)
 from cryptomon.contract.times import MINUTE_MS
 
 logger = logging.getLogger(__name__)
 
 _BAN_UNTIL = re.compile(r"(\d{12,14})")
+# A 429/418 block ends this long (venue ms) after its time, by the earliest estimate of the venue's clock:
+# a local clock slightly ahead of the venue's must not send a request into the refused minute.
+BLOCK_MARGIN_MS = 1_000
 _time_decoder = msgspec.json.Decoder()
 
 
@@ -111,9 +120,15 @@ class WeightLimiter:
         """Wait until `weight` fits in this venue minute's budget (and no 429/418 block is on), then take it."""
         async with self._lock:
             while True:
-                now = self.clock.now_ms()
-                if now < self.blocked_until_ms:
-                    await asyncio.sleep(min(self.clock.until_ms(self.blocked_until_ms) + 0.001, 30.0))
+                # A block ends by the venue's clock: wait until even our earliest estimate of it has passed.
+                now = self.clock.earliest_now_ms()
+                if now < self.blocked_until_ms + BLOCK_MARGIN_MS:
+                    await asyncio.sleep(
+                        min(
+                            self.clock.wall_seconds(self.blocked_until_ms + BLOCK_MARGIN_MS - now) + 0.001,
+                            30.0,
+                        )
+                    )
                     continue
                 self._roll()
                 if self.used + weight <= self.budget:
@@ -122,6 +137,27 @@ class WeightLimiter:
                     return
                 next_minute = (self.minute + 1) * MINUTE_MS
                 await asyncio.sleep(min(self.clock.until_ms(next_minute) + 0.001, 30.0))
+
+    async def acquire_spare(self, weight: int, ceiling: int) -> None:
+        """Low priority: take `weight` only while this minute's use stays ≤ `ceiling` and no `acquire()` caller
+        is waiting, so polling never delays backfill (docs/collector.md "REST budget")."""
+        while True:
+            now = self.clock.earliest_now_ms()
+            if now < self.blocked_until_ms + BLOCK_MARGIN_MS:
+                await asyncio.sleep(
+                    min(self.clock.wall_seconds(self.blocked_until_ms + BLOCK_MARGIN_MS - now) + 0.001, 30.0)
+                )
+                continue
+            self._roll()
+            if self.used + weight > min(ceiling, self.budget):
+                next_minute = (self.minute + 1) * MINUTE_MS
+                await asyncio.sleep(min(self.clock.until_ms(next_minute) + 0.001, 30.0))
+            elif self._lock.locked():
+                await asyncio.sleep(0.05)  # a backfill is waiting for weight: it goes first
+            else:
+                self.used += weight
+                self.peak_used = max(self.peak_used, self.used)
+                return
 
     def observe(self, used_header: str | None) -> None:
         """The venue's own count (`X-MBX-USED-WEIGHT-1M`) wins when it is higher than ours."""
@@ -150,6 +186,23 @@ def klines_weight(limit: int) -> int:
     return 10
 
 
+class RequestBudget:
+    """A count of requests per sliding window of venue time (fundingInfo: 500 per 5 minutes)."""
+
+    def __init__(self, clock: VenueClock, limit: int, window_ms: int):
+        self.clock, self.limit, self.window_ms = clock, limit, window_ms
+        self._times: list[int] = []
+
+    async def acquire(self) -> None:
+        while True:
+            now = self.clock.now_ms()
+            self._times = [t for t in self._times if t > now - self.window_ms]
+            if len(self._times) < self.limit:
+                self._times.append(now)
+                return
+            await asyncio.sleep(min(self.clock.until_ms(self._times[0] + self.window_ms) + 0.001, 30.0))
+
+
 @dataclass
 class RestStats:
     requests: int = 0
@@ -174,6 +227,7 @@ class RestClient:
         self.base_url = base_url.rstrip("/")
         self.clock = VenueClock(clock_rate)
         self.limiter = WeightLimiter(self.clock, budget)
+        self.funding_info_budget = RequestBudget(self.clock, 500, 5 * MINUTE_MS)
         self.region_block_pause_seconds = region_block_pause_seconds
         self.timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self.time_sync_seconds = time_sync_seconds
@@ -260,13 +314,26 @@ class RestClient:
             logger.warning("REST kline %s %s refused: %s", symbol, open_time, reason)
         return candles
 
-    async def _request(self, path: str, params: dict, weight: int) -> bytes:
+    async def open_interest(self, symbol: str, ceiling: int) -> OpenInterest:
+        """One open interest sample (weight 1, low priority: see `WeightLimiter.acquire_spare`)."""
+        body = await self._request("/fapi/v1/openInterest", {"symbol": symbol}, weight=1, ceiling=ceiling)
+        return parse_open_interest(body)
+
+    async def funding_info(self) -> dict[str, int]:
+        """Funding interval hours of the symbols fundingInfo lists (weight 0; its own 500 / 5 min budget)."""
+        await self.funding_info_budget.acquire()
+        return parse_funding_info(await self._request("/fapi/v1/fundingInfo", {}, weight=0))
+
+    async def _request(self, path: str, params: dict, weight: int, ceiling: int | None = None) -> bytes:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self.timeout)
         pause = self._region_blocked_until - time.time()
         if pause > 0:
             raise RegionBlocked(f"region blocked by Binance (451); next try in {pause:.0f} s")
-        await self.limiter.acquire(weight)
+        if ceiling is None:
+            await self.limiter.acquire(weight)
+        else:
+            await self.limiter.acquire_spare(weight, ceiling)
         self.stats.requests += 1
         try:
             async with self._session.get(self.base_url + path, params=params) as response:

@@ -11,10 +11,12 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from collector import selectors, services
-from collector.binance import parse_frame
+from collector.binance import DERIVATIVE_STREAMS, MARK_PRICE_STREAM, parse_frame, stream_name
+from collector.derivatives import DerivativesBook, FundingInfoPoller, OpenInterestPoller
 from collector.pool import Pool, PoolConfig, backoff_delay
 from collector.publisher import Publisher
 from collector.rest import RestClient, RestError
@@ -58,6 +60,12 @@ class CollectorConfig:
     live_interval_seconds: float = 1.0
     status_interval_seconds: float = 5.0
     nats_reconnect_wait_seconds: float = 2.0
+    derivatives: bool = True  # markPrice + forceOrder streams, open interest and fundingInfo polls
+    oi_weight_ceiling: int = 1200  # open interest polls use REST weight only while a minute's use is ≤ this
+    funding_info_seconds: float = 3600.0
+    kline_silence_seconds: float = 75.0  # one symbol's kline stream quiet this long on a live connection
+    mark_silence_seconds: float = 10.0  # the markPrice stream quiet this long on a live connection
+    silence_report_seconds: float = 600.0  # the heartbeat reports silences this recent
 
     @classmethod
     def from_settings(cls, **overrides) -> CollectorConfig:
@@ -77,6 +85,11 @@ class CollectorConfig:
             "universe_refresh_seconds": settings.COLLECTOR_UNIVERSE_REFRESH_SECONDS,
             "buffer_limit": settings.COLLECTOR_BUFFER_LIMIT,
             "nats_reconnect_wait_seconds": settings.NATS_RECONNECT_WAIT_SECONDS,
+            "derivatives": settings.COLLECTOR_DERIVATIVES,
+            "oi_weight_ceiling": settings.COLLECTOR_OI_WEIGHT_CEILING,
+            "funding_info_seconds": settings.COLLECTOR_FUNDING_INFO_SECONDS,
+            "kline_silence_seconds": settings.COLLECTOR_KLINE_SILENCE_SECONDS,
+            "mark_silence_seconds": settings.COLLECTOR_MARK_SILENCE_SECONDS,
         }
         values.update(overrides)
         return cls(**values)
@@ -101,6 +114,10 @@ class Collector(Worker):
         self.js = None
         self._invalid_logged: dict[str, int] = {}
         self._tasks: list[asyncio.Task] = []
+        self.derivatives: DerivativesBook | None = None
+        self._kline_seen: dict[str, float] = {}  # symbol -> time.monotonic() of its last kline frame
+        self._mark_seen = 0.0
+        self._silences: deque[float] = deque(maxlen=10_000)
 
     # --- wiring -------------------------------------------------------------------------------------------
     async def _start_rest(self) -> RestClient:
@@ -141,7 +158,22 @@ class Collector(Worker):
             "venue time sync": self.rest.run_time_sync(),
             "status report": self._report_status(),
             "heap upkeep": heap.keep_collections_short("run_collector"),
+            "stream silence": self._watch_streams(),
         }
+        if self.derivatives is not None:
+            loops["open interest"] = OpenInterestPoller(
+                self.rest,
+                self.derivatives,
+                lambda: self.symbol_set,
+                self.stats,
+                ceiling=cfg.oi_weight_ceiling,
+            ).run()
+            loops["funding info"] = FundingInfoPoller(
+                self.rest,
+                self.derivatives,
+                interval_seconds=cfg.funding_info_seconds,
+                retry_seconds=max(1.0, cfg.retry_max_seconds),
+            ).run()
         self._tasks = [asyncio.create_task(loop, name=name) for name, loop in loops.items()]
         self.started.set()
         logger.info(
@@ -159,6 +191,8 @@ class Collector(Worker):
     def _build_parts(self) -> None:
         """The publisher, the sequencer, the WebSocket pool and the universe, wired to each other."""
         cfg = self.config
+        if cfg.derivatives:
+            self.derivatives = DerivativesBook(self.stats, self.rest.venue_now_ms)
         self.publisher = Publisher(
             self.nc,
             self.js,
@@ -166,6 +200,7 @@ class Collector(Worker):
             buffer_limit=cfg.buffer_limit,
             ack_timeout=cfg.ack_timeout_seconds,
             live_interval=cfg.live_interval_seconds,
+            derivatives=self.derivatives,
         )
         self.sequencer = Sequencer(
             self.rest,
@@ -190,8 +225,10 @@ class Collector(Worker):
             ),
             self.on_message,
             self.stats,
-            on_connected=self.sequencer.catch_up,
+            on_connected=self._on_connected,
             fixed_streams=[CONTRACT_STREAM],
+            watched_streams=list(DERIVATIVE_STREAMS) if cfg.derivatives else None,
+            on_streams=self._on_streams,
         )
         self.universe = Universe(
             self.rest,
@@ -279,6 +316,7 @@ class Collector(Worker):
         kind = frame.kind
         if kind == "kline":
             candle = frame.candle
+            self._kline_seen[candle.symbol] = time.monotonic()
             now = self.rest.venue_now_ms()
             if frame.final:
                 self.stats.inc("collector_finals_total")
@@ -288,6 +326,15 @@ class Collector(Worker):
             else:
                 candle.event_time = now
                 self.publisher.live(candle)
+        elif kind == "mark":
+            self._mark_seen = time.monotonic()
+            if frame.refused:
+                self._invalid("bad_mark_price", data)
+            if self.derivatives is not None:
+                self.derivatives.on_marks(frame.marks, self.symbol_set)
+        elif kind == "liquidation":
+            if self.derivatives is not None:
+                self.derivatives.on_liquidation(frame.liquidation, self.symbol_set)
         elif kind == "contract":
             self.universe.on_contract_info(frame.contract)
         elif kind == "invalid":
@@ -299,6 +346,60 @@ class Collector(Worker):
         self._invalid_logged[reason] = seen
         if seen <= 10 or seen % 1000 == 0:
             logger.warning("invalid frame dropped (%s, #%d): %r", reason, seen, bytes(data[:200]))
+
+    # --- silence per stream -------------------------------------------------------------------------------
+    def _on_connected(self, symbols: set[str]) -> None:
+        """Symbols (re)subscribed: their silence counts from now; catch them up from REST."""
+        now = time.monotonic()
+        for symbol in symbols:
+            self._kline_seen[symbol] = max(self._kline_seen.get(symbol, 0.0), now)
+        self.sequencer.catch_up(symbols)
+
+    def _on_streams(self, streams: frozenset[str], up: bool) -> None:
+        if self.derivatives is not None and DERIVATIVE_STREAMS[1] in streams:
+            self.derivatives.liquidation_stream(up)
+
+    async def _watch_streams(self) -> None:
+        """An acknowledged subscription proves nothing: a stream can go quiet on a live connection. One symbol's
+        kline stream or the markPrice stream silent past its cadence gets its connection replaced (the
+        reconnect backfills), counted and reported in the heartbeat (operator alert)."""
+        cfg = self.config
+        period = min(cfg.kline_silence_seconds, cfg.mark_silence_seconds) / 4
+        last_prune = time.monotonic()
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            replaced: set[str] = set()
+            for symbol in sorted(self.symbol_set):
+                stream = stream_name(symbol)
+                since = None if stream in replaced else self.pool.connected_since(stream)
+                if since is None:
+                    continue
+                quiet = now - max(since, self._kline_seen.get(symbol, 0.0))
+                if quiet > cfg.kline_silence_seconds:
+                    replaced |= self._silent(stream, "kline", quiet)
+            if self.derivatives is not None:
+                since = self.pool.connected_since(MARK_PRICE_STREAM)
+                quiet = 0.0 if since is None else now - max(since, self._mark_seen)
+                if quiet > cfg.mark_silence_seconds:
+                    self._silent(MARK_PRICE_STREAM, "mark_price", quiet)
+                if now - last_prune > 60:
+                    last_prune = now
+                    self.derivatives.prune(self.symbol_set)
+            for symbol in [s for s in self._kline_seen if s not in self.symbol_set]:
+                del self._kline_seen[symbol]
+
+    def _silent(self, stream: str, kind: str, quiet: float) -> set[str]:
+        logger.warning(
+            "stream %s silent for %.1f s on a live connection: replacing the connection", stream, quiet
+        )
+        self.stats.inc("collector_stream_silences_total", stream=kind)
+        self._silences.append(time.monotonic())
+        return self.pool.replace(stream)
+
+    def recent_silences(self) -> int:
+        horizon = time.monotonic() - self.config.silence_report_seconds
+        return sum(1 for at in self._silences if at >= horizon)
 
     # --- health -------------------------------------------------------------------------------------------
     def _register_gauges(self) -> None:
@@ -344,6 +445,7 @@ class Collector(Worker):
             clock_rate=self.rest.clock.rate,
             rest=rest_state,  # ok | banned | region_blocked (operator alerts)
             banned_until=self.rest.banned_until_ms if rest_state == "banned" else None,
+            silent_streams=self.recent_silences(),
         )
 
     async def _report_status(self) -> None:

@@ -195,6 +195,12 @@ METRICS_HOST = env_str("METRICS_HOST", "127.0.0.1")  # 0.0.0.0 in containers, fo
 # run_monitor's first metrics port: collector, metrics, alerts, gateway, web, celery on it and the next five
 # (a process's own *_METRICS_PORT wins); 0 = no /metrics under run_monitor.
 MONITOR_METRICS_PORT = env_int("MONITOR_METRICS_PORT", 9310, minimum=0)
+# Derivatives streams and polls (docs/collector.md "Derivatives"); silence per stream (wall seconds)
+COLLECTOR_DERIVATIVES = env_bool("COLLECTOR_DERIVATIVES", True)
+COLLECTOR_OI_WEIGHT_CEILING = env_int("COLLECTOR_OI_WEIGHT_CEILING", 1200, minimum=1)
+COLLECTOR_FUNDING_INFO_SECONDS = env_float("COLLECTOR_FUNDING_INFO_SECONDS", 3600.0, minimum=1.0)
+COLLECTOR_KLINE_SILENCE_SECONDS = env_float("COLLECTOR_KLINE_SILENCE_SECONDS", 75.0, minimum=0.1)
+COLLECTOR_MARK_SILENCE_SECONDS = env_float("COLLECTOR_MARK_SILENCE_SECONDS", 10.0, minimum=0.1)
 
 # --- NATS / JetStream (docs/contract.md §5)
 NATS_STREAM_MAX_BYTES = env_int("NATS_STREAM_MAX_BYTES", 1024**3, minimum=1024 * 1024)

@@ -13,6 +13,8 @@ Each condition has a function returning its current state as a `Condition` (test
 - `consumer_lag:<STREAM>/<consumer>`: the oldest message a durable consumer has not acknowledged is older
   than OPERATOR_CONSUMER_LAG_SECONDS.
 - `rest_banned` / `rest_region_blocked`: the heartbeat's `rest` field (HTTP 418 / 451 from Binance).
+- `streams_silent`: the heartbeat's `silent_streams` (a kline or markPrice stream that went quiet on a live
+  connection in the last 10 minutes; the collector replaced that connection and backfilled).
 - `gaps_forced`: a minute missing in `candles_1m` between two stored candles of a symbol, within the last
   OPERATOR_GAP_LOOKBACK_MINUTES, old enough that the metrics engine gave up waiting for it
   (METRICS_GAP_TIMEOUT_SECONDS after the next candle arrived).
@@ -49,6 +51,7 @@ FEED_STALE = "feed_stale"
 REST_BANNED = "rest_banned"
 REST_REGION_BLOCKED = "rest_region_blocked"
 GAPS_FORCED = "gaps_forced"
+STREAMS_SILENT = "streams_silent"
 CONSUMER_LAG_PREFIX = "consumer_lag:"
 HEARD_KEY = "cryptomon:watchdog:heartbeats"  # hash: collector shard "k/N" -> wall ms last heard
 SILENT_KEY = "cryptomon:watchdog:silent_since"  # wall ms since which no shard was ever heard
@@ -412,6 +415,25 @@ def rest_region_blocked(heartbeats: dict[str, dict]) -> Condition:
     )
 
 
+def streams_silent(heartbeats: dict[str, dict]) -> Condition:
+    """A stream went quiet on a live connection (the venue stopped sending it without closing anything)."""
+    if not heartbeats:
+        return Condition(STREAMS_SILENT, known=False)
+    silent = [
+        f"shard {shard}: {beat.get('silent_streams')}"
+        for shard, beat in sorted(heartbeats.items())
+        if beat.get("silent_streams")
+    ]
+    if not silent:
+        return Condition(STREAMS_SILENT)
+    return Condition(
+        STREAMS_SILENT,
+        "Binance streams went silent on live connections in the last 10 minutes ("
+        + ", ".join(silent[:MAX_NAMED])
+        + "); their connections were replaced and their minutes backfilled",
+    )
+
+
 _HOLES_SQL = """
 WITH ordered AS (
     SELECT c.symbol, c.time, lag(c.time) OVER (PARTITION BY c.symbol ORDER BY c.time) AS previous
@@ -479,6 +501,7 @@ def conditions(observation: Observation) -> list[Condition]:
         *consumer_lag(observation.lags),
         rest_banned(beats),
         rest_region_blocked(beats),
+        streams_silent(beats),
         forced_gaps(_reference_ms(beats, int(time.time() * 1000))),
     ]
 

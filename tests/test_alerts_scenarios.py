@@ -11,6 +11,7 @@ import pytest
 
 from alerts.backtest import evaluate
 from alerts.presets import PRESETS_BY_SLUG, preset_specs
+from collector.emulator.derivatives import Derivatives
 from collector.emulator.market import FAMOUS, Market
 from collector.emulator.scenarios import compile_scenario, load_file
 from cryptomon.contract.candles import Candle
@@ -18,6 +19,7 @@ from cryptomon.contract.candles import Candle
 SCENARIOS = Path(__file__).resolve().parent.parent / "collector" / "emulator" / "scenarios"
 T0 = 1_767_225_600_000  # 2026-01-01 00:00 UTC
 MINUTE = 60_000
+NEAR_MISS_DERIVATIVES = ("funding_rate", "basis_pct", "oi_change_pct", "liq_long_quote", "liq_short_quote")
 HISTORY = 1500  # minutes of emulator history before T0: the 1-day windows of every scenario
 
 
@@ -31,11 +33,13 @@ def alerts_on(spec: dict) -> list[dict]:
     symbol = spec["symbol"]
     market = Market([symbol], seed=7, speed=1e9, t0_ms=T0, history_minutes=HISTORY, extras=False)
     market.add_scenario(compile_scenario(spec, market.t0_ms, market.states))
+    derivatives = Derivatives(market)  # the §7b fields a collector connected all along would attach
     end = spec["start_minute"] + sum(step["minutes"] for step in spec["steps"])
     candles = []
     for minute in range(-HISTORY, end + 5):
         row = market.candle(symbol, T0 + minute * MINUTE)
         if row is not None:
+            row.update(derivatives.expected(symbol, T0 + minute * MINUTE))
             candles.append(Candle.from_payload(row, symbol=symbol))
     return evaluate(symbol, candles, preset_specs())
 
@@ -47,7 +51,16 @@ def scripted(spec: dict) -> range:
 
 def test_there_is_one_scenario_per_preset_on_distinct_symbols():
     files = sorted(path.stem for path in SCENARIOS.glob("*.json"))
-    assert files == sorted(PRESETS_BY_SLUG)
+    # the docs/contract.md §7b presets' scenarios script derivatives fields (tests/test_emulator_derivatives.py)
+    derivatives = {
+        "futures_crowded_longs",
+        "futures_crowded_shorts",
+        "futures_long_squeeze",
+        "futures_short_squeeze",
+        "futures_oi_surge",
+        "futures_basis_dislocation",
+    }
+    assert set(files) == set(PRESETS_BY_SLUG) | derivatives
     symbols = [scenario(slug)["symbol"] for slug in files]
     assert len(set(symbols)) == len(symbols) and set(symbols) <= set(FAMOUS)
 
@@ -64,6 +77,9 @@ def test_each_preset_fires_on_its_scenario(slug):
 @pytest.mark.parametrize("slug", sorted(PRESETS_BY_SLUG))
 def test_each_preset_stays_silent_on_a_near_miss_of_its_scenario(slug):
     spec = copy.deepcopy(scenario(slug))
-    spec["steps"][-1]["change_pct"] *= 0.3
+    last = spec["steps"][-1]
+    for key in ("change_pct", *NEAR_MISS_DERIVATIVES):
+        if key in last:
+            last[key] *= 0.3
     window = scripted(spec)
     assert not [a for a in alerts_on(spec) if a["rule"] == slug and a["open_time"] in window]

@@ -627,7 +627,9 @@ async def test_the_control_api_drives_faults_scenarios_and_reads_the_truth():
         async with session.get(base + "/status") as response:
             info = await response.json()
     assert status == 429
-    assert truth == emu.market.candle("AAAUSDT", minute) and many[0] == truth and len(many) == 3
+    candle = emu.market.candle("AAAUSDT", minute)
+    assert {name: truth[name] for name in candle} == candle and many[0] == truth and len(many) == 3
+    assert truth["funding_interval_hours"] == 8 and "liq_long_quote" in truth  # docs/contract.md §7b fields
     assert log["last_refused_ms"] == log["request_times_ms"][0]
     assert "NEWUSDT" in info["symbols"] and info["speed"] == 60.0
 

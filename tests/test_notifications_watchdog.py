@@ -352,6 +352,21 @@ def test_rest_ban_and_region_block_in_a_heartbeat_raise_their_alerts_and_clear_w
     assert not {watchdog.REST_BANNED, watchdog.REST_REGION_BLOCKED} & set(active())
 
 
+def test_a_stream_gone_silent_on_a_live_connection_raises_an_alert_that_clears_with_the_heartbeat(watch):
+    beats = {"0/2": heartbeat("0/2", silent_streams=2), "1/2": heartbeat("1/2")}
+    silent = watchdog.streams_silent(beats)
+    assert silent.problem == (
+        "Binance streams went silent on live connections in the last 10 minutes (shard 0/2: 2); their "
+        "connections were replaced and their minutes backfilled"
+    )
+    watchdog.apply(silent)
+    assert watchdog.STREAMS_SILENT in active()
+    watchdog.apply(watchdog.streams_silent({}))  # no heartbeat: unknown, the alert keeps its state
+    assert watchdog.STREAMS_SILENT in active()
+    watchdog.apply(watchdog.streams_silent({"0/1": heartbeat()}))
+    assert watchdog.STREAMS_SILENT not in active()
+
+
 async def test_the_collectors_rest_state_says_banned_until_the_418_ban_ends():
     async with EmulatorServer(symbols=["AAAUSDT"], speed=60.0, seed=1) as emu:
         rest = RestClient(emu.rest_url, clock_rate=60.0)

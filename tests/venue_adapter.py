@@ -76,6 +76,27 @@ class Venue:
     def rest_request_times_ms(self) -> list[int]:
         return self.emu.rest_log.request_times_ms()
 
+    # --- derivatives (docs/emulator.md "Derivatives") ------------------------------------------------------
+    def derivatives_truth(self, symbol: str, open_time: int) -> dict:
+        """The §7b fields of that minute for what the venue pushed (decimal text, ints, or None)."""
+        return self.emu.derivatives.truth(symbol, open_time)
+
+    def funding_interval_hours(self, symbol: str) -> int:
+        return self.derivatives_truth(symbol, 0)["funding_interval_hours"]
+
+    def silence_stream(self, stream: str) -> None:
+        self.emu.faults.silence_stream(stream)
+
+    def stall_stream_connection(self, stream: str) -> None:
+        self.emu.faults.stall_connection(stream)
+
+    def push_late_liquidation(self, symbol: str, quote: float, minutes_ago: int = 2) -> int:
+        """A long liquidated `minutes_ago` minutes back, pushed now; returns the minute it counts in."""
+        return self.emu.faults.late_liquidation(symbol, "SELL", quote, minutes_ago)["counted_in"]
+
+    def script(self, spec: dict) -> int:
+        return self.emu.add_scenario(spec)
+
     async def list_symbol(self, symbol: str) -> None:
         await self.emu.faults.list_symbol(symbol)
 
@@ -84,6 +105,6 @@ class Venue:
 
 
 @contextlib.asynccontextmanager
-async def start(symbols: list[str], speed: float = 60.0):
-    async with emulator.EmulatorServer(symbols=symbols, speed=speed, seed=1) as emu:
+async def start(symbols: list[str], speed: float = 60.0, scenarios: list[dict] | None = None):
+    async with emulator.EmulatorServer(symbols=symbols, speed=speed, seed=1, scenarios=scenarios) as emu:
         yield Venue(emu)

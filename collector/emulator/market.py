@@ -36,6 +36,10 @@ FAMOUS = (
     "DOTUSDT",
     "LTCUSDT",
     "TRXUSDT",
+    "NEARUSDT",
+    "ATOMUSDT",
+    "APTUSDT",
+    "ARBUSDT",
 )
 NON_ASCII = "币安人生USDT"
 

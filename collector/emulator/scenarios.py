@@ -13,7 +13,21 @@ from pathlib import Path
 from cryptomon.contract.times import MINUTE_MS
 
 _SCENARIO_KEYS = {"name", "description", "symbol", "symbols", "start_minute", "start_ms", "steps", "faults"}
-_STEP_KEYS = {"minutes", "change_pct", "close", "quote_volume", "trades", "taker_buy_ratio", "range_pct"}
+_STEP_KEYS = {
+    "minutes",
+    "change_pct",
+    "close",
+    "quote_volume",
+    "trades",
+    "taker_buy_ratio",
+    "range_pct",
+    # derivatives (docs/emulator.md "Derivatives")
+    "funding_rate",
+    "basis_pct",
+    "oi_change_pct",
+    "liq_long_quote",
+    "liq_short_quote",
+}
 FAULT_NAMES = {
     "drop_connections",
     "stall_connection",
@@ -26,6 +40,8 @@ FAULT_NAMES = {
     "list_symbol",
     "delist_symbol",
     "close_all",
+    "silence_stream",
+    "late_liquidation",
 }
 
 
@@ -44,6 +60,11 @@ class MinuteRule:
     trades: int | None = None
     taker_buy_ratio: float | None = None
     range_pct: float | None = None
+    funding_rate: float | None = None  # a fraction per funding interval, as Binance sends it
+    basis_pct: float | None = None  # (mark − index) / index × 100
+    oi_change_pct: float | None = None  # open interest change over the minute, percent
+    liq_long_quote: float | None = None  # USDT of longs liquidated (SELL orders) in the minute
+    liq_short_quote: float | None = None  # USDT of shorts liquidated (BUY orders) in the minute
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,9 +193,41 @@ def compile_scenario(spec: dict, t0_ms: int, known_symbols) -> CompiledScenario:
         if ratio is not None and ratio > 1:
             raise ScenarioError(f"{at}.taker_buy_ratio must be between 0 and 1")
         wick = _number(f"{at}.range_pct", step["range_pct"], minimum=0) if "range_pct" in step else None
+        funding = _number(f"{at}.funding_rate", step["funding_rate"]) if "funding_rate" in step else None
+        if funding is not None and abs(funding) >= 0.05:
+            raise ScenarioError(f"{at}.funding_rate is a fraction per interval: |rate| must be < 0.05")
+        basis = _number(f"{at}.basis_pct", step["basis_pct"], minimum=-50) if "basis_pct" in step else None
+        oi_change = (
+            _number(f"{at}.oi_change_pct", step["oi_change_pct"], minimum=-50)
+            if "oi_change_pct" in step
+            else None
+        )
+        liq_long = (
+            _number(f"{at}.liq_long_quote", step["liq_long_quote"], minimum=0)
+            if "liq_long_quote" in step
+            else None
+        )
+        liq_short = (
+            _number(f"{at}.liq_short_quote", step["liq_short_quote"], minimum=0)
+            if "liq_short_quote" in step
+            else None
+        )
         end = minute + count - 1
         for m in range(minute, end + 1):
-            rules[m] = MinuteRule(change, close, end, volume, trades, ratio, wick)
+            rules[m] = MinuteRule(
+                change,
+                close,
+                end,
+                volume,
+                trades,
+                ratio,
+                wick,
+                funding,
+                basis,
+                oi_change,
+                liq_long,
+                liq_short,
+            )
         minute = end + 1
     faults = []
     for index, fault in enumerate(spec.get("faults") or []):

@@ -20,6 +20,12 @@ from dataclasses import dataclass, field
 
 from aiohttp import WSMsgType, web
 
+from collector.emulator.derivatives import (
+    FORCE_ORDER_STREAM,
+    MARK_STREAM,
+    Derivatives,
+    Liquidation,
+)
 from collector.emulator.market import MINUTE_MS, Market, SymbolState
 from collector.emulator.scenarios import FAULT_NAMES, ScenarioError, as_list, compile_scenario
 
@@ -29,6 +35,8 @@ CONTRACT_STREAM = "!contractInfo"
 MAX_STREAMS = 1024
 MAX_INCOMING_PER_SECOND = 10
 WRITE_BUFFER_LIMIT = 64 * 1024 * 1024  # a client this far behind is dropped, as Binance drops slow readers
+FUNDING_INFO_LIMIT = 500  # /fapi/v1/fundingInfo: its own budget of 500 requests per 5 minutes
+FUNDING_INFO_WINDOW_MS = 5 * MINUTE_MS
 
 
 # Short names accepted by the control API.
@@ -63,6 +71,9 @@ class Connection:
     streams: list[str] = field(default_factory=list)
     symbols: set[str] = field(default_factory=set)
     contract: bool = False
+    mark: bool = False  # subscribed to !markPrice@arr@1s
+    liq: bool = False  # subscribed to !forceOrder@arr
+    muted: set[str] = field(default_factory=set)  # streams gone silent on this connection (fault)
     opened: float = field(default_factory=time.monotonic)
     last_in: float = field(default_factory=time.monotonic)
     last_ping: float = field(default_factory=time.monotonic)
@@ -139,13 +150,46 @@ class Faults:
         await asyncio.sleep(0)
         return len(chosen)
 
-    def stall_connection(self) -> int | None:
-        """One kline connection stops receiving anything, without being closed; returns its id."""
+    def stall_connection(self, stream: str | None = None) -> int | None:
+        """One kline connection (or, with `stream`, one carrying that stream) stops receiving anything,
+        without being closed; returns its id."""
         for conn in self._server.connections:
-            if conn.symbols and not conn.stalled and not conn.closing:
+            carries = stream in conn.streams if stream else bool(conn.symbols)
+            if carries and not conn.stalled and not conn.closing:
                 conn.stalled = True
                 return conn.id
         return None
+
+    def silence_stream(self, stream: str) -> list[int]:
+        """One stream (`<sym>@kline_1m`, `!markPrice@arr@1s`, …) goes quiet on every connection carrying it
+        while the connection and its other streams stay alive; a new SUBSCRIBE of it (or a new connection)
+        brings it back. Returns the connections affected."""
+        hit = []
+        for conn in self._server.connections:
+            if stream in conn.streams and not conn.closing:
+                conn.muted.add(stream)
+                hit.append(conn.id)
+        return hit
+
+    def late_liquidation(
+        self, symbol: str, side: str = "SELL", quote: float = 10_000.0, minutes_ago: int = 2
+    ) -> dict:
+        """Push now a liquidation whose trade time lies `minutes_ago` minutes back (its minute is already
+        final): it counts in the oldest minute whose final has not gone out (docs/contract.md §7b)."""
+        if side not in ("SELL", "BUY"):
+            raise ValueError("side must be SELL or BUY")
+        server = self._server
+        state = server.market.states[symbol]
+        now = server.market.now_ms()
+        trade_time = (now // MINUTE_MS - int(minutes_ago)) * MINUTE_MS + 30_000
+        price = server.market._close(state, trade_time // MINUTE_MS)
+        qd = state.qty_decimals
+        quantity = max(round(float(quote) / price, qd), 10.0**-qd)
+        event = Liquidation(
+            symbol, side, f"{quantity:.{qd}f}", f"{price:.{state.price_decimals}f}", trade_time
+        )
+        bucket = server.push_liquidations([event], now)
+        return {"trade_time": trade_time, "counted_in": bucket.get(event)}
 
     def missing_minutes(self, symbol: str, start_ms: int, count: int = 1) -> list[int]:
         return self._server.market.skip_minutes(symbol, int(start_ms), int(count))
@@ -192,8 +236,13 @@ class EmulatorServer:
         silent_timeout: float = 600.0,
         max_connection_age: float = 24 * 3600.0,
         control: bool = True,
+        mark_min_interval: float = 0.25,
     ):
         self.market = Market(symbols, seed=seed, speed=speed, t0_ms=t0_ms, history_minutes=history_minutes)
+        self.derivatives = Derivatives(self.market)
+        # markPrice goes out every venue second, but at most every `mark_min_interval` wall seconds
+        self.mark_interval = max(1.0 / speed, mark_min_interval)
+        self._funding_info_log: deque[int] = deque()
         self.host, self.port = host, port
         self.update_interval = update_interval
         self.final_delay_ms = final_delay_ms
@@ -243,6 +292,9 @@ class EmulatorServer:
             ("/fapi/v1/time", self._time, lambda q: 1),
             ("/fapi/v1/exchangeInfo", self._exchange_info, lambda q: 1),
             ("/fapi/v1/klines", self._klines, _klines_weight),
+            ("/fapi/v1/openInterest", self._open_interest, lambda q: 1),
+            ("/fapi/v1/premiumIndex", self._premium_index, lambda q: 1 if q.get("symbol") else 10),
+            ("/fapi/v1/fundingInfo", self._funding_info, lambda q: 0),
         ]
         for path, handler, weight in fapi:
             app.router.add_get(path, self._rest(handler, weight))
@@ -277,6 +329,7 @@ class EmulatorServer:
     def add_scenario(self, spec: dict) -> int:
         """Apply a scenario (dict, see docs/emulator.md); returns the first minute (ms) it shapes."""
         compiled = compile_scenario(spec, self.market.t0_ms, self.market.states)
+        self.derivatives._liq_cache.clear()  # liquidations of minutes not reached yet may change
         self.scheduled.extend(compiled.faults)
         self.scheduled.sort(key=lambda fault: fault.at_ms)
         # While serving, the open minute and everything before it may have been seen: never reshape them.
@@ -439,6 +492,57 @@ class EmulatorServer:
             return 400, {"code": -1023, "msg": "Start time is greater than end time."}
         return 200, self.market.klines(symbol, start, end, limit)
 
+    def _symbol_state(self, query) -> tuple[SymbolState | None, tuple[int, dict] | None]:
+        symbol = query.get("symbol")
+        if not symbol:
+            return None, (
+                400,
+                {
+                    "code": -1102,
+                    "msg": "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.",
+                },
+            )
+        state = self.market.states.get(symbol)
+        if state is None or state.status != "TRADING":
+            return None, (400, {"code": -1121, "msg": "Invalid symbol."})
+        return state, None
+
+    def _open_interest(self, request, now):
+        state, error = self._symbol_state(request.query)
+        if error:
+            return error
+        self.derivatives.record_open_interest(state.symbol, now)
+        return 200, {
+            "openInterest": self.derivatives.open_interest(state, now // MINUTE_MS),
+            "symbol": state.symbol,
+            "time": now,
+        }
+
+    def _premium_index(self, request, now):
+        if not request.query.get("symbol"):
+            return 200, [
+                self.derivatives.premium_index(state, now)
+                for state in self.market.states.values()
+                if self.derivatives.marked(state, now // MINUTE_MS)
+            ]
+        state, error = self._symbol_state(request.query)
+        if error:
+            return error
+        return 200, self.derivatives.premium_index(state, now)
+
+    def _funding_info(self, request, now):
+        log = self._funding_info_log
+        while log and log[0] <= now - FUNDING_INFO_WINDOW_MS:
+            log.popleft()
+        if len(log) >= FUNDING_INFO_LIMIT:
+            self.rest_log.refusal(now)
+            return 429, {
+                "code": -1003,
+                "msg": "Too many requests; fundingInfo is limited to 500 requests per 5 minutes.",
+            }
+        log.append(now)
+        return 200, self.derivatives.funding_info()
+
     # --- WebSocket ----------------------------------------------------------------------------------------
     def _ws_handler(self, kind: str, legacy: str | None):
         async def handler(request: web.Request) -> web.StreamResponse:
@@ -543,6 +647,7 @@ class EmulatorServer:
             if not self._subscribe(conn, params):
                 await self.close(conn, 1008, "Too many streams")
                 return False
+            conn.muted -= set(params)  # a silent stream subscribed again comes back
             self._reply(conn, {"result": None, "id": rid})
         elif method == "UNSUBSCRIBE":
             gone = set(params)
@@ -568,6 +673,8 @@ class EmulatorServer:
         by_stream = self.market.by_stream
         conn.symbols = {by_stream[s] for s in conn.streams if s in by_stream}
         conn.contract = CONTRACT_STREAM in conn.streams
+        conn.mark = MARK_STREAM in conn.streams
+        conn.liq = FORCE_ORDER_STREAM in conn.streams
 
     async def close(self, conn: Connection, code: int, reason: str) -> None:
         if conn.closing:
@@ -603,9 +710,10 @@ class EmulatorServer:
             if conn.kind == "legacy" or conn.stalled or conn.closing or not conn.symbols:
                 continue
             parts = []
+            muted = conn.muted
             for symbol in conn.symbols:
                 payload = payloads.get(symbol)
-                if payload is None:
+                if payload is None or (muted and states[symbol].stream in muted):
                     continue
                 key = (symbol, conn.kind)
                 frame = framed.get(key)
@@ -675,6 +783,52 @@ class EmulatorServer:
             self.faults.pending_duplicates -= 1
         self._broadcast(payloads, repeat)
 
+    def _derivative_conns(self, flag: str, stream: str) -> list[Connection]:
+        return [
+            conn
+            for conn in self.connections
+            if getattr(conn, flag)
+            and conn.kind != "legacy"
+            and not conn.stalled
+            and not conn.closing
+            and stream not in conn.muted
+        ]
+
+    def _send_derivative(self, conns: list[Connection], stream: str, payload: bytes) -> int:
+        """One derivatives payload to its subscribers; returns how many connections it was written to."""
+        framed: dict[str, bytes] = {}
+        written = 0
+        for conn in conns:
+            frame = framed.get(conn.kind)
+            if frame is None:
+                body = payload if conn.kind == "raw" else b'{"stream":"' + stream.encode() + b'","data":'
+                if conn.kind != "raw":
+                    body += payload + b"}"
+                frame = framed[conn.kind] = ws_frame(body)
+            conn.write(frame)
+            if not conn.closing:
+                written += 1
+        self.frames_sent += written
+        return written
+
+    def send_mark_prices(self, now: int) -> None:
+        """`!markPrice@arr@1s`: every listed symbol's mark, index and funding in one array frame."""
+        conns = self._derivative_conns("mark", MARK_STREAM)
+        if conns and self._send_derivative(conns, MARK_STREAM, self.derivatives.mark_payload(now)):
+            self.derivatives.record_mark(now)
+
+    def push_liquidations(self, events: list[Liquidation], now: int) -> dict[Liquidation, int]:
+        """`!forceOrder@arr` frames for `events`; each one written is counted in the truth (its bucket)."""
+        buckets: dict[Liquidation, int] = {}
+        conns = self._derivative_conns("liq", FORCE_ORDER_STREAM)
+        if not conns:
+            return buckets
+        for event in events:
+            payload = self.derivatives.force_order_payload(event, max(now, event.trade_time))
+            if self._send_derivative(conns, FORCE_ORDER_STREAM, payload):
+                buckets[event] = self.derivatives.record_liquidation(event, self._next_final)
+        return buckets
+
     def send_malformed(self, n: int) -> int:
         samples = [
             b'{"stream":"btcusdt@kline_1m","data":{"e":"kline","E":1,',
@@ -682,6 +836,17 @@ class EmulatorServer:
             b'{"stream":"x@kline_1m","data":{"e":"kline","E":1,"s":"X","k":{"t":"soon"}}}',
         ]
         reached = 0
+        derivative_samples = [
+            b'{"stream":"!markPrice@arr@1s","data":[{"e":"markPriceUpdate","E":1,"s":"BTCUSDT","p":"NaN",'
+            b'"i":"1","r":"0","T":1}]}',
+            b'{"stream":"!forceOrder@arr","data":{"e":"forceOrder","E":1,"o":{"s":"BTCUSDT","S":"SIDEWAYS"}}}',
+            b'{"stream":"!markPrice@arr@1s","data":[{"e":"markPriceUpdate","E":"soon"',
+        ]
+        for conn in self.connections:
+            if conn.kind != "legacy" and not conn.closing and (conn.mark or conn.liq):
+                reached += 1
+                bad = [derivative_samples[i % 3] for i in range(n)]
+                conn.write(b"".join(ws_frame(b) for b in bad), len(bad))
         for conn in self.connections:
             if conn.kind == "legacy" or not conn.symbols or conn.closing:
                 continue
@@ -735,13 +900,22 @@ class EmulatorServer:
 
     async def _tick_loop(self) -> None:
         loop_time = time.monotonic
-        next_update = loop_time()
+        next_update = next_mark = loop_time()
         house_period = min(1.0, self.ping_interval / 4, self.silent_timeout / 4, self.max_connection_age / 4)
         next_house = loop_time() + house_period
         while True:
             try:
                 now_wall = loop_time()
                 now = self.market.now_ms()
+                # liquidations and mark prices before finals: their minute's final must not overtake them
+                due = self.derivatives.due_liquidations(now)
+                if due:
+                    self.push_liquidations(due, now)
+                if now_wall >= next_mark:
+                    self.send_mark_prices(now)
+                    next_mark += self.mark_interval
+                    if next_mark < now_wall:
+                        next_mark = now_wall + self.mark_interval
                 while now >= self._final_due_ms():
                     self._send_finals(self._next_final, now)
                     self._next_final += 1
@@ -755,7 +929,10 @@ class EmulatorServer:
                     self._housekeeping()
                 if self.scheduled:
                     await self._run_scheduled(now)
-                wake = min(next_update, next_house, self.market.wall_at(self._final_due_ms()))
+                wake = min(next_update, next_house, next_mark, self.market.wall_at(self._final_due_ms()))
+                next_liquidation = self.derivatives.next_liquidation_ms(now)
+                if next_liquidation is not None:
+                    wake = min(wake, self.market.wall_at(next_liquidation))
                 await asyncio.sleep(max(0.0, wake - loop_time()))
             except asyncio.CancelledError:
                 raise
@@ -787,7 +964,7 @@ class EmulatorServer:
             return web.json_response({"error": f"unknown symbol {symbol!r}"}, status=404)
         try:
             if "open_time" in query:
-                candle = self.market.candle(symbol, int(query["open_time"]))
+                candle = self.truth(symbol, int(query["open_time"]))
                 if candle is None:
                     return web.json_response({"error": "no final candle for that minute"}, status=404)
                 return web.json_response(candle)
@@ -795,8 +972,15 @@ class EmulatorServer:
         except (KeyError, ValueError):
             return web.json_response({"error": "give open_time, or start and end (ms)"}, status=400)
         first = -(-start // MINUTE_MS)
-        candles = [self.market.candle(symbol, m * MINUTE_MS) for m in range(first, end // MINUTE_MS + 1)]
+        candles = [self.truth(symbol, m * MINUTE_MS) for m in range(first, end // MINUTE_MS + 1)]
         return web.json_response([c for c in candles if c is not None])
+
+    def truth(self, symbol: str, open_time: int) -> dict | None:
+        """The final candle of that minute with its docs/contract.md §7b fields for what was pushed, or None."""
+        candle = self.market.candle(symbol, open_time)
+        if candle is not None:
+            candle.update(self.derivatives.truth(symbol, open_time))
+        return candle
 
     async def _control_rest_log(self, request: web.Request) -> web.Response:
         return web.json_response(

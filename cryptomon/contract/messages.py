@@ -159,6 +159,7 @@ class Heartbeat(msgspec.Struct, kw_only=True, frozen=True):
     clock_rate: Annotated[float, msgspec.Meta(gt=0)] = 1.0
     rest: str = "ok"  # ok | banned | region_blocked
     banned_until: int | None = None
+    silent_streams: int = 0  # streams found silent on a live connection in the last 10 minutes (replaced)
 
     def __post_init__(self) -> None:
         if not _is_shard(self.shard):
