@@ -11,6 +11,7 @@ import logging
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
 
 import msgspec
 import nats
@@ -63,11 +64,13 @@ class Shard:
         return sorted(f"{root}.{symbol}" for symbol in symbols if self.owns(symbol))
 
 
-def stream_configs(max_bytes: int | None = None) -> list[StreamConfig]:
-    if max_bytes is None:
+def stream_configs(max_bytes: int | None = None, replicas: int | None = None) -> list[StreamConfig]:
+    """The streams as docs/contract.md §5 fixes them; size and replicas are the deployment's settings."""
+    if max_bytes is None or replicas is None:
         from django.conf import settings
 
-        max_bytes = settings.NATS_STREAM_MAX_BYTES
+        max_bytes = settings.NATS_STREAM_MAX_BYTES if max_bytes is None else max_bytes
+        replicas = settings.NATS_STREAM_REPLICAS if replicas is None else replicas
     return [
         StreamConfig(
             name=name,
@@ -77,6 +80,7 @@ def stream_configs(max_bytes: int | None = None) -> list[StreamConfig]:
             max_bytes=max_bytes,
             max_age=STREAM_MAX_AGE_SECONDS,
             duplicate_window=DUPLICATE_WINDOW_SECONDS,
+            num_replicas=replicas,
         )
         for name, subject in STREAMS.items()
     ]
@@ -90,13 +94,19 @@ def _differs(current: StreamConfig, wanted: StreamConfig) -> bool:
         or current.max_bytes != wanted.max_bytes
         or round(current.max_age or 0) != round(wanted.max_age or 0)
         or round(current.duplicate_window or 0) != round(wanted.duplicate_window or 0)
+        or (current.num_replicas or 1) != (wanted.num_replicas or 1)
     )
 
 
-async def ensure_streams(js: JetStreamContext, max_bytes: int | None = None) -> list[str]:
-    """Create the three streams, or update them back to docs/contract.md §5; returns what was created or corrected."""
+async def ensure_streams(
+    js: JetStreamContext, max_bytes: int | None = None, replicas: int | None = None
+) -> list[str]:
+    """Create the three streams, or update them back to docs/contract.md §5; returns what was created or corrected.
+
+    A changed replica count is applied in place: JetStream copies the stream to the new peers (or drops
+    them) while it keeps serving, so growing a single server into a cluster keeps the hour it holds."""
     changed: list[str] = []
-    for wanted in stream_configs(max_bytes):
+    for wanted in stream_configs(max_bytes, replicas):
         try:
             info = await js.stream_info(wanted.name)
         except NotFoundError:
@@ -116,8 +126,33 @@ async def ensure_streams(js: JetStreamContext, max_bytes: int | None = None) -> 
     return changed
 
 
+def server_urls(url: str) -> list[str]:
+    """The servers of a NATS_URL: one URL, or a cluster's as a comma-separated list."""
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
+def _pool(url: str) -> tuple[list[str], dict]:
+    """The server list for nats-py, and the credentials as connect options when every URL has the same.
+
+    nats-py also reconnects to servers it learns from the cluster (`connect_urls` in the server's INFO),
+    which come without credentials: given as options, the user and password (or token) apply to those
+    too, where credentials left in the URLs would apply only to the servers listed."""
+    parts = [urlsplit(server) for server in server_urls(url)]
+    auth = {(unquote(p.username or ""), None if p.password is None else unquote(p.password)) for p in parts}
+    if len(auth) != 1 or auth == {("", None)}:
+        return [p.geturl() for p in parts], {}
+    ((user, password),) = auth
+    bare = [p._replace(netloc=p.netloc.rsplit("@", 1)[-1]).geturl() for p in parts]
+    if password is None:
+        return bare, {"token": user}
+    return bare, {"user": user, "password": password}
+
+
 async def connect(name: str, url: str | None = None, **options) -> NATS:
-    """Connect to NATS, reconnecting forever: a worker never gives up on the bus."""
+    """Connect to NATS, reconnecting forever: a worker never gives up on the bus.
+
+    `url` may list a cluster's servers, comma-separated: the client connects to any of them and, when its
+    server goes away, reconnects to another (docs/operations.md "Scale")."""
     if url is None:
         from django.conf import settings
 
@@ -139,7 +174,10 @@ async def connect(name: str, url: str | None = None, **options) -> NATS:
     options.setdefault("max_reconnect_attempts", -1)
     options.setdefault("allow_reconnect", True)
     options.setdefault("connect_timeout", 5)
-    return await nats.connect(servers=[url], name=f"cryptomon-{name}", **options)
+    servers, auth = _pool(url)
+    for key, value in auth.items():
+        options.setdefault(key, value)
+    return await nats.connect(servers=servers, name=f"cryptomon-{name}", **options)
 
 
 async def connect_jetstream(name: str, url: str | None = None, **options) -> tuple[NATS, JetStreamContext]:
