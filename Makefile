@@ -1,4 +1,4 @@
-.PHONY: run demo test bench soak lint fuzz
+.PHONY: run demo test bench soak lint fuzz cluster-test
 run:
 	scripts/run.sh
 demo:
@@ -13,3 +13,5 @@ soak:
 	scripts/setup.sh && .venv/bin/python benchmarks/soak.py
 fuzz:
 	scripts/setup.sh && HYPOTHESIS_PROFILE=fuzz .venv/bin/pytest -q -p no:warnings tests/test_hostile_*.py
+cluster-test:
+	scripts/setup.sh && .venv/bin/pytest -q -s -m cluster tests/test_cluster.py

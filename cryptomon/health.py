@@ -20,7 +20,6 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import nats
 from django.conf import settings
 from django.db import connections
 from django.http import HttpRequest, JsonResponse

@@ -280,9 +280,52 @@ async def publish_pipelined(js: JetStreamContext, messages: Iterable[tuple[str, 
     return futures
 
 
-async def ack_errors(futures: list, timeout: float) -> list[BaseException | None]:
+class NotSentAfterFailure(RuntimeError):
+    """A message was not sent because an earlier one on its subject was not stored."""
+
+
+class OrderedPublisher:
+    """JetStream publishes that keep each subject's order through a failure.
+
+    Pipelined publishes (`publish_pipelined`) can leave a hole in a subject: when a clustered stream's
+    leader dies, the messages in flight to it are lost, and the ones sent once a new leader is elected are
+    stored. A consumer then receives the subject's later messages before the lost ones are sent again;
+    the alert engine, which decides a symbol's bars in order, would skip them (docs/operations.md "Scale").
+    Here a message goes out only once the one before it on its subject is stored (different subjects
+    still go out together), and when one is not stored, none after it on that subject is sent: the
+    caller's retry sends them again in order, and nothing later is in the stream before them.
+
+    `publish` returns a task per message (its PubAck, or the error); a task that is cancelled cancels
+    the rest of its subject's chain too. Give up on a publisher after a failure and start a new one."""
+
+    def __init__(self, js: JetStreamContext, timeout: float):
+        self.js = js
+        self.timeout = timeout
+        self._tails: dict[str, asyncio.Task] = {}
+
+    def publish(self, subject: str, payload: bytes, msg_id: str) -> asyncio.Task:
+        previous = self._tails.get(subject)
+        task = asyncio.ensure_future(self._send(previous, subject, payload, msg_id))
+        self._tails[subject] = task
+        task.add_done_callback(lambda done: self._forget(subject, done))
+        return task
+
+    async def _send(self, previous: asyncio.Task | None, subject: str, payload: bytes, msg_id: str):
+        if previous is not None:
+            await asyncio.wait([previous])
+            if previous.cancelled() or previous.exception() is not None:
+                raise NotSentAfterFailure(f"not sent: an earlier message on {subject} was not stored")
+        return await self.js.publish(subject, payload, timeout=self.timeout, headers={"Nats-Msg-Id": msg_id})
+
+    def _forget(self, subject: str, task: asyncio.Task) -> None:
+        if self._tails.get(subject) is task:
+            del self._tails[subject]
+
+
+async def ack_errors(futures: list, timeout: float | None) -> list[BaseException | None]:
     """Wait once for a batch's acks; per message None (stored) or why not. One wait for the batch (not a
-    wait_for per future, i.e. a task per message); late ones are cancelled, freeing nats-py's count."""
+    wait_for per future, i.e. a task per message); late ones are cancelled, freeing nats-py's count.
+    No `timeout` for an `OrderedPublisher`'s tasks, which time out message by message."""
     if not futures:
         return []
     try:

@@ -135,9 +135,7 @@ DATABASE_ROUTERS = ["cryptomon.routers.TimeseriesRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # One server, or a cluster's servers comma-separated (clients fail over between them; docs/operations.md).
-NATS_URL = check_url_list(
-    "NATS_URL", _server_url("NATS_URL") or "nats://127.0.0.1:4222", {"nats", "tls"}
-)
+NATS_URL = check_url_list("NATS_URL", _server_url("NATS_URL") or "nats://127.0.0.1:4222", {"nats", "tls"})
 REDIS_URL = check_url(
     "REDIS_URL", _server_url("REDIS_URL") or "redis://127.0.0.1:6379/0", {"redis", "rediss"}
 )

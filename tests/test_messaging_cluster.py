@@ -1,0 +1,156 @@
+"""Clients and streams on a real 3-node NATS JetStream cluster (docs/operations.md "Scale").
+
+The whole pipeline through a leader's death is tests/test_cluster.py (`make cluster-test`); these are the
+quick checks of the pieces it stands on: the replica setting, and clients that fail over between nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from cryptomon import embedded, messaging
+from cryptomon.contract import subjects
+from cryptomon.health import mask_url
+from tests.conftest import run_manage
+from tests.nats_cluster import NatsCluster
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    cluster = NatsCluster(tmp_path, size=3)
+    try:
+        cluster.start()
+        asyncio.run(cluster.wait_ready())
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+async def _replicas_current(js, replicas: int) -> bool:
+    for name in subjects.STREAMS:
+        info = await js.stream_info(name)
+        peers = info.cluster.replicas or [] if info.cluster else []
+        if info.config.num_replicas != replicas or len(peers) != replicas - 1:
+            return False
+        if not all(peer.current for peer in peers):
+            return False
+    return True
+
+
+async def test_streams_take_the_replica_setting_and_grow_from_one_copy_to_three_keeping_their_messages(
+    cluster,
+):
+    nc = await cluster.connect()
+    try:
+        js = nc.jetstream(timeout=10)
+        created = await messaging.ensure_streams(js, replicas=1)
+        assert created == [f"created {name}" for name in subjects.STREAMS]
+        await js.publish(subjects.candle_subject("BTCUSDT"), b"{}", headers={"Nats-Msg-Id": "one"})
+
+        corrected = await messaging.ensure_streams(js, replicas=3)
+
+        assert corrected == [f"corrected {name}" for name in subjects.STREAMS]
+        deadline = asyncio.get_running_loop().time() + 60
+        while not await _replicas_current(js, 3):
+            assert asyncio.get_running_loop().time() < deadline, (
+                "the streams never reached 3 current replicas"
+            )
+            await asyncio.sleep(0.2)
+        assert (await js.stream_info(subjects.CANDLES_STREAM)).state.messages == 1
+        assert await messaging.ensure_streams(js, replicas=3) == []  # nothing left to correct
+    finally:
+        await nc.close()
+
+
+async def test_a_client_given_one_node_fails_over_to_the_nodes_the_cluster_tells_it_about(cluster):
+    """Servers a client learns from the cluster come without credentials: it must use the URL's for them."""
+    first = cluster.nodes[0]
+    nc = await messaging.connect(
+        "one-node", embedded._Nats.url(cluster.var_dir, first.port), reconnect_time_wait=0.1
+    )
+    try:
+        js = nc.jetstream(timeout=10)
+        await messaging.ensure_streams(js, replicas=3)
+        await asyncio.to_thread(cluster.kill_node, first)
+
+        async def published() -> bool:
+            try:
+                await js.publish(subjects.candle_subject("ETHUSDT"), b"{}", headers={"Nats-Msg-Id": "after"})
+            except Exception:
+                return False
+            return True
+
+        deadline = asyncio.get_running_loop().time() + 60
+        while not await published():
+            assert asyncio.get_running_loop().time() < deadline, (
+                "the client never failed over to another node"
+            )
+            await asyncio.sleep(0.2)
+        assert nc.connected_url.port != first.port
+    finally:
+        await nc.close()
+
+
+async def test_after_a_message_that_was_not_stored_none_later_on_its_subject_is_sent(jetstream):
+    """How a stream leader's death must look to the alert engine: a hole, never later bars before it."""
+    nc, js = jetstream
+    publisher = messaging.OrderedPublisher(js, timeout=10)
+    too_big = b"x" * (nc.max_payload + 1)  # refused before it is sent, as a message lost in flight
+    first = [
+        publisher.publish(subjects.metrics_subject("AUSDT"), payload, f"AUSDT:{n}")
+        for n, payload in enumerate([too_big, b"{}", b"{}"])
+    ]
+    other = publisher.publish(subjects.metrics_subject("BUSDT"), b"{}", "BUSDT:0")
+
+    errors = await messaging.ack_errors([*first, other], None)
+
+    assert errors[0] is not None
+    assert all(isinstance(error, messaging.NotSentAfterFailure) for error in errors[1:3])
+    assert errors[3] is None
+    stored = (await js.stream_info(subjects.METRICS_STREAM, subjects_filter=subjects.METRICS)).state.subjects
+    assert stored == {subjects.metrics_subject("BUSDT"): 1}
+
+    again = messaging.OrderedPublisher(js, timeout=10)  # the retry, in order
+    retried = [again.publish(subjects.metrics_subject("AUSDT"), b"{}", f"AUSDT:{n}") for n in range(3)]
+    assert await messaging.ack_errors(retried, None) == [None, None, None]
+    assert [ack.seq for ack in await asyncio.gather(*retried)] == [2, 3, 4]
+
+
+def test_a_cluster_url_is_masked_server_by_server():
+    url = "nats://cryptomon:s3cret@10.0.0.1:4222,nats://cryptomon:s3cret@10.0.0.2:4222"
+    assert mask_url(url) == "nats://cryptomon:***@10.0.0.1:4222,nats://cryptomon:***@10.0.0.2:4222"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("NATS_URL", "nats://a:4222,,nats://b:4222", "NATS_URL has an empty entry"),
+        ("NATS_URL", "nats://u:hunter2-secret@a:4222,b:4222", "NATS_URL must be a nats:// or tls:// URL"),
+        ("NATS_STREAM_REPLICAS", "7", "NATS_STREAM_REPLICAS must be at most 5"),
+        ("NATS_STREAM_REPLICAS", "0", "NATS_STREAM_REPLICAS must be at least 1"),
+    ],
+)
+def test_a_bad_cluster_setting_is_named_in_one_line(variable, value, message):
+    env = {
+        "DATABASE_URL": "postgresql://u@localhost/db",
+        "SECRET_KEY": "x",
+        "CRYPTOMON_EMBEDDED": "",
+        variable: value,
+    }
+    result = run_manage("check", env=env)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "hunter2-secret" not in result.stderr
+
+
+def test_check_infra_reaches_a_cluster_through_its_comma_separated_url_and_shows_no_password(cluster):
+    result = run_manage("check_infra", env={"NATS_URL": cluster.url, "NATS_STREAM_REPLICAS": "3"})
+    # (The databases may fail here: the session's are not migrated outside the test database.)
+    nats_lines = [line for line in result.stdout.splitlines() if "NATS" in line or "stream" in line]
+    assert "✓ NATS" in result.stdout and "✓ stream CANDLES" in result.stdout, result.stdout + result.stderr
+    assert all(line.startswith("✓") for line in nats_lines), nats_lines
+    assert embedded.credentials(cluster.var_dir)["nats"] not in result.stdout + result.stderr
