@@ -320,6 +320,8 @@ class OrderedPublisher:
     def _forget(self, subject: str, task: asyncio.Task) -> None:
         if self._tails.get(subject) is task:
             del self._tails[subject]
+        if not task.cancelled():
+            task.exception()  # retrieved: a caller that gave up on it (a rebuild) need not look
 
 
 async def ack_errors(futures: list, timeout: float | None) -> list[BaseException | None]:
