@@ -127,17 +127,25 @@ class Publisher:
         rebuilt its state with minutes missing (docs/operations.md "Scale")."""
         publisher = messaging.OrderedPublisher(self.js, self.ack_timeout)
         futures: list[asyncio.Future] = []
-        for start in range(0, len(batch), FLUSH_EVERY):
-            futures += [
-                publisher.publish(
-                    subjects.candle_subject(candle.symbol),
-                    messaging.encode(candle.payload()),
-                    f"{candle.symbol}:{candle.open_time}",
-                )
-                for candle in batch[start : start + FLUSH_EVERY]
-            ]
-            await asyncio.sleep(0)  # the client's flusher writes these out while the rest are queued
         failed_at: int | None = None
+        try:
+            for start in range(0, len(batch), FLUSH_EVERY):
+                for candle in batch[start : start + FLUSH_EVERY]:
+                    futures.append(
+                        await publisher.publish(
+                            subjects.candle_subject(candle.symbol),
+                            messaging.encode(candle.payload()),
+                            f"{candle.symbol}:{candle.open_time}",
+                        )
+                    )
+                await asyncio.sleep(0)  # the client's flusher writes these out while the rest are queued
+        except asyncio.CancelledError:
+            for future in futures:
+                future.cancel()
+            raise
+        except Exception as error:  # e.g. the connection closed: from this candle on, it all goes again
+            self._failed(error)
+            failed_at = len(futures)
         for index, error in enumerate(await messaging.ack_errors(futures, None)):
             if error is not None:
                 self._failed(error)

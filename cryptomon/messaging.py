@@ -291,37 +291,51 @@ class OrderedPublisher:
     leader dies, the messages in flight to it are lost, and the ones sent once a new leader is elected are
     stored. A consumer then receives the subject's later messages before the lost ones are sent again;
     the alert engine, which decides a symbol's bars in order, would skip them (docs/operations.md "Scale").
-    Here a message goes out only once the one before it on its subject is stored (different subjects
-    still go out together), and when one is not stored, none after it on that subject is sent: the
-    caller's retry sends them again in order, and nothing later is in the stream before them.
+    Here a message goes out only once the one before it on its subject is stored, and when one is not
+    stored, none after it on that subject is sent: the caller's retry sends them again in order, and
+    nothing later is in the stream before them.
 
-    `publish` returns a task per message (its PubAck, or the error); a task that is cancelled cancels
-    the rest of its subject's chain too. Give up on a publisher after a failure and start a new one."""
+    Different subjects still go out together: a message whose subject has nothing in flight is sent at
+    once (`publish_async`, no task: a minute's burst of one bar per symbol costs what pipelining did);
+    only one that must wait for its subject's previous message gets a task. Each message's ack is given
+    up on after `timeout` (its future is cancelled, freeing nats-py's pending-ack slot). Give up on a
+    publisher after a failure and start a new one."""
 
     def __init__(self, js: JetStreamContext, timeout: float):
         self.js = js
         self.timeout = timeout
-        self._tails: dict[str, asyncio.Task] = {}
+        self._tails: dict[str, asyncio.Future] = {}
 
-    def publish(self, subject: str, payload: bytes, msg_id: str) -> asyncio.Task:
+    async def publish(self, subject: str, payload: bytes, msg_id: str) -> asyncio.Future:
+        """The future of the message's PubAck (or of why it was not stored)."""
         previous = self._tails.get(subject)
-        task = asyncio.ensure_future(self._send(previous, subject, payload, msg_id))
-        self._tails[subject] = task
-        task.add_done_callback(lambda done: self._forget(subject, done))
-        return task
+        if previous is None or (
+            previous.done() and not previous.cancelled() and previous.exception() is None
+        ):
+            future = await self._send(subject, payload, msg_id)
+            timer = asyncio.get_running_loop().call_later(self.timeout, future.cancel)
+            future.add_done_callback(lambda _: timer.cancel())
+        else:
+            future = asyncio.ensure_future(self._send_after(previous, subject, payload, msg_id))
+        self._tails[subject] = future
+        future.add_done_callback(lambda done: self._forget(subject, done))
+        return future
 
-    async def _send(self, previous: asyncio.Task | None, subject: str, payload: bytes, msg_id: str):
-        if previous is not None:
-            await asyncio.wait([previous])
-            if previous.cancelled() or previous.exception() is not None:
-                raise NotSentAfterFailure(f"not sent: an earlier message on {subject} was not stored")
-        return await self.js.publish(subject, payload, timeout=self.timeout, headers={"Nats-Msg-Id": msg_id})
+    async def _send(self, subject: str, payload: bytes, msg_id: str) -> asyncio.Future:
+        return await self.js.publish_async(subject, payload, headers={"Nats-Msg-Id": msg_id})
 
-    def _forget(self, subject: str, task: asyncio.Task) -> None:
-        if self._tails.get(subject) is task:
+    async def _send_after(self, previous: asyncio.Future, subject: str, payload: bytes, msg_id: str):
+        await asyncio.wait([previous])
+        if previous.cancelled() or previous.exception() is not None:
+            raise NotSentAfterFailure(f"not sent: an earlier message on {subject} was not stored")
+        future = await self._send(subject, payload, msg_id)
+        return await asyncio.wait_for(future, self.timeout)  # cancels the future when it expires
+
+    def _forget(self, subject: str, future: asyncio.Future) -> None:
+        if self._tails.get(subject) is future:
             del self._tails[subject]
-        if not task.cancelled():
-            task.exception()  # retrieved: a caller that gave up on it (a rebuild) need not look
+        if not future.cancelled():
+            future.exception()  # retrieved: a caller that gave up on it (a rebuild) need not look
 
 
 async def ack_errors(futures: list, timeout: float | None) -> list[BaseException | None]:

@@ -387,14 +387,20 @@ class MetricsWorker(Worker):
         leader's death in a cluster lost the bars in flight while later ones were stored, the rebuild took
         the newest stored bar for its watermark, and the lost ones never reached the alert engine
         (docs/operations.md "Scale"). In order, the newest stored bar has every earlier one stored."""
-        futures = [
-            self._publisher.publish(
-                subjects.metrics_subject(bar.symbol),
-                messaging.encode(bar.payload()),
-                f"{bar.symbol}:{bar.open_time}",
-            )
-            for bar in bars
-        ]
+        futures = []
+        try:
+            for bar in bars:
+                futures.append(
+                    await self._publisher.publish(
+                        subjects.metrics_subject(bar.symbol),
+                        messaging.encode(bar.payload()),
+                        f"{bar.symbol}:{bar.open_time}",
+                    )
+                )
+        except asyncio.CancelledError:
+            for future in futures:
+                future.cancel()
+            raise
         self._unconfirmed.update(futures)
         for future in futures:
             future.add_done_callback(self._unconfirmed.discard)

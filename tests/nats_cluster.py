@@ -130,7 +130,11 @@ class NatsCluster:
     async def _ready(self, js, replicas: int | None) -> bool:
         try:
             await js.account_info()
-            if replicas is None:
+            if replicas is None:  # every node has joined: a stream can be placed on all of them
+                await js.add_stream(
+                    name="READY_PROBE", subjects=["ready-probe"], num_replicas=len(self.nodes)
+                )
+                await js.delete_stream("READY_PROBE")
                 return True
             await messaging.ensure_streams(js, replicas=replicas)
             ready = await asyncio.gather(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from nats.js.api import StreamConfig
 
 from cryptomon import embedded, messaging
 from cryptomon.contract import subjects
@@ -97,27 +98,33 @@ async def test_a_client_given_one_node_fails_over_to_the_nodes_the_cluster_tells
 
 async def test_after_a_message_that_was_not_stored_none_later_on_its_subject_is_sent(jetstream):
     """How a stream leader's death must look to the alert engine: a hole, never later bars before it."""
-    nc, js = jetstream
+    _nc, js = jetstream
+    await js.add_stream(StreamConfig(name="SILENT", subjects=["silent.>"], no_ack=True))  # acks never come
+    try:
+        publisher = messaging.OrderedPublisher(js, timeout=0.5)
+        lost = [await publisher.publish("silent.AUSDT", b"{}", f"AUSDT:{n}") for n in range(3)]
+        other = await publisher.publish(subjects.metrics_subject("BUSDT"), b"{}", "BUSDT:0")
+
+        errors = await messaging.ack_errors([*lost, other], None)
+
+        assert isinstance(errors[0], TimeoutError)  # its ack never came
+        assert all(isinstance(error, messaging.NotSentAfterFailure) for error in errors[1:3])
+        assert errors[3] is None  # another subject is not held up
+        assert (await js.stream_info("SILENT")).state.messages == 1  # the later two were never sent
+    finally:
+        await js.delete_stream("SILENT")
+
+
+async def test_a_subjects_messages_are_stored_in_the_order_they_were_published(jetstream):
+    _nc, js = jetstream
     publisher = messaging.OrderedPublisher(js, timeout=10)
-    too_big = b"x" * (nc.max_payload + 1)  # refused before it is sent, as a message lost in flight
-    first = [
-        publisher.publish(subjects.metrics_subject("AUSDT"), payload, f"AUSDT:{n}")
-        for n, payload in enumerate([too_big, b"{}", b"{}"])
+    subject = subjects.metrics_subject("AUSDT")
+    futures = [await publisher.publish(subject, str(n).encode(), f"AUSDT:{n}") for n in range(50)]
+    assert await messaging.ack_errors(futures, None) == [None] * 50
+    stored = [
+        (await js.get_msg(subjects.METRICS_STREAM, ack.seq)).data for ack in await asyncio.gather(*futures)
     ]
-    other = publisher.publish(subjects.metrics_subject("BUSDT"), b"{}", "BUSDT:0")
-
-    errors = await messaging.ack_errors([*first, other], None)
-
-    assert errors[0] is not None
-    assert all(isinstance(error, messaging.NotSentAfterFailure) for error in errors[1:3])
-    assert errors[3] is None
-    stored = (await js.stream_info(subjects.METRICS_STREAM, subjects_filter=subjects.METRICS)).state.subjects
-    assert stored == {subjects.metrics_subject("BUSDT"): 1}
-
-    again = messaging.OrderedPublisher(js, timeout=10)  # the retry, in order
-    retried = [again.publish(subjects.metrics_subject("AUSDT"), b"{}", f"AUSDT:{n}") for n in range(3)]
-    assert await messaging.ack_errors(retried, None) == [None, None, None]
-    assert [ack.seq for ack in await asyncio.gather(*retried)] == [2, 3, 4]
+    assert stored == [str(n).encode() for n in range(50)]
 
 
 def test_a_cluster_url_is_masked_server_by_server():
