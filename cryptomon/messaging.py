@@ -332,10 +332,11 @@ class OrderedPublisher:
         return await asyncio.wait_for(future, self.timeout)  # cancels the future when it expires
 
     def _forget(self, subject: str, future: asyncio.Future) -> None:
-        if self._tails.get(subject) is future:
+        """A subject's last message, once stored, holds nothing up any more; one that was not stays, so
+        that nothing later on its subject is sent by this publisher."""
+        failed = future.cancelled() or future.exception() is not None  # (retrieves the exception)
+        if not failed and self._tails.get(subject) is future:
             del self._tails[subject]
-        if not future.cancelled():
-            future.exception()  # retrieved: a caller that gave up on it (a rebuild) need not look
 
 
 async def ack_errors(futures: list, timeout: float | None) -> list[BaseException | None]:

@@ -165,6 +165,9 @@ def test_killing_the_stream_leader_loses_and_doubles_nothing(system):
         f"consumer redeliveries {figures['redelivered']}; "
         f"worker resumes {system.log_total('unacknowledged messages redelivered')}; "
         f"metrics rebuilds {system.log_total('rebuilding')}; "
+        f"collector publish retries {system.log_count('collector', 'JetStream publish failed')}; "
+        f"pulls answered 503 {system.log_total('JetStream unavailable (503)')}; "
+        f"reconnects {system.log_total('): reconnected')}; "
         f"ack timeouts {_count(system, r'no JetStream ack within')}; "
         f"total {time.monotonic() - started:.0f} s"
     )

@@ -111,6 +111,9 @@ async def test_after_a_message_that_was_not_stored_none_later_on_its_subject_is_
         assert all(isinstance(error, messaging.NotSentAfterFailure) for error in errors[1:3])
         assert errors[3] is None  # another subject is not held up
         assert (await js.stream_info("SILENT")).state.messages == 1  # the later two were never sent
+        late = await publisher.publish("silent.AUSDT", b"{}", "AUSDT:3")  # after the failure was known
+        assert isinstance((await messaging.ack_errors([late], None))[0], messaging.NotSentAfterFailure)
+        assert (await js.stream_info("SILENT")).state.messages == 1
     finally:
         await js.delete_stream("SILENT")
 
