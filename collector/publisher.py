@@ -110,8 +110,16 @@ class Publisher:
                 await self._wakeup.wait()
             batch = [self.queue.popleft() for _ in range(min(self.batch_size, len(self.queue)))]
             self.in_flight = len(batch)
-            failed_at = await self._publish_batch(batch)
-            self.in_flight = 0
+            try:
+                failed_at = await self._publish_batch(batch)
+            except asyncio.CancelledError:
+                # Stopped with a batch in hand (a shutdown): it goes back to the front, so the drain that
+                # follows sends it before the later candles. Dropped, it left a hole in the middle of a
+                # symbol's minutes, behind later ones the drain did send.
+                self.queue.extendleft(reversed(batch))
+                raise
+            finally:
+                self.in_flight = 0
             if failed_at is not None:
                 # Put the failed candle and everything after it back, in order, and try again shortly.
                 self.queue.extendleft(reversed(batch[failed_at:]))

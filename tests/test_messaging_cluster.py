@@ -7,6 +7,7 @@ quick checks of the pieces it stands on: the replica setting, and clients that f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 from nats.js.api import StreamConfig
@@ -164,3 +165,37 @@ def test_check_infra_reaches_a_cluster_through_its_comma_separated_url_and_shows
     assert "✓ NATS" in result.stdout and "✓ stream CANDLES" in result.stdout, result.stdout + result.stderr
     assert all(line.startswith("✓") for line in nats_lines), nats_lines
     assert embedded.credentials(cluster.var_dir)["nats"] not in result.stdout + result.stderr
+
+
+async def test_candles_in_hand_when_the_publisher_stops_go_out_first_when_it_drains(private_nats):
+    """A collector stopping mid-batch (its shutdown) must not leave a hole behind the candles its drain
+    sends: the batch it had in hand goes back to the front of the queue."""
+    from collector.binance import Kline
+    from collector.publisher import Publisher
+    from cryptomon.workers import Stats
+
+    nc, js = await messaging.connect_jetstream("test", private_nats.url, reconnect_time_wait=0.1)
+    try:
+        publisher = Publisher(nc, js, Stats(), batch_size=3, ack_timeout=60)
+        candles = [Kline.filled("AUSDT", minute * 60_000, "1", 0) for minute in range(6)]
+        for candle in candles:
+            await publisher.put(candle)
+        private_nats.stop()  # the first batch's acks never come
+        run = asyncio.create_task(publisher.run())
+        while publisher.in_flight == 0:
+            await asyncio.sleep(0.01)
+        run.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await run
+        assert [candle.open_time for candle in publisher.queue] == [c.open_time for c in candles]
+
+        private_nats.start()
+        drain = asyncio.create_task(publisher.run())
+        assert await publisher.drain(timeout=60)
+        drain.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await drain
+        info = await js.stream_info(subjects.CANDLES_STREAM, subjects_filter=subjects.candle_subject("AUSDT"))
+        assert info.state.subjects == {subjects.candle_subject("AUSDT"): 6}
+    finally:
+        await nc.close()
