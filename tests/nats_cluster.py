@@ -9,7 +9,9 @@ server does (docs/security.md).
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +32,6 @@ class Node:
     config: Path
     log: Path
     state: dict = field(default_factory=dict)
-
-    @property
-    def alive(self) -> bool:
-        return embedded._pid_alive(self.state.get("pid")) and embedded._port_open(self.port)
 
 
 class NatsCluster:
@@ -93,9 +91,6 @@ class NatsCluster:
 
     def kill_node(self, node: Node) -> None:
         """kill -9: the node gets no chance to hand over its leaderships."""
-        import os
-        import signal
-
         pid = node.state.get("pid")
         if embedded._pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
