@@ -151,12 +151,24 @@ class AlertHistoryAdmin(admin.ModelAdmin):
 class DeadLetterAdmin(admin.ModelAdmin):
     """What run_alerts gave up on, for an operator to inspect (each raised an operator alert)."""
 
-    list_display = ["created_at", "kind", "key", "subject", "deliveries", "short_reason"]
-    list_filter = ["kind"]
+    list_display = ["created_at", "kind", "key", "subject", "deliveries", "short_reason", "handled_at"]
+    list_filter = ["kind", ("handled_at", admin.EmptyFieldListFilter)]
     search_fields = ["key", "subject", "reason"]
     date_hierarchy = "created_at"
     ordering = ["-created_at", "-id"]
-    readonly_fields = ["created_at", "kind", "key", "subject", "deliveries", "reason", "payload"]
+    readonly_fields = [
+        "created_at", "kind", "key", "subject", "deliveries", "reason", "payload", "handled_at", "handled_by"
+    ]  # fmt: skip
+    actions = ["mark_handled"]
+
+    @admin.action(description="Mark handled (resolves their operator alerts)", permissions=["handle"])
+    def mark_handled(self, request, queryset) -> None:
+        marked = services.mark_dead_letters_handled(queryset, by=request.user.get_username())
+        self.message_user(request, f"{marked} dead letter(s) marked handled; their operator alerts resolved.")
+
+    def has_handle_permission(self, request) -> bool:
+        """Marking handled is the one change allowed: for staff who may change dead letters."""
+        return request.user.has_perm("alerts.change_deadletter")
 
     @admin.display(description="reason")
     def short_reason(self, obj: DeadLetter) -> str:

@@ -237,6 +237,8 @@ class DeadLetter(models.Model):
     reason = models.TextField()
     deliveries = models.PositiveIntegerField(default=1)
     created_at = models.DateTimeField(auto_now_add=True)
+    handled_at = models.DateTimeField(null=True, blank=True, help_text="when an operator marked it handled")
+    handled_by = models.CharField(max_length=150, blank=True, default="", help_text="who marked it handled")
 
     class Meta:
         db_table = "alert_dead_letters"

@@ -261,6 +261,33 @@ def dead_letter(
     return letter
 
 
+def mark_dead_letters_handled(letters: Iterable[DeadLetter] | Any, by: str) -> int:
+    """An operator has dealt with these dead letters (replayed the payload, fixed the cause, or accepted the
+    loss): record who and when, and after the commit `signals.dead_letters_handled` tells notifications,
+    which resolve their operator alerts. Letters handled before are left as they are. Returns how many
+    were marked now."""
+    ids = [letter.pk for letter in letters]
+    with transaction.atomic(using="default"):
+        pending = list(
+            DeadLetter.objects.select_for_update()
+            .filter(pk__in=ids, handled_at__isnull=True)
+            .values_list("pk", flat=True)
+        )
+        DeadLetter.objects.filter(pk__in=pending).update(handled_at=datetime.now(UTC), handled_by=by[:150])
+
+        def announce() -> None:
+            try:
+                signals.dead_letters_handled.send(sender=DeadLetter, dead_letter_ids=pending)
+            except Exception as error:  # Redis away: the rows say it; the operator alerts stay active
+                logger.warning(
+                    "dead letters %s marked handled; operator alerts not resolved: %s", pending, error
+                )
+
+        if pending:
+            transaction.on_commit(announce, using="default")
+    return len(pending)
+
+
 # --- personal rules (the dashboard's editor; the admin goes through AlertRule.clean) -----------------
 
 _NAME_SLUG = re.compile(r"[^a-z0-9_]+")

@@ -17,3 +17,7 @@ user_settings_changed = Signal()
 # run_alerts stored a dead letter: `dead_letter_id` (int), `summary` (str). Notifications raise an operator
 # alert.
 dead_lettered = Signal()
+
+# An operator marked dead letters handled: `dead_letter_ids` (list[int]). Notifications resolve their operator
+# alerts.
+dead_letters_handled = Signal()

@@ -101,8 +101,10 @@ async def watch_alerts(system: System, arrivals: dict, stop: asyncio.Event) -> N
                 continue
             received = time.time()
             frame = json.loads(raw)
-            if frame.get("type") == "alert":
-                alert = frame["alert"]
+            batch = [frame["alert"]] if frame.get("type") == "alert" else []
+            if frame.get("type") == "alerts":  # several ready at the same moment (§10)
+                batch = frame["alerts"]
+            for alert in batch:
                 arrivals.setdefault(
                     (alert["symbol"], alert["open_time"]), (received, alert["triggered_at"] / 1000)
                 )

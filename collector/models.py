@@ -18,6 +18,10 @@ class Symbol(models.Model):
     last_seen = models.DateTimeField()
     history_start = models.DateTimeField(help_text="start of the current trading history")
     trading = models.BooleanField(default=True)
+    tick_size = models.CharField(
+        max_length=40, blank=True, default="", help_text="PRICE_FILTER tickSize as exchangeInfo spells it"
+    )
+    price_precision = models.PositiveSmallIntegerField(null=True, blank=True)
 
     class Meta:
         db_table = "symbols"

@@ -10,6 +10,23 @@ from collector.models import Symbol
 from cryptomon.contract.times import from_ms, to_ms
 
 
+def price_format(info: dict) -> dict:
+    """The PRICE_FILTER tick size and pricePrecision of an exchangeInfo entry; blank/None when absent or odd."""
+    tick = next(
+        (
+            f.get("tickSize")
+            for f in info.get("filters") or []
+            if isinstance(f, dict) and f.get("filterType") == "PRICE_FILTER"
+        ),
+        "",
+    )
+    precision = info.get("pricePrecision")
+    return {
+        "tick_size": tick if isinstance(tick, str) and len(tick) <= 40 else "",
+        "price_precision": precision if isinstance(precision, int) and 0 <= precision <= 32 else None,
+    }
+
+
 def record_universe(
     listed: dict[str, dict],
     now_ms: int,
@@ -41,6 +58,7 @@ def record_universe(
                 "quote_asset": info.get("quoteAsset", ""),
                 "onboard_date": onboard_dt,
                 "trading": True,
+                **price_format(info),
             }
             if row is None:
                 # Unknown onboard date: the venue's klines themselves tell where history begins.

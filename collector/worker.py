@@ -346,6 +346,7 @@ class Collector(Worker):
             buffered=self.publisher.buffered,
             backfilling=self.sequencer.backfilling(),
             venue_time=now,
+            clock_rate=self.rest.clock.rate,
             rest=rest_state,  # ok | banned | region_blocked (operator alerts)
             banned_until=self.rest.banned_until_ms if rest_state == "banned" else None,
         )

@@ -7,15 +7,29 @@ import sys
 from cryptomon.config import ConfigurationError
 
 # Commands that never touch PostgreSQL, NATS or Redis: starting servers for them would be a surprise.
+# `embedded` inspects and stops the embedded servers itself (docs/operations.md).
 SERVERLESS_COMMANDS = frozenset(
-    {"help", "run_emulator", "version", "--help", "-h", "--version", "makemigrations"}
+    {
+        "help",
+        "run_emulator",
+        "version",
+        "--help",
+        "-h",
+        "--version",
+        "makemigrations",
+        "collectstatic",
+        "embedded",
+    }
 )
+HELP_FLAGS = frozenset({"-h", "--help"})
 
 
 def needs_servers(argv: list[str]) -> bool:
     command = argv[1] if len(argv) > 1 else "help"
     if command in SERVERLESS_COMMANDS:
         return False
+    if any(arg in HELP_FLAGS for arg in argv[2:]):
+        return False  # `<command> --help` prints and exits: no server to start for that
     if command == "backtest":
         # docs/contract.md §9: presets over input files need no server at all.
         args = argv[2:]

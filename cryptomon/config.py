@@ -14,8 +14,19 @@ class ConfigurationError(Exception):
     """A configuration variable is missing or malformed."""
 
 
+# Every variable the settings asked for, in the order asked: the one list of what configures cryptomon.
+# tests/test_compose.py checks that docker-compose.yml sets nothing outside it.
+VARIABLES_READ: dict[str, None] = {}
+
+
+def env_raw(name: str) -> str | None:
+    """The variable's value as set (None when unset); every reader below goes through here."""
+    VARIABLES_READ[name] = None
+    return os.environ.get(name)
+
+
 def env_str(name: str, default: str | None = None) -> str:
-    value = os.environ.get(name)
+    value = env_raw(name)
     if value is None or value == "":
         if default is None:
             raise ConfigurationError(f"{name} is not set")
@@ -24,7 +35,7 @@ def env_str(name: str, default: str | None = None) -> str:
 
 
 def env_bool(name: str, default: bool) -> bool:
-    value = os.environ.get(name, "").strip().lower()
+    value = (env_raw(name) or "").strip().lower()
     if not value:
         return default
     if value in {"1", "true", "yes", "on"}:
@@ -35,7 +46,7 @@ def env_bool(name: str, default: bool) -> bool:
 
 
 def env_int(name: str, default: int, minimum: int | None = None) -> int:
-    value = os.environ.get(name, "").strip()
+    value = (env_raw(name) or "").strip()
     if not value:
         return default
     try:
@@ -48,7 +59,7 @@ def env_int(name: str, default: int, minimum: int | None = None) -> int:
 
 
 def env_float(name: str, default: float, minimum: float | None = None) -> float:
-    value = os.environ.get(name, "").strip()
+    value = (env_raw(name) or "").strip()
     if not value:
         return default
     try:
@@ -61,7 +72,7 @@ def env_float(name: str, default: float, minimum: float | None = None) -> float:
 
 
 def env_list(name: str, default: list[str]) -> list[str]:
-    value = os.environ.get(name, "").strip()
+    value = (env_raw(name) or "").strip()
     if not value:
         return default
     return [item.strip() for item in value.split(",") if item.strip()]

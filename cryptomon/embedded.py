@@ -38,6 +38,8 @@ from urllib.parse import quote, urlsplit
 
 from filelock import FileLock
 
+from cryptomon.config import shown_url
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 SERVER_URL_VARS = ("DATABASE_URL", "NATS_URL", "REDIS_URL")
 DATABASE_NAME = "cryptomon"
@@ -479,15 +481,52 @@ def ensure_servers(var_dir: Path | None = None, *, durable: bool = True) -> tupl
     return urls, started
 
 
-def stop_servers(var_dir: Path | None = None, names: list[str] | None = None) -> None:
-    """Stop the named embedded servers (all when names is None), in reverse start order."""
+def stop_servers(var_dir: Path | None = None, names: list[str] | None = None) -> list[str]:
+    """Stop the named embedded servers (all when names is None), in reverse start order.
+
+    Returns the names of those that were running; entries of servers already gone are just forgotten."""
     var_dir = var_dir or default_var_dir()
+    if not _state_path(var_dir).exists():
+        return []
+    stopped: list[str] = []
     with FileLock(str(var_dir / "embedded.lock"), timeout=120):
         state = _read_state(var_dir)
         for server in reversed(SERVERS):
             if (names is None or server.name in names) and server.name in state:
-                server.stop(state.pop(server.name))
+                previous = state.pop(server.name)
+                if server.alive(previous):
+                    stopped.append(server.name)
+                server.stop(previous)
         _write_private(_state_path(var_dir), json.dumps(state, indent=2))
+    return stopped
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    """What `manage.py embedded status` shows for one server (never its password)."""
+
+    name: str
+    running: bool
+    pid: int | None
+    address: str  # "127.0.0.1:<port>", or PostgreSQL's Unix socket directory
+    url: str  # masked
+
+
+def server_status(var_dir: Path | None = None) -> list[ServerStatus]:
+    """The embedded servers recorded under `var_dir` and whether each still runs (reads, starts nothing)."""
+    state = _read_state(var_dir or default_var_dir())
+    found = []
+    for server in SERVERS:
+        entry = state.get(server.name)
+        if not entry:
+            continue
+        address = f"127.0.0.1:{entry['port']}" if entry.get("port") else entry.get("socket_dir", "")
+        found.append(
+            ServerStatus(
+                server.name, server.alive(entry), entry.get("pid"), address, shown_url(entry.get("url", ""))
+            )
+        )
+    return found
 
 
 def configure_environment(var_dir: Path | None = None, *, durable: bool = True) -> list[str]:

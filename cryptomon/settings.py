@@ -1,8 +1,11 @@
-"""Settings, all from the environment (docs/contract.md §3). See README "Configuration" for every variable."""
+"""Settings, all from the environment (docs/contract.md §3). See README "Configuration" for every variable.
+
+Every variable is read through `cryptomon.config` (never `os.environ` here), which records it in
+`VARIABLES_READ`: the one list of what configures cryptomon, checked against docker-compose.yml.
+"""
 
 from __future__ import annotations
 
-import os
 import secrets
 import warnings
 from datetime import timedelta
@@ -22,7 +25,7 @@ from cryptomon.config import (
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = Path(os.environ.get("CRYPTOMON_VAR_DIR") or BASE_DIR / "var")
+VAR_DIR = Path(env_str("CRYPTOMON_VAR_DIR", "") or BASE_DIR / "var")
 
 
 def _embedded_urls() -> dict[str, str]:
@@ -34,20 +37,20 @@ def _embedded_urls() -> dict[str, str]:
     return {key.strip(): value.strip() for key, value in pairs}
 
 
-_EMBEDDED = {} if os.environ.get("DATABASE_URL") else _embedded_urls()
+_EMBEDDED = {} if env_str("DATABASE_URL", "") else _embedded_urls()
 
 
 def _server_url(name: str) -> str | None:
-    return os.environ.get(name) or _EMBEDDED.get(name)
+    return env_str(name, "") or _EMBEDDED.get(name)
 
 
 DEBUG = env_bool("DEBUG", False)
-EMBEDDED = bool(os.environ.get("CRYPTOMON_EMBEDDED")) or not os.environ.get("DATABASE_URL")
+EMBEDDED = bool(env_str("CRYPTOMON_EMBEDDED", "")) or not env_str("DATABASE_URL", "")
 
 
 def _secret_key() -> str:
-    if os.environ.get("SECRET_KEY"):
-        return os.environ["SECRET_KEY"]
+    if env_str("SECRET_KEY", ""):
+        return env_str("SECRET_KEY")
     if not EMBEDDED:
         raise ConfigurationError("SECRET_KEY is not set (required when DATABASE_URL is configured)")
     # Embedded default only: a random key kept under var/, never in the repository.
@@ -115,7 +118,7 @@ ASGI_APPLICATION = "cryptomon.asgi.application"
 # --- databases (docs/contract.md §3): metadata on "default", candles/metrics/history/outbox on "timeseries"
 _database_url = _server_url("DATABASE_URL")
 if _database_url:
-    _timeseries_url = os.environ.get("TIMESERIES_DATABASE_URL") or _database_url
+    _timeseries_url = env_str("TIMESERIES_DATABASE_URL", "") or _database_url
     DATABASES = {
         "default": database_from_url("DATABASE_URL", _database_url),
         "timeseries": database_from_url("TIMESERIES_DATABASE_URL", _timeseries_url),
@@ -202,7 +205,7 @@ ALERTS_MAX_DELIVERIES = env_int("ALERTS_MAX_DELIVERIES", 5, minimum=1)
 ALERTS_REDELIVERY_DELAY_SECONDS = env_float("ALERTS_REDELIVERY_DELAY_SECONDS", 5.0, minimum=0.0)
 
 # --- notifications (docs/notifications.md). Secrets (keys, tokens) come only from the environment.
-NOTIFICATIONS_KEY = os.environ.get("NOTIFICATIONS_KEY", "")  # Fernet key(s), comma-separated for rotation
+NOTIFICATIONS_KEY = env_str("NOTIFICATIONS_KEY", "")  # Fernet key(s), comma-separated for rotation
 NOTIFICATIONS_GROUP_SECONDS = env_float("NOTIFICATIONS_GROUP_SECONDS", 10.0, minimum=0)
 NOTIFICATIONS_RETRY_BASE_SECONDS = env_float("NOTIFICATIONS_RETRY_BASE_SECONDS", 5.0, minimum=0.001)
 NOTIFICATIONS_RETRY_CAP_SECONDS = env_float("NOTIFICATIONS_RETRY_CAP_SECONDS", 900.0, minimum=0.001)
@@ -239,13 +242,13 @@ NOTIFICATIONS_REQUEUE_INTERVAL_SECONDS = env_float("NOTIFICATIONS_REQUEUE_INTERV
 TELEGRAM_API_URL = check_url(
     "TELEGRAM_API_URL", env_str("TELEGRAM_API_URL", "https://api.telegram.org"), {"http", "https"}
 )
-TELEGRAM_BOT_TOKEN = os.environ.get("TELEGRAM_BOT_TOKEN", "")
-OPERATOR_WEBHOOK_URL = os.environ.get("OPERATOR_WEBHOOK_URL", "")
-OPERATOR_WEBHOOK_SECRET = os.environ.get("OPERATOR_WEBHOOK_SECRET", "")
-OPERATOR_DISCORD_URL = os.environ.get("OPERATOR_DISCORD_URL", "")
-OPERATOR_SLACK_URL = os.environ.get("OPERATOR_SLACK_URL", "")
-OPERATOR_TELEGRAM_CHAT_ID = os.environ.get("OPERATOR_TELEGRAM_CHAT_ID", "")
-OPERATOR_EMAIL = os.environ.get("OPERATOR_EMAIL", "")
+TELEGRAM_BOT_TOKEN = env_str("TELEGRAM_BOT_TOKEN", "")
+OPERATOR_WEBHOOK_URL = env_str("OPERATOR_WEBHOOK_URL", "")
+OPERATOR_WEBHOOK_SECRET = env_str("OPERATOR_WEBHOOK_SECRET", "")
+OPERATOR_DISCORD_URL = env_str("OPERATOR_DISCORD_URL", "")
+OPERATOR_SLACK_URL = env_str("OPERATOR_SLACK_URL", "")
+OPERATOR_TELEGRAM_CHAT_ID = env_str("OPERATOR_TELEGRAM_CHAT_ID", "")
+OPERATOR_EMAIL = env_str("OPERATOR_EMAIL", "")
 # operator watchdog (notifications/watchdog.py): what raises an operator alert, checked by Celery beat
 OPERATOR_CHECK_SECONDS = env_float("OPERATOR_CHECK_SECONDS", 30.0, minimum=1)
 OPERATOR_FEED_STALE_SECONDS = env_float("OPERATOR_FEED_STALE_SECONDS", 120.0, minimum=1)
@@ -255,8 +258,8 @@ OPERATOR_GAP_LOOKBACK_MINUTES = env_int("OPERATOR_GAP_LOOKBACK_MINUTES", 180, mi
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
 EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
 EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
-EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
-EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
 EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
 EMAIL_TIMEOUT = env_float("EMAIL_TIMEOUT", 10.0, minimum=0.1)
@@ -280,6 +283,9 @@ WS_SEND_BUFFER = env_int("WS_SEND_BUFFER", 1000, minimum=1)
 WS_SOCKET_TTL_SECONDS = env_float("WS_SOCKET_TTL_SECONDS", 60.0, minimum=1)
 WS_AUDIENCE_REFRESH_SECONDS = env_float("WS_AUDIENCE_REFRESH_SECONDS", 30.0, minimum=0)
 WS_RESYNC_JITTER_SECONDS = env_float("WS_RESYNC_JITTER_SECONDS", 1.0, minimum=0)
+# Alert frames one web process sends per second at most, over all its sockets (docs/gateway.md): while alerts
+# keep coming, those arriving within sockets/budget seconds (at most 0.25 s) of the last go out together.
+WS_ALERT_FRAMES_PER_SECOND = env_float("WS_ALERT_FRAMES_PER_SECOND", 5000.0, minimum=1)
 GATEWAY_TICK_SECONDS = env_float(
     "GATEWAY_TICK_SECONDS", 1.0, minimum=0.05
 )  # market/status interval; §10: 1 s
@@ -328,6 +334,7 @@ warnings.filterwarnings("ignore", message="No directory at")  # WhiteNoise: STAT
 API_RATE_LIMIT_PER_MINUTE = env_int("API_RATE_LIMIT_PER_MINUTE", 120, minimum=1)
 API_MAX_PAGE_SIZE = env_int("API_MAX_PAGE_SIZE", 500, minimum=1)
 API_MAX_CANDLES = env_int("API_MAX_CANDLES", 5000, minimum=1)
+API_MAX_CHART_BARS = env_int("API_MAX_CHART_BARS", 1000, minimum=1)  # each 1d bar reads 1,440 candles
 ALERTS_MAX_MUTES = env_int("ALERTS_MAX_MUTES", 200, minimum=1)  # per user, muted rules and symbols each
 # The rule editor's backtest preview (docs/security.md): replaying history is CPU-bound, so it is bounded
 # per request (symbols, the newest minutes of each, a wall-clock budget) and per user (previews a minute).
@@ -337,7 +344,7 @@ PREVIEW_MAX_MINUTES = env_int("PREVIEW_MAX_MINUTES", 3000, minimum=1)  # the 50 
 PREVIEW_MAX_SECONDS = env_float("PREVIEW_MAX_SECONDS", 5.0, minimum=0)
 
 # --- /readyz (cryptomon/health.py; docs/security.md): status only unless staff or this bearer token
-READYZ_TOKEN = os.environ.get("READYZ_TOKEN", "")
+READYZ_TOKEN = env_str("READYZ_TOKEN", "")
 READYZ_CACHE_SECONDS = env_float("READYZ_CACHE_SECONDS", 5.0, minimum=0)
 READYZ_RATE_LIMIT_PER_MINUTE = env_int("READYZ_RATE_LIMIT_PER_MINUTE", 120, minimum=1)
 

@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 RATE_KEY = "cryptomon:api:rate:{client}:{minute}"
 DEFAULT_PAGE_SIZE = 100
 DEFAULT_CANDLES = 1000
+DEFAULT_CHART_BARS = 300
 MIN_MS, MAX_MS = 0, 253402300799999  # 9999-12-31
 # ASCII digits only: str.isdigit() accepts "²" and "٣", which int() refuses or reads as another number,
 # and int() refuses more than 4,300 digits. Epoch milliseconds need up to 15 digits.
@@ -142,6 +143,8 @@ def _basic_user(request: HttpRequest):
         username, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
     except (binascii.Error, UnicodeDecodeError):
         username, password = "", ""
+    if "\x00" in username or "\x00" in password:  # no account has one; PostgreSQL text cannot hold it
+        raise ApiError(401, "unauthorized", "wrong user name or password")
     if len(username) > MAX_USERNAME_LENGTH or len(password) > MAX_PASSWORD_LENGTH:
         # Never stored as a failed attempt (the lockout table holds 255 characters) nor hashed (cost).
         raise ApiError(
@@ -290,6 +293,16 @@ def candles(request: HttpRequest, symbol: str) -> dict:
     limit = int_param(request, "limit", DEFAULT_CANDLES, 1, settings.API_MAX_CANDLES)
     _known(symbol)
     return {"symbol": symbol, "candles": selectors.candles(symbol, start, end, limit)}
+
+
+@api_endpoint("interval", "bars", "end")
+def chart(request: HttpRequest, symbol: str) -> dict:
+    """The symbol page's chart: candles of `interval` aggregated on the server, their indicators, alerts."""
+    interval = choice_param(request, "interval", list(selectors.CHART_INTERVALS)) or "1m"
+    bars = int_param(request, "bars", DEFAULT_CHART_BARS, 1, settings.API_MAX_CHART_BARS)
+    end = time_param(request, "end")
+    _known(symbol)
+    return selectors.chart(request.api_user, symbol, interval, bars, end)
 
 
 @api_endpoint("at")

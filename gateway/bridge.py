@@ -16,7 +16,12 @@ It subscribes (core NATS; the streams are created first, docs/contract.md §5) t
 
 Core subscriptions miss what is published while the bus or Redis is away, so after a NATS reconnect or a
 Redis recovery the bridge sends ``resync`` and every socket takes a fresh snapshot: nothing on screen stays
-silently stale. Frames are encoded once here (``frame``) so a thousand sockets do not encode them again.
+silently stale. A Redis restart short enough for redis-py's own retries never raises here, so the bridge also
+watches the server's ``run_id``; after a restart it rewrites the whole market table into Redis and sends
+``resync`` only once the web processes have subscribed again (``PUBSUB NUMSUB`` back to its count before the
+restart, or after ``RESYNC_WAIT_SECONDS``; each web process subscribes once, through its ``gateway.hub``):
+Redis pub/sub keeps nothing for a subscriber that is not there yet. Frames are encoded once here
+(``frame``, ``texts``) so a thousand sockets do not encode them again.
 """
 
 from __future__ import annotations
@@ -43,15 +48,13 @@ MARKET_ROW_MAX_AGE_SECONDS = 3600.0  # rows of symbols silent this long leave th
 STATUS_SUBJECT = subjects.COLLECTOR_STATUS  # the collector's feed heartbeat
 RECENT_ALERT_IDS = 10_000  # a republished alert (same id, e.g. run_alerts restarted) reaches clients once
 ALERTS_PER_MESSAGE = 100  # alerts in one channel-layer message at most
+RESYNC_WAIT_SECONDS = 30.0  # after a Redis restart, resync even if a web process never subscribes again
 
 
 def alerts_message(payloads: list[dict]) -> dict:
-    """One group message for several alerts, each with its socket frame encoded once."""
-    return {
-        "type": "alert.batch",
-        "alerts": payloads,
-        "frames": [_text({"type": "alert", "alert": payload}) for payload in payloads],
-    }
+    """One group message for several alerts, oldest first, each also encoded once (``texts``: the sockets'
+    frames are built from these, never encoded again; ``gateway.hub``)."""
+    return {"type": "alert.batch", "alerts": payloads, "texts": [_text(payload) for payload in payloads]}
 
 
 def market_message(rows: list[dict]) -> dict:
@@ -108,6 +111,10 @@ class MarketTable:
             self.changed.discard(symbol)
         return gone
 
+    def mark_all_changed(self) -> None:
+        """Send every row again (Redis restarted: its copy of the table is gone)."""
+        self.changed.update(self.rows)
+
 
 class Bridge(Worker):
     """One bridge per `run_gateway` process. `run()` until `stop()`; `started` is set once subscribed."""
@@ -135,6 +142,9 @@ class Bridge(Worker):
         self.published_status: dict | None = None
         self.resync_wanted = asyncio.Event()
         self.redis_ok = True
+        self.redis_run_id: str | None = None  # changes when the Redis server restarts
+        self.resync_listeners = 0  # web processes subscribed to `resync` at the last healthy tick
+        self.resync_deadline = 0.0  # monotonic time after which a pending resync goes regardless
         self.nc = None
         self.recent_ids: OrderedDict[str, None] = OrderedDict()
         self.waiting_alerts: list[dict] = []
@@ -240,20 +250,38 @@ class Bridge(Worker):
             return False
         return True
 
+    def _resync_channel(self) -> str | None:
+        """The Redis channel behind the `resync` group (pub/sub layer only; the core layer keeps messages)."""
+        from channels_redis.pubsub import RedisPubSubChannelLayer
+
+        if not isinstance(self.layer, RedisPubSubChannelLayer):
+            return None
+        return self.layer._get_group_channel_name(RESYNC_GROUP)
+
+    def _redis_recovered(self, why: str) -> None:
+        logger.info("gateway: %s; rewriting the market table and asking every client to resync", why)
+        self.market.mark_all_changed()
+        self.resync_deadline = time.monotonic() + RESYNC_WAIT_SECONDS
+        self.resync_wanted.set()
+
     async def tick(self) -> None:
         """Once a second: market deltas, feed status when changed, Redis copies, resync when due."""
         redis = self.redis or feed.redis_client()
         rows = self.market.take_changes()
         gone = self.market.expire()
         status = self.tracker.status()
+        channel = self._resync_channel()
         try:
             async with redis.pipeline(transaction=False) as pipe:
+                pipe.info("server")
+                if channel is not None:
+                    pipe.pubsub_numsub(channel)
                 if rows:
                     pipe.hset(feed.MARKET_KEY, mapping={r["symbol"]: messaging.encode(r) for r in rows})
                 if gone:
                     pipe.hdel(feed.MARKET_KEY, *gone)
                 pipe.set(feed.FEED_KEY, messaging.encode(status), ex=max(1, round(self.status_ttl_seconds)))
-                await asyncio.wait_for(pipe.execute(), timeout=5)
+                results = await asyncio.wait_for(pipe.execute(), timeout=5)
         except Exception as error:
             if self.redis_ok:
                 logger.warning("gateway: Redis unavailable (%s); will resync when it is back", error)
@@ -261,20 +289,35 @@ class Bridge(Worker):
             for row in rows:  # keep them for the next tick
                 self.market.changed.add(row["symbol"])
             return
-        if not self.redis_ok:
-            logger.info("gateway: Redis is back; asking every client to resync")
+        run_id = results[0].get("run_id")
+        listeners = results[1][0][1] if channel is not None else None
+        restarted = self.redis_run_id is not None and run_id != self.redis_run_id
+        self.redis_run_id = run_id
+        if not self.redis_ok or restarted:
             self.redis_ok = True
-            self.resync_wanted.set()
+            self._redis_recovered("Redis restarted" if restarted else "Redis is back")
+            return  # the next tick writes the whole table, then resyncs
         if rows and not await self._group_send(MARKET_GROUP, market_message(rows)):
             return
         if status != self.published_status and await self._group_send(FEED_GROUP, status_message(status)):
             self.published_status = status
-        if self.resync_wanted.is_set() and self.redis_ok:
-            self.resync_wanted.clear()
-            if await self._group_send(RESYNC_GROUP, {"type": "resync.event"}):
-                self.stats.inc("gateway_resyncs_total")
-            else:
-                self.resync_wanted.set()
+        if not self.resync_wanted.is_set():
+            if listeners is not None:
+                self.resync_listeners = listeners
+            return
+        if (
+            listeners is not None
+            and listeners < self.resync_listeners
+            and time.monotonic() < self.resync_deadline
+        ):
+            return  # a web process has not subscribed again yet: a resync now would not reach its sockets
+        self.resync_wanted.clear()
+        if await self._group_send(RESYNC_GROUP, {"type": "resync.event"}):
+            self.stats.inc("gateway_resyncs_total")
+            if listeners is not None:
+                self.resync_listeners = listeners
+        else:
+            self.resync_wanted.set()
 
     async def serve(self) -> None:
         stop = self.stopping

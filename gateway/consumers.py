@@ -35,6 +35,7 @@ import logging
 import math
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -49,8 +50,7 @@ from alerts.selectors import visible_alerts
 from alerts.visibility import AlertAudience
 from cryptomon import messaging
 from cryptomon.workers import in_thread
-from gateway import feed, flow
-from gateway.bridge import ALERTS_GROUP, FEED_GROUP, MARKET_GROUP, RESYNC_GROUP
+from gateway import feed, flow, hub
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,8 @@ MAX_SYMBOL_LENGTH = 64
 MAX_RULE_LENGTH = 120
 SNAPSHOT_SIZE = 100
 SNAPSHOT_HOURS = 24
+MAX_ALERTS_PER_FRAME = 500  # alerts merged into one `alerts` frame at most…
+MAX_MERGED_CHARACTERS = 256 * 1024  # …and no more than this much of them
 
 
 def user_group(user_id: int) -> str:
@@ -272,11 +274,85 @@ def _text(frame: dict) -> str:
     return messaging.encode(frame).decode()
 
 
+class Alerts:
+    """Alerts waiting in a socket's buffer as encoded payloads (``frame`` when shared with other sockets)."""
+
+    __slots__ = ("frame", "texts")
+
+    def __init__(self, texts: list[str], frame: str | None = None):
+        self.texts = texts
+        self.frame = frame
+
+
+class Outbox:
+    """A socket's bounded send buffer (``WS_SEND_BUFFER`` entries), oldest first, plus one market slot.
+
+    Alerts that wait next to each other leave as ONE frame (docs/contract.md §10 `alerts`, oldest first):
+    a socket that is behind catches up in fewer, larger frames instead of falling further behind. Market
+    rows are state, not events: the newest rows replace (or merge into) those not sent yet, and they leave
+    only when nothing else waits, so a client that is behind gets fewer market frames, never a backlog of
+    them, and its alerts never wait behind a 600-row table.
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self.entries: deque[str | Alerts] = deque()
+        self.filled = asyncio.Event()
+        self.market: list[dict] = []  # market messages not sent yet, consecutive, oldest first
+
+    def put(self, entry: str | Alerts) -> bool:
+        """False when the buffer is full (the client is not keeping up)."""
+        if len(self.entries) >= self.size:
+            return False
+        self.entries.append(entry)
+        self.filled.set()
+        return True
+
+    def put_market(self, events: list[dict]) -> None:
+        """Market messages (the hub's, in order): sent as one frame of their rows, the newest per symbol."""
+        self.market.extend(events)
+        self.filled.set()
+
+    async def wait(self) -> None:
+        while not self.entries and not self.market:
+            self.filled.clear()
+            await self.filled.wait()
+
+    def take(self) -> str:
+        """The next frame: the oldest entry (merged with the alerts right behind it), else the market rows."""
+        if not self.entries:
+            events, self.market = self.market, []
+            return hub.market_frame(events)
+        entry = self.entries.popleft()
+        if isinstance(entry, str):
+            return entry
+        if not self.entries or not isinstance(self.entries[0], Alerts):
+            return entry.frame or hub.alerts_frame(entry.texts)
+        texts = list(entry.texts)
+        size = sum(map(len, texts))
+        while self.entries and isinstance(self.entries[0], Alerts):
+            more = self.entries[0].texts
+            grown = size + sum(map(len, more))
+            if len(texts) + len(more) > MAX_ALERTS_PER_FRAME or grown > MAX_MERGED_CHARACTERS:
+                break
+            texts.extend(self.entries.popleft().texts)
+            size = grown
+        return hub.alerts_frame(texts)
+
+    def drop_market(self) -> None:
+        self.market = []
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
 class AlertsConsumer(AsyncWebsocketConsumer):
     """The §10 protocol for one socket. Every outgoing frame goes through a bounded buffer (``outbox``)
     drained by one writer task; when the connection applies back-pressure (``gateway.flow`` under daphne,
     the server's own ``send`` elsewhere) and the buffer fills, the socket is closed with 4008 instead of
-    buffering without bound."""
+    buffering without bound. Broadcasts (alerts, market rows, feed status, resync) come from the process's
+    :class:`gateway.hub.Hub` through the ``take_*`` methods; the per-user group comes on the socket's own
+    channel."""
 
     async def __call__(self, scope, receive, send) -> None:
         try:
@@ -297,23 +373,29 @@ class AlertsConsumer(AsyncWebsocketConsumer):
 
     async def websocket_connect(self, message: dict) -> None:
         self.closed = False
+        self.closing_slow = False
+        self.closer: asyncio.Task | None = None  # not in `tasks`: the cleanup it runs cancels those
         self.user_id: int | None = None
         self.slot_key: str | None = None  # the Redis set this socket holds a slot in, once taken
         self.session_tag: str | None = None
         self.subscribes = TokenBucket(settings.WS_SUBSCRIBE_BURST, settings.WS_SUBSCRIBES_PER_MINUTE)
         self.flow: flow.TransportFlow | None = None
         self.joined: set[str] = set()
+        self.hub: hub.Hub | None = None
         self.tasks: list[asyncio.Task] = []
-        self.outbox: asyncio.Queue[str] = asyncio.Queue(maxsize=settings.WS_SEND_BUFFER)
+        self.outbox = Outbox(settings.WS_SEND_BUFFER)
         self.subscription = Subscription()
         self.snapshot_ids: set[str] = set()
         self.last_status: dict | None = None
         self.market_interval = settings.GATEWAY_TICK_SECONDS
         self.market_sent_at = 0.0
-        self.market_pending: dict[str, dict] = {}
+        self.market_pending: list[dict] = []  # market messages held back by the interval
+        self.market_loading = False
         self.market_flush: asyncio.TimerHandle | None = None
         self.audience = AlertAudience()
         self.audience_loaded_at = 0.0
+        self.audience_refresh: asyncio.Task | None = None
+        self.joined_at = 0.0  # when this socket started receiving broadcasts
 
         user = self.scope.get("user")
         await self.accept()
@@ -341,11 +423,11 @@ class AlertsConsumer(AsyncWebsocketConsumer):
         take_flow = self.scope.get(flow.SCOPE_KEY)
         self.flow = take_flow() if take_flow is not None else None
         self.tasks.append(asyncio.create_task(self._write()))
-        groups = [ALERTS_GROUP, FEED_GROUP, RESYNC_GROUP]
         if self.user_id is not None:
-            groups.append(user_group(self.user_id))
-        for group in groups:
-            await self._join(group)
+            await self._join(user_group(self.user_id))
+        self.hub = hub.hub(self.channel_layer)
+        await self.hub.join(self)
+        self.joined_at = time.monotonic()
         await self._load_audience()
         await self._send_status(await self._read_status())
         await self._send_snapshot()
@@ -362,6 +444,10 @@ class AlertsConsumer(AsyncWebsocketConsumer):
         self.tasks = []
         if self.market_flush is not None:
             self.market_flush.cancel()
+        if self.audience_refresh is not None:
+            self.audience_refresh.cancel()
+        if self.hub is not None:
+            self.hub.leave(self)
         for group in list(self.joined):
             with contextlib.suppress(Exception):
                 await self.channel_layer.group_discard(group, self.channel_name)
@@ -381,11 +467,6 @@ class AlertsConsumer(AsyncWebsocketConsumer):
         await self.channel_layer.group_add(group, self.channel_name)
         self.joined.add(group)
 
-    async def _leave(self, group: str) -> None:
-        if group in self.joined:
-            self.joined.discard(group)
-            await self.channel_layer.group_discard(group, self.channel_name)
-
     async def _heartbeat(self, limit: int) -> None:
         """Keep this socket's slot alive; the entry expires if this process dies."""
         while True:
@@ -400,19 +481,21 @@ class AlertsConsumer(AsyncWebsocketConsumer):
 
     async def _write(self) -> None:
         while True:
-            text = await self.outbox.get()
+            await self.outbox.wait()
             if self.flow is not None:  # daphne: wait while the connection's write buffer is full
                 await self.flow.wait_writable()
-            await self.send(text_data=text)
+            await self.send(text_data=self.outbox.take())
+
+    def _put(self, entry: str | Alerts) -> None:
+        if self.closed or self.closing_slow:
+            return
+        if not self.outbox.put(entry):
+            logger.info("ws: closing a slow client (%d frames waiting)", len(self.outbox))
+            self.closing_slow = True  # queue nothing more; the close runs as a task (hub calls are sync)
+            self.closer = asyncio.get_running_loop().create_task(self._close(CLOSE_SLOW_CLIENT))
 
     async def _enqueue(self, text: str) -> None:
-        if self.closed:
-            return
-        try:
-            self.outbox.put_nowait(text)
-        except asyncio.QueueFull:
-            logger.info("ws: closing a slow client (%d frames waiting)", self.outbox.qsize())
-            await self._close(CLOSE_SLOW_CLIENT)
+        self._put(text)
 
     # --- client → server ---------------------------------------------------------------------------------
 
@@ -468,29 +551,53 @@ class AlertsConsumer(AsyncWebsocketConsumer):
         self.subscription = subscription
         await self._load_audience()
         await self._send_snapshot()
+        if self.hub is not None:
+            self.hub.watch_market(self, subscription.market)
         if subscription.market:
-            await self._join(MARKET_GROUP)
             await self._send_full_market()
         else:
-            await self._leave(MARKET_GROUP)
             self._cancel_market_flush()
             self.market_pending.clear()
+            self.outbox.drop_market()
 
     # --- snapshot, status, market -------------------------------------------------------------------------
 
     async def _load_audience(self) -> None:
         user = self.scope.get("user")
-        self.audience = await in_thread(AlertAudience.for_user, user)
+        if user is None or not user.is_authenticated:
+            self.audience = AlertAudience()  # nothing to read
+        else:
+            self.audience = await in_thread(AlertAudience.for_user, user)
         self.audience_loaded_at = time.monotonic()
 
-    async def _send_snapshot(self) -> None:
+    def _refresh_audience_if_due(self) -> None:
+        """Re-read the settings in the background every WS_AUDIENCE_REFRESH_SECONDS while alerts arrive
+        (changes made through the app arrive at once anyway: `settings_changed`)."""
+        if time.monotonic() - self.audience_loaded_at <= settings.WS_AUDIENCE_REFRESH_SECONDS:
+            return
+        if self.audience_refresh is None or self.audience_refresh.done():
+            self.audience_refresh = asyncio.get_running_loop().create_task(self._load_audience())
+
+    async def _send_snapshot(self, not_before: float | None = None) -> None:
+        """The newest visible alerts. Anonymous viewers all see the same ones: their sockets share a query
+        started after `not_before` (by default, when this socket joined the broadcasts: anything committed
+        earlier and published before that is in it), so a thousand connecting at once cost a few queries."""
         if self.closed:
             return
-        since = round(time.time() * 1000) - SNAPSHOT_HOURS * 3600 * 1000
         sub = self.subscription
-        alerts = await in_thread(visible_alerts, self.audience, sub.symbols, sub.rules, since, SNAPSHOT_SIZE)
+
+        def query() -> tuple[list[dict], str]:
+            since = round(time.time() * 1000) - SNAPSHOT_HOURS * 3600 * 1000
+            alerts = visible_alerts(self.audience, sub.symbols, sub.rules, since, SNAPSHOT_SIZE)
+            return alerts, _text({"type": "snapshot", "alerts": alerts})
+
+        if self.audience.anonymous and self.hub is not None:
+            key = (sub.symbols, sub.rules)
+            alerts, frame = await self.hub.shared(key, not_before or self.joined_at, lambda: in_thread(query))
+        else:
+            alerts, frame = await in_thread(query)
         self.snapshot_ids = {alert["id"] for alert in alerts}
-        await self._enqueue(_text({"type": "snapshot", "alerts": alerts}))
+        await self._enqueue(frame)
 
     async def _read_status(self) -> dict:
         try:
@@ -500,21 +607,31 @@ class AlertsConsumer(AsyncWebsocketConsumer):
             return dict(feed.UNKNOWN_STATUS)
 
     async def _send_status(self, status: dict, frame: str | None = None) -> None:
+        self._put_status(status, frame)
+
+    def _put_status(self, status: dict, frame: str | None = None) -> None:
         if status == self.last_status:
             return
         self.last_status = status
-        await self._enqueue(frame or _text({"type": "status", "feed": status}))
+        self._put(frame or _text({"type": "status", "feed": status}))
 
-    async def _send_full_market(self) -> None:
+    async def _send_full_market(self, not_before: float = 0.0) -> None:
+        """Every row, then (no sooner than a tick later) the rows that changed meanwhile."""
         self._cancel_market_flush()
         self.market_pending.clear()
+        self.outbox.drop_market()  # older than the table about to be read
+        self.market_loading = True  # rows arriving while the table is read wait behind it
         try:
-            rows = await feed.read_market()
+            frame = await self.hub.full_market(not_before) if self.hub is not None else None
         except Exception as error:
             logger.warning("ws: cannot read the market table: %s", error)
-            rows = []
+            frame = None
+        finally:
+            self.market_loading = False
         self.market_sent_at = time.monotonic()
-        await self._enqueue(_text({"type": "market", "rows": rows}))
+        self._put(frame or '{"type":"market","rows":[]}')
+        if self.market_pending and self.market_flush is None:
+            self.market_flush = self._later(self.market_interval, self._flush_market)
 
     def _cancel_market_flush(self) -> None:
         if self.market_flush is not None:
@@ -525,62 +642,79 @@ class AlertsConsumer(AsyncWebsocketConsumer):
         self.market_flush = None
         if not self.market_pending or self.closed or not self.subscription.market:
             return
-        rows = [self.market_pending[symbol] for symbol in sorted(self.market_pending)]
-        self.market_pending.clear()
+        events, self.market_pending = self.market_pending, []
         self.market_sent_at = time.monotonic()
-        await self._enqueue(_text({"type": "market", "rows": rows}))
+        self._put_market(events)
+
+    def _put_market(self, events: list[dict]) -> None:
+        if not self.closed and not self.closing_slow:
+            self.outbox.put_market(events)
 
     def _later(self, delay: float, coroutine: Callable) -> asyncio.TimerHandle:
         loop = asyncio.get_running_loop()
         self.tasks = [task for task in self.tasks if not task.done()]
         return loop.call_later(delay, lambda: self.tasks.append(loop.create_task(coroutine())))
 
-    # --- events from the bridge ---------------------------------------------------------------------------
+    # --- broadcasts, from the process's hub (synchronous: one hub turn serves every socket) --------------
 
-    async def alert_batch(self, event: dict) -> None:
-        """Alerts from the bridge (`alerts_message`): each one this socket subscribed to and may see."""
-        for alert, frame in zip(event["alerts"], event["frames"], strict=True):
-            if self.closed:
-                return
-            if not self.subscription.matches(alert) or alert.get("id") in self.snapshot_ids:
-                continue
-            if time.monotonic() - self.audience_loaded_at > settings.WS_AUDIENCE_REFRESH_SECONDS:
-                await self._load_audience()
-            if self.audience.is_visible(alert):
-                await self._enqueue(frame)
+    def take_alerts(self, batch: hub.AlertBatch) -> None:
+        """The alerts of a batch this socket subscribed to and may see, oldest first."""
+        if self.closed:
+            return
+        self._refresh_audience_if_due()
+        matches, visible = self.subscription.matches, self.audience.is_visible
+        chosen = [
+            n
+            for n, alert in enumerate(batch.alerts)
+            if matches(alert) and alert.get("id") not in self.snapshot_ids and visible(alert)
+        ]
+        if len(chosen) == len(batch.alerts):
+            self._put(Alerts(batch.texts, batch.frame()))
+        elif chosen:
+            self._put(Alerts([batch.texts[n] for n in chosen]))
 
-    async def market_rows(self, event: dict) -> None:
+    def take_market(self, event: dict) -> None:
         if self.closed or not self.subscription.market:
             return
         now = time.monotonic()
-        if not self.market_pending and now - self.market_sent_at >= self.market_interval:
+        if (
+            not self.market_loading
+            and not self.market_pending
+            and now - self.market_sent_at >= self.market_interval
+        ):
             self.market_sent_at = now
-            await self._enqueue(event.get("frame") or _text({"type": "market", "rows": event["rows"]}))
+            self._put(event.get("frame") or _text({"type": "market", "rows": event["rows"]}))
             return
         # Too soon after the last frame (e.g. the full table just went out): merge, send when due.
-        for row in event["rows"]:
-            self.market_pending[row["symbol"]] = row
-        if self.market_flush is None:
+        self.market_pending.append(event)
+        if self.market_flush is None and not self.market_loading:
             delay = max(0.0, self.market_interval - (now - self.market_sent_at))
             self.market_flush = self._later(delay, self._flush_market)
 
-    async def feed_status(self, event: dict) -> None:
+    def take_status(self, event: dict) -> None:
         if not self.closed:
-            await self._send_status(event["feed"], event.get("frame"))
+            self._put_status(event["feed"], event.get("frame"))
 
-    async def resync_event(self, event: dict) -> None:
+    def take_resync(self) -> None:
+        if not self.closed:
+            self.tasks = [task for task in self.tasks if not task.done()]
+            self.tasks.append(asyncio.get_running_loop().create_task(self._resync(time.monotonic())))
+
+    async def _resync(self, since: float) -> None:
         """The bridge lost NATS or Redis for a while: whatever is on screen may be stale."""
-        if self.closed:
-            return
         jitter = settings.WS_RESYNC_JITTER_SECONDS
         if jitter > 0:  # spread the snapshot queries of a thousand sockets
             await asyncio.sleep(random.uniform(0, jitter))
+        if self.closed:
+            return
         await self._load_audience()
         self.last_status = None
         await self._send_status(await self._read_status())
-        await self._send_snapshot()
+        await self._send_snapshot(not_before=since)
         if self.subscription.market:
-            await self._send_full_market()
+            await self._send_full_market(not_before=since)
+
+    # --- the user's own group (this socket's channel) ------------------------------------------------------
 
     async def session_ended(self, event: dict) -> None:
         """The user signed out (this session, or all when `session` is None) or lost their account."""

@@ -17,7 +17,8 @@ from alerts.models import AlertHistory, AlertRule, UserSettings
 from alerts.selectors import visible_alerts_queryset
 from collector.models import Symbol
 from cryptomon.contract.names import INDICATOR_NAMES, TIMEFRAMES, WINDOW_STEMS
-from cryptomon.contract.times import to_ms
+from cryptomon.contract.times import from_ms, to_ms
+from gateway.prices import decimals_of
 from metrics.models import MetricBar, StoredCandle
 
 CANDLE_NUMBERS = (
@@ -168,3 +169,99 @@ def personal_rules(user) -> QuerySet[AlertRule]:
 def personal_rule(user, rule_id: int) -> AlertRule | None:
     """One of the user's own rules; None for another user's or a global rule (never reveal which)."""
     return AlertRule.objects.filter(owner_id=user.pk, pk=rule_id).first()
+
+
+# --- the symbol page's chart -------------------------------------------------------------------------------
+
+CHART_INTERVALS: dict[str, int] = {"1m": 1, "5m": 5, "15m": 15, "1h": 60, "4h": 240, "1d": 1440}  # minutes
+CHART_MARKERS = 500
+
+
+def price_decimals(symbols: list[str] | None = None) -> dict[str, int | None]:
+    """Each symbol's price decimals from its tick size (gateway/prices.py); all known symbols by default."""
+    rows = Symbol.objects.all() if symbols is None else Symbol.objects.filter(symbol__in=symbols)
+    return {
+        symbol: decimals_of(tick, precision)
+        for symbol, tick, precision in rows.values_list("symbol", "tick_size", "price_precision")
+    }
+
+
+def price_format(symbol: str) -> tuple[str, int | None]:
+    """(tick size or "", decimals or None) of one symbol."""
+    info = Symbol.objects.filter(symbol=symbol).values_list("tick_size", "price_precision").first()
+    return (info[0], decimals_of(*info)) if info else ("", None)
+
+
+def chart(viewer, symbol: str, interval: str, bars: int, end: datetime | None = None) -> dict:
+    """The newest `bars` candles of `interval` ending before `end`, aggregated from candles_1m in SQL.
+
+    Buckets are aligned to the epoch in UTC, as Binance's own intervals. Each bucket also carries the
+    docs/contract.md §7 indicators of its last stored final bar (they are indicators of 1-minute closes,
+    sampled at the bucket's close; never recomputed here) and the viewer's visible alerts in the range.
+    """
+    minutes = CHART_INTERVALS[interval]
+    seconds = minutes * 60
+    candles_range = StoredCandle.objects.filter(symbol=symbol)
+    if end is not None:
+        candles_range = candles_range.filter(time__lt=end)
+    newest = candles_range.order_by("-time").values_list("time", flat=True).first()
+    tick_size, decimals = price_format(symbol)
+    result: dict = {
+        "symbol": symbol,
+        "interval": interval,
+        "tick_size": tick_size or None,
+        "price_decimals": decimals,
+        "bars": [],
+        "indicators": [],
+        "alerts": [],
+    }
+    if newest is None:
+        return result
+    last_bucket = int(newest.timestamp()) // seconds * seconds
+    start = from_ms((last_bucket - (bars - 1) * seconds) * 1000)
+    stop = from_ms((last_bucket + seconds) * 1000)
+    bucket = "floor(extract(epoch FROM time) / %s)::bigint * %s"
+    with connections["timeseries"].cursor() as cursor:
+        cursor.execute(
+            f"SELECT {bucket} AS b, (array_agg(open ORDER BY time))[1], max(high), min(low), "
+            "(array_agg(close ORDER BY time DESC))[1], sum(volume), sum(quote_volume), sum(trades) "
+            "FROM candles_1m WHERE symbol = %s AND time >= %s AND time < %s GROUP BY b ORDER BY b",
+            [seconds, seconds, symbol, start, stop],
+        )
+        result["bars"] = [
+            {
+                "open_time": b * 1000,
+                "open": float(o),
+                "high": float(h),
+                "low": float(lo),
+                "close": float(c),
+                "volume": float(v),
+                "quote_volume": float(q),
+                "trades": int(t),
+            }
+            for b, o, h, lo, c, v, q, t in cursor.fetchall()
+        ]
+        cursor.execute(
+            f"SELECT DISTINCT ON (b) {bucket} AS b, {', '.join(INDICATOR_NAMES)} FROM metrics_calculated "
+            "WHERE symbol = %s AND timeframe = %s AND time >= %s AND time < %s ORDER BY b, time DESC",
+            [seconds, seconds, symbol, TIMEFRAMES[0], start, stop],
+        )
+        result["indicators"] = [
+            {"open_time": row[0] * 1000, **dict(zip(INDICATOR_NAMES, row[1:], strict=True))}
+            for row in cursor.fetchall()
+        ]
+    alerts = filtered_alerts(viewer, AlertFilters(symbol=symbol, since=start, until=stop))
+    result["alerts"] = [
+        {
+            "open_time": to_ms(time),
+            "rule": rule,
+            "rule_name": name,
+            "direction": direction,
+            "severity": severity,
+            "late": late,
+        }
+        for time, rule, name, direction, severity, late in alerts.values_list(
+            "time", "rule", "rule_name", "direction", "severity", "late"
+        )[:CHART_MARKERS]
+    ]
+    return result

@@ -24,5 +24,6 @@ urlpatterns = [
     path("api/alerts", api.alerts, name="api_alerts"),
     path("api/candles/<str:symbol>", api.candles, name="api_candles"),
     path("api/metrics/<str:symbol>", api.metrics, name="api_metrics"),
+    path("api/chart/<str:symbol>", api.chart, name="api_chart"),
     re_path(r"^api/", api.not_found),
 ]

@@ -99,7 +99,8 @@ def _page_context(request: HttpRequest, page: str, **extra) -> dict:
 @dashboard_page
 def live(request: HttpRequest) -> HttpResponse:
     """Live alert feed, market table and feed status; everything after the first paint comes over §10."""
-    return render(request, "gateway/live.html", _page_context(request, "live"))
+    context = _page_context(request, "live", price_decimals=selectors.price_decimals())
+    return render(request, "gateway/live.html", context)
 
 
 @dashboard_page
@@ -107,6 +108,7 @@ def symbol_page(request: HttpRequest, symbol: str) -> HttpResponse:
     if not selectors.symbol_exists(symbol):
         raise Http404(f"unknown symbol {symbol!r}")
     latest = selectors.latest_metrics(symbol)
+    tick_size, decimals = selectors.price_format(symbol)
     alerts = list(
         selectors.filtered_alerts(request.user, selectors.AlertFilters(symbol=symbol))[:SYMBOL_PAGE_ALERTS]
     )
@@ -119,10 +121,10 @@ def symbol_page(request: HttpRequest, symbol: str) -> HttpResponse:
             (timeframe, (latest or {}).get("timeframes", {}).get(timeframe, {})) for timeframe in TIMEFRAMES
         ],
         alerts=alerts,
-        alerts_markers=[
-            {"open_time": a.open_time, "direction": a.direction, "rule_name": a.rule_name, "late": a.late}
-            for a in alerts
-        ],
+        decimals=decimals,
+        tick_size=tick_size,
+        price_decimals={symbol: decimals},
+        chart_intervals=list(selectors.CHART_INTERVALS),
     )
     return render(request, "gateway/symbol.html", context)
 
@@ -152,7 +154,10 @@ def history(request: HttpRequest) -> HttpResponse:
     page = Paginator(queryset, HISTORY_PAGE_SIZE).get_page(raw_page)
     query = request.GET.copy()
     query.pop("page", None)
-    context = _page_context(request, "history", form=form, page_obj=page, query=query.urlencode())
+    decimals = selectors.price_decimals(sorted({alert.symbol for alert in page.object_list}))
+    context = _page_context(
+        request, "history", form=form, page_obj=page, query=query.urlencode(), decimals=decimals
+    )
     return render(request, "gateway/history.html", context)
 
 

@@ -80,6 +80,16 @@ def on_dead_letter(sender, *, dead_letter_id: int, summary: str, **kwargs) -> No
     )
 
 
+def on_dead_letters_handled(sender, *, dead_letter_ids: list[int], **kwargs) -> None:
+    """Receiver of `alerts.signals.dead_letters_handled`: an operator dealt with them, so their operator
+    alerts are resolved."""
+    for dead_letter_id in dead_letter_ids:
+        resolve_operator_alert(
+            f"alerts_dead_letter_{dead_letter_id}",
+            f"dead letter #{dead_letter_id} marked handled in the admin",
+        )
+
+
 def active_operator_alerts() -> dict[str, dict]:
     """Active operator alerts by key: {message, since} (for health pages)."""
     return {key.decode(): json.loads(value) for key, value in redis_client().hgetall(ACTIVE_KEY).items()}

@@ -423,12 +423,31 @@ class TestResult:
 
 
 def send_test(channel: NotificationChannel) -> TestResult:
-    """Send a test message now and report success or the exact failure (the admin's action)."""
+    """Send a test message now and report success or the exact failure (the admin's action).
+
+    A test is a send like any other, so it takes the channel's claim: refused while a flush's send to the
+    channel is in flight (or being claimed), and while the test is out, the channel's claims wait for it
+    (at most the one HTTP deadline), so an endpoint never has two sends from us at once."""
+    with connections[TS].cursor() as cursor:  # the lock `_claim` takes, held for the whole send
+        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [CLAIM_LOCK, channel.pk])
+        if not cursor.fetchone()[0]:
+            return TestResult(False, "a send to this channel is being claimed right now; try again")
     try:
-        deliver(channel.kind, _config_of(channel), grouping.test_message(str(channel)))
-    except DeliveryError as error:
-        _note_error(channel, f"test: {error}")
-        return TestResult(False, str(error))
+        in_flight = Delivery.objects.filter(
+            channel_id=channel.pk,
+            status=Delivery.Status.SENDING,
+            claimed_at__gte=_now() - timedelta(seconds=claim_lease_seconds()),
+        )
+        if in_flight.exists():
+            return TestResult(False, "a send to this channel is in flight; try again once it is done")
+        try:
+            deliver(channel.kind, _config_of(channel), grouping.test_message(str(channel)))
+        except DeliveryError as error:
+            _note_error(channel, f"test: {error}")
+            return TestResult(False, str(error))
+    finally:
+        with connections[TS].cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [CLAIM_LOCK, channel.pk])
     NotificationChannel.objects.filter(pk=channel.pk).update(last_success_at=_now())
     return TestResult(True, f"test message sent to {channel.masked}")
 

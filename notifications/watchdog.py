@@ -4,10 +4,12 @@ Celery beat runs `check_operator_conditions` (notifications/tasks.py) every OPER
 `check()`.
 Each condition has a function returning its current state as a `Condition` (tests call them directly):
 
-- `feed_stale`: a collector heartbeat (`collector.status`, core NATS, every 5 s) says `stale` or lags the
-  venue by more than OPERATOR_FEED_STALE_SECONDS, no heartbeat was heard for that long (per shard, memory in
-  Redis, since a task cannot hold a subscription), or the newest `candles_1m` row is older than that plus
-  one minute while symbols are TRADING (the storage side of the feed).
+- `feed_stale`: a collector heartbeat (`collector.status`, core NATS, every 5 s) shows its next candle
+  overdue, or its lag, by more than OPERATOR_FEED_STALE_SECONDS, no heartbeat was heard for that long (per
+  shard, memory in Redis, since a task cannot hold a subscription), or the newest `candles_1m` row closed
+  more than that long ago while symbols are TRADING and no candle is on its way to storage (the storage
+  side of the feed; a backlog is `consumer_lag`'s). Venue durations are turned into wall seconds with the heartbeat's `clock_rate` first: the
+  limit is an operator's patience, and an accelerated emulator's minutes are not minutes of it.
 - `consumer_lag:<STREAM>/<consumer>`: the oldest message a durable consumer has not acknowledged is older
   than OPERATOR_CONSUMER_LAG_SECONDS.
 - `rest_banned` / `rest_region_blocked`: the heartbeat's `rest` field (HTTP 418 / 451 from Binance).
@@ -50,6 +52,7 @@ GAPS_FORCED = "gaps_forced"
 CONSUMER_LAG_PREFIX = "consumer_lag:"
 HEARD_KEY = "cryptomon:watchdog:heartbeats"  # hash: collector shard "k/N" -> wall ms last heard
 SILENT_KEY = "cryptomon:watchdog:silent_since"  # wall ms since which no shard was ever heard
+NO_CANDLE_KEY = "cryptomon:watchdog:no_candle_since"  # hash: shard -> wall ms since it publishes nothing
 MAX_NAMED = 10  # symbols or shards named in one message
 
 
@@ -201,20 +204,15 @@ async def observe(wait_seconds: float | None = None) -> Observation:
 # --- the conditions -------------------------------------------------------------------------------------
 
 
-def feed_stale(heartbeats: dict[str, dict], nats_error: str | None = None) -> Condition:
-    """The feed is stale: a shard says so or lags, a shard (or every shard) went silent, or storage is behind."""
+def feed_stale(
+    heartbeats: dict[str, dict], nats_error: str | None = None, lags: list[ConsumerLag] | None = None
+) -> Condition:
+    """The feed is stale: a shard's next candle or its lag is overdue, a shard (or every shard) went silent,
+    or storage is behind with no candle on its way to it. Judged on the clock the feed runs on (see
+    `_wall_seconds`)."""
     limit_ms = settings.OPERATOR_FEED_STALE_SECONDS * 1000
     wall = int(time.time() * 1000)
-    problems: list[str] = []
-    for shard, beat in sorted(heartbeats.items()):
-        if beat.get("stale") is True:
-            problems.append(
-                f"collector shard {shard} reports the feed stale (newest candle {_utc(beat.get('last_open_time'))}, "
-                f"{beat.get('symbols_live')} of {beat.get('symbols')} symbols live)"
-            )
-        lag = beat.get("lag_ms")
-        if isinstance(lag, int | float) and lag > limit_ms:
-            problems.append(f"collector shard {shard} receives candles {lag / 1000:.0f} s behind the venue")
+    problems = _published_problems(heartbeats, wall)
     heard = _remember_heartbeats(heartbeats, wall)
     silent = [
         f"{shard} for {(wall - at) / 1000:.0f} s"
@@ -236,10 +234,82 @@ def feed_stale(heartbeats: dict[str, dict], nats_error: str | None = None) -> Co
             problems.append(
                 f"no collector heartbeat on collector.status for {(wall - since) / 1000:.0f} s{reason}"
             )
-    stored = stored_feed_problem(_reference_ms(heartbeats, wall))
-    if stored:
-        problems.append(stored)
+    if not _candles_in_flight(heartbeats, lags):
+        stored = stored_feed_problem(_reference_ms(heartbeats, wall), _feed_rate(heartbeats))
+        if stored:
+            problems.append(stored)
     return Condition(FEED_STALE, "; ".join(problems) or None)
+
+
+def _candles_in_flight(heartbeats: dict[str, dict], lags: list[ConsumerLag] | None) -> bool:
+    """Candles are on their way to storage: a collector buffers or backfills them, or they wait in CANDLES.
+
+    Storage behind then is a backlog being worked through (after a start, an outage, a slow worker), which
+    `consumer_lag` reports if it does not drain; the feed itself is not stale. A stuck collector shows
+    in its heartbeat (next candle overdue) or its silence."""
+    if any(beat.get("buffered") or beat.get("backfilling") for beat in heartbeats.values()):
+        return True
+    return any(lag.stream == "CANDLES" and lag.pending for lag in lags or ())
+
+
+def _clock_rate(beat: dict) -> float:
+    rate = beat.get("clock_rate")
+    return float(rate) if isinstance(rate, int | float) and rate > 0 else 1.0
+
+
+def _feed_rate(heartbeats: dict[str, dict]) -> float:
+    """The venue clock's rate the collectors report (1 against Binance; the emulator's speed in a demo)."""
+    return max((_clock_rate(beat) for beat in heartbeats.values()), default=1.0)
+
+
+def _wall_seconds(venue_ms: float, rate: float) -> float:
+    """A venue duration as wall seconds, the unit of OPERATOR_FEED_STALE_SECONDS.
+
+    At emulator speed 10 a venue minute passes in 6 s: compared as they are, venue durations would make a
+    12 s hiccup during warm-up look like two minutes of silence."""
+    return venue_ms / rate / 1000
+
+
+def _published_problems(heartbeats: dict[str, dict], wall: int) -> list[str]:
+    """Each shard's newest published candle and lag against the limit, in wall seconds.
+
+    The collector's own `stale` flag counts three venue minutes, 18 s at speed 10, so it is not used when the
+    heartbeat carries the times to judge by. During a backfill (warm-up, a repair) the newest candle is an
+    old one on purpose: a backfill that does not move shows as REST trouble, lag, or storage not catching
+    up. A shard that has published nothing since it started is stale only once that has lasted the limit
+    (`NO_CANDLE_KEY` remembers since when)."""
+    limit = settings.OPERATOR_FEED_STALE_SECONDS
+    client = redis_client()
+    problems = []
+    for shard, beat in sorted(heartbeats.items()):
+        rate = _clock_rate(beat)
+        last_open, venue = beat.get("last_open_time"), beat.get("venue_time")
+        live = f"{beat.get('symbols_live')} of {beat.get('symbols')} symbols live"
+        if isinstance(last_open, int) and isinstance(venue, int):
+            client.hdel(NO_CANDLE_KEY, shard)
+            # The minute after the newest one closes two minutes after that one opened: due then.
+            overdue = _wall_seconds(venue - last_open - 2 * MINUTE_MS, rate)
+            # While backfilling, the newest candle published is a historical one: not a measure of the feed.
+            if overdue > limit and not beat.get("backfilling"):
+                problems.append(
+                    f"collector shard {shard}'s next candle is {overdue:.0f} s overdue (newest candle "
+                    f"{_utc(last_open)}, {live})"
+                )
+        elif last_open is None and beat.get("stale") is True:
+            client.hsetnx(NO_CANDLE_KEY, shard, wall)
+            waited = (wall - int(client.hget(NO_CANDLE_KEY, shard) or wall)) / 1000
+            if waited > limit:
+                problems.append(f"collector shard {shard} published no candle in {waited:.0f} s ({live})")
+        elif beat.get("stale") is True:  # a heartbeat without venue_time: its own verdict is all there is
+            problems.append(
+                f"collector shard {shard} reports the feed stale (newest candle {_utc(last_open)}, {live})"
+            )
+        lag = beat.get("lag_ms")
+        if isinstance(lag, int | float) and _wall_seconds(lag, rate) > limit:
+            problems.append(
+                f"collector shard {shard} receives candles {_wall_seconds(lag, rate):.0f} s behind the venue"
+            )
+    return problems
 
 
 def _remember_heartbeats(heartbeats: dict[str, dict], wall: int) -> dict[str, int]:
@@ -263,8 +333,9 @@ def _reference_ms(heartbeats: dict[str, dict], wall: int) -> int:
     return max(times) if times else wall
 
 
-def stored_feed_problem(now_ms: int) -> str | None:
-    """The newest `candles_1m` row is too old while symbols are TRADING (None when fine or nothing stored)."""
+def stored_feed_problem(now_ms: int, rate: float = 1.0) -> str | None:
+    """The newest `candles_1m` row closed too long ago while symbols are TRADING (None when fine or nothing
+    stored). `now_ms` is venue time, `rate` its clock's rate (the limit is in wall seconds)."""
     from collector.models import Symbol
     from metrics.models import StoredCandle
 
@@ -275,11 +346,13 @@ def stored_feed_problem(now_ms: int) -> str | None:
     if newest is None:
         return None
     newest_ms = int(newest.timestamp() * 1000)
-    behind = now_ms - newest_ms - MINUTE_MS  # how long ago that minute closed
-    if behind <= settings.OPERATOR_FEED_STALE_SECONDS * 1000:
+    behind = now_ms - newest_ms - MINUTE_MS  # how long ago that minute closed, in venue time
+    seconds = _wall_seconds(behind, rate)
+    if seconds <= settings.OPERATOR_FEED_STALE_SECONDS:
         return None
+    venue = f" ({behind / 1000:.0f} s of venue time at speed {rate:g})" if rate != 1 else ""
     return (
-        f"newest candle in candles_1m opened at {_utc(newest_ms)}, closed {behind / 1000:.0f} s ago, "
+        f"newest candle in candles_1m opened at {_utc(newest_ms)}, closed {seconds:.0f} s ago{venue}, "
         f"while {trading} symbols are TRADING"
     )
 
@@ -402,7 +475,7 @@ def conditions(observation: Observation) -> list[Condition]:
     """Every condition's current state from one observation of the bus (and the database)."""
     beats = observation.heartbeats
     return [
-        feed_stale(beats, observation.nats_error),
+        feed_stale(beats, observation.nats_error, observation.lags),
         *consumer_lag(observation.lags),
         rest_banned(beats),
         rest_region_blocked(beats),

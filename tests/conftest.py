@@ -81,6 +81,35 @@ def private_nats(tmp_path):
     server.stop()
 
 
+class PrivateValkey:
+    """A Valkey server of the test's own, which the test may restart on the same port (it keeps nothing)."""
+
+    def __init__(self, var_dir: Path):
+        self.var_dir = var_dir
+        self.server = embedded._Valkey("valkey", "REDIS_URL")
+        self.state: dict = {}
+        self.port: int | None = None
+
+    @property
+    def url(self) -> str:
+        return self.state["url"]
+
+    def start(self) -> None:
+        self.state = self.server.start(self.var_dir, durable=False, port=self.port)
+        self.port = self.state["port"]
+
+    def stop(self) -> None:
+        self.server.stop(self.state)
+
+
+@pytest.fixture
+def private_valkey(tmp_path):
+    server = PrivateValkey(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
 def run_manage(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run `python manage.py ...` as a separate process, the way an operator would."""
     return subprocess.run(

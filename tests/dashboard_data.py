@@ -13,8 +13,9 @@ from metrics.models import MetricBar, StoredCandle
 NOW = datetime.now(UTC).replace(second=0, microsecond=0)
 
 
-def symbol(name: str, trading: bool = True) -> Symbol:
+def symbol(name: str, trading: bool = True, tick_size: str = "") -> Symbol:
     return Symbol.objects.create(
+        tick_size=tick_size,
         symbol=name,
         status="TRADING" if trading else "SETTLING",
         contract_type="PERPETUAL",
@@ -27,20 +28,24 @@ def symbol(name: str, trading: bool = True) -> Symbol:
     )
 
 
-def candles(name: str, minutes: int, end: datetime = NOW, start_price: float = 100.0) -> list[StoredCandle]:
-    """`minutes` closed 1-minute candles ending before `end`, rising by 0.1 each minute."""
+def candles(
+    name: str, minutes: int, end: datetime = NOW, start_price: float = 100.0, step: float = 0.1
+) -> list[StoredCandle]:
+    """`minutes` closed 1-minute candles ending before `end`, rising by `step` each minute (high +2 steps,
+    low −1 step, close +1 step)."""
     rows = []
+    tick = Decimal(str(step))
     for i in range(minutes):
         time = end - timedelta(minutes=minutes - i)
-        price = Decimal(str(round(start_price + i * 0.1, 8)))
+        price = Decimal(str(round(start_price + i * step, 8)))
         rows.append(
             StoredCandle(
                 symbol=name,
                 time=time,
                 open=price,
-                high=price + Decimal("0.2"),
-                low=price - Decimal("0.1"),
-                close=price + Decimal("0.1"),
+                high=price + 2 * tick,
+                low=price - tick,
+                close=price + tick,
                 volume=Decimal("10"),
                 quote_volume=Decimal("1000.5"),
                 trades=7,
@@ -53,7 +58,13 @@ def candles(name: str, minutes: int, end: datetime = NOW, start_price: float = 1
     return StoredCandle.objects.bulk_create(rows)
 
 
-def metrics(name: str, time: datetime, change_1h: float | None = 1.5, price: float = 101.0) -> None:
+def metrics(
+    name: str,
+    time: datetime,
+    change_1h: float | None = 1.5,
+    price: float = 101.0,
+    ohlc: tuple[float, float, float] = (100.0, 102.0, 99.0),
+) -> None:
     """One final bar of every timeframe; 4h has no row (unknown), the rest carry made-up values."""
     for timeframe in TIMEFRAMES:
         if timeframe == "4h":
@@ -62,9 +73,9 @@ def metrics(name: str, time: datetime, change_1h: float | None = 1.5, price: flo
             symbol=name,
             timeframe=timeframe,
             time=time,
-            open=100.0,
-            high=102.0,
-            low=99.0,
+            open=ohlc[0],
+            high=ohlc[1],
+            low=ohlc[2],
             change=change_1h if timeframe == "1h" else 0.5,
             volume=2_500_000.0 if timeframe == "1d" else 50_000.0,
             volume_ratio=None,
@@ -90,6 +101,7 @@ def alert(
     direction: str = "bull",
     late: bool = False,
     volume_1d: float | None = 5e6,
+    price: float = 101.25,
 ) -> AlertHistory:
     return AlertHistory.objects.create(
         rule=rule,
@@ -99,7 +111,7 @@ def alert(
         symbol=name,
         time=NOW - timedelta(minutes=minutes_ago),
         triggered_at=NOW - timedelta(minutes=minutes_ago) + timedelta(seconds=61),
-        price=101.25,
+        price=price,
         description=f"{rule} description",
         metrics={"change_1h": 1.5, "volume_1d": volume_1d},
         owner_id=owner,

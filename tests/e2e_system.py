@@ -368,5 +368,6 @@ class FeedClient:
 
     def alerts(self) -> list[dict]:
         live = [frame["alert"] for frame in self.of_type("alert")]
+        live += [alert for frame in self.of_type("alerts") for alert in frame["alerts"]]  # §10: oldest first
         snapshotted = [alert for frame in self.of_type("snapshot") for alert in frame["alerts"]]
         return live + snapshotted

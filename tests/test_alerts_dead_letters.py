@@ -183,3 +183,25 @@ async def test_a_hostile_users_fifty_worst_case_rules_neither_stop_nor_drop_glob
     assert await dead_letters() == []
     stream = await js.stream_info(subjects.ALERTS_STREAM)
     assert stream.state.messages == len(expected_global) + len(personal)
+
+
+def test_marking_a_dead_letter_handled_in_the_admin_resolves_its_operator_alert(admin_client, rules):
+    first = services.dead_letter("alert", "a:BTCUSDT:1", "alerts.triggered.BTCUSDT", b"{}", "too big")
+    second = services.dead_letter("alert", "b:BTCUSDT:1", "alerts.triggered.BTCUSDT", b"{}", "too big")
+    assert {f"alerts_dead_letter_{first.pk}", f"alerts_dead_letter_{second.pk}"} <= set(
+        active_operator_alerts()
+    )
+    response = admin_client.post(
+        "/admin/alerts/deadletter/", {"action": "mark_handled", "_selected_action": [first.pk]}, follow=True
+    )
+    assert "1 dead letter(s) marked handled" in response.content.decode()
+    active = active_operator_alerts()
+    assert f"alerts_dead_letter_{first.pk}" not in active  # resolved
+    assert f"alerts_dead_letter_{second.pk}" in active  # not this one: still waiting for the operator
+    first.refresh_from_db()
+    assert first.handled_at is not None and first.handled_by == "admin"
+    assert services.mark_dead_letters_handled([first], by="someone else") == 0  # handled once
+    first.refresh_from_db()
+    assert first.handled_by == "admin"
+    listing = admin_client.get("/admin/alerts/deadletter/?handled_at__isnull=True").content.decode()
+    assert "b:BTCUSDT:1" in listing and "a:BTCUSDT:1" not in listing

@@ -46,7 +46,8 @@ def test_the_three_nats_nodes_route_to_each_other_with_their_own_names_and_store
             re.sub(r"^nats://([^:]+):6222$", r"\1", url) for url in flag(command, "--routes").split(",")
         }
         assert routes == set(NODES), f"{node} routes to {routes}"
-        assert flag(command, "--cluster_name") == "cryptomon" and "-js" in command
+        assert flag(command, "--cluster_name") == "cryptomon" and "--jetstream" in command
+        assert command[0] == merged("nats")["command"][0] == "nats-server"  # as docker-compose.yml runs it
         stores.add(str(merged(node).get("volumes")))
         assert "ports" not in CLUSTER["services"][node], "the route port must not be published"
     assert len(names) == 3 and len(stores) == 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from datetime import timedelta
 from urllib.parse import quote
 
@@ -93,7 +94,7 @@ def test_symbol_page_shows_metrics_of_every_timeframe_and_its_alerts(world):
     assert "61.25" in page  # rsi_14
     assert "Pioneer Bull" in page and "Top Hunter" in page and ">late<" in page
     assert "Secret Plan" not in page
-    assert 'data-candles-url="/api/candles/BTCUSDT"' in page
+    assert 'data-chart-url="/api/chart/BTCUSDT"' in page
     assert "lightweight-charts.standalone.production.js" in page
 
 
@@ -103,7 +104,7 @@ def test_symbol_page_of_a_non_ascii_symbol_by_its_encoded_url(world):
     assert response.status_code == 200
     page = response.content.decode()
     assert "币安人生USDT" in page and "No stored metrics yet." in page
-    assert f"/api/candles/{quote('币安人生USDT')}" in page
+    assert f"/api/chart/{quote('币安人生USDT')}" in page
 
 
 def test_unknown_symbol_page_is_404(world):
@@ -205,3 +206,33 @@ def test_operators_see_the_symbols_in_the_admin_read_only(world):
     change = client.get(f"/admin/collector/symbol/{quote('BTCUSDT')}/change/")
     assert change.status_code == 200 and b'name="status"' not in change.content  # nothing to edit
     assert client.get("/admin/collector/symbol/add/").status_code == 403
+
+
+def _resources(page: str) -> set[str]:
+    """What a browser fetches by itself on loading a page: stylesheets, icons, scripts, images."""
+    tags = re.findall(r"<(?:link|script|img)\b[^>]*>", page)
+    return {url for tag in tags for url in re.findall(r'\b(?:href|src)="(/[^"]*)"', tag)}
+
+
+@pytest.mark.parametrize(
+    "path", ["/", "/symbols/BTCUSDT/", "/history/", "/settings/", "/settings/rules/new", "/login/"]
+)
+def test_every_resource_a_page_loads_answers_200_including_its_icon(world, path):
+    _, _, client = world
+    if path == "/login/":
+        client = Client()
+    response = client.get(path)
+    assert response.status_code == 200
+    resources = _resources(response.content.decode())
+    assert "/static/favicon.svg" in resources
+    for url in sorted(resources):
+        assert client.get(url).status_code == 200, url
+
+
+def test_the_browsers_default_favicon_address_leads_to_the_icon(world):
+    """Pages that link no icon (the admin's) make browsers ask for /favicon.ico."""
+    response = Client().get("/favicon.ico", follow=True)
+    assert response.status_code == 200
+    assert response.redirect_chain[-1][0] == "/static/favicon.svg"
+    body = b"".join(response.streaming_content) if response.streaming else response.content
+    assert body.startswith(b"<svg")

@@ -18,7 +18,7 @@ from collector.models import Symbol
 from cryptomon import embedded, messaging
 from cryptomon.routers import TimeseriesRouter
 from metrics.models import MetricBar, StoredCandle
-from tests.conftest import ROOT, run_manage
+from tests.conftest import run_manage
 from tests.contract_docs import kline_presets
 
 BOTH = ["default", "timeseries"]
@@ -265,24 +265,3 @@ def test_readyz_reports_every_dependency_to_staff(client, django_user_model):
     response = client.get("/readyz")
     assert response.status_code == 200, response.content
     assert {"time-series database", "metadata database", "NATS", "Redis"} <= set(response.json()["checks"])
-
-
-def test_compose_runs_only_commands_that_exist():
-    import yaml
-    from django.core.management import get_commands
-
-    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    services = compose["services"]
-    for required in ("timescaledb", "metadata-db", "nats", "redis", "web"):
-        assert required in services
-        assert "healthcheck" in services[required] or required == "web"
-    commands = get_commands()
-    for name, service in services.items():
-        command = service.get("command")
-        if isinstance(command, list):
-            command = " ".join(command)
-        if command and "manage.py" in command:
-            management = command.split("manage.py", 1)[1].split()[0]
-            assert management in commands, f"service {name} runs unknown command {management}"
-        if command and command.startswith("celery"):
-            assert "-A cryptomon.celery" in command

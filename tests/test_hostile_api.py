@@ -24,6 +24,7 @@ ENDPOINTS = {
     "/api/alerts": ["rule", "symbol", "direction", "since", "until", "page", "page_size"],
     "/api/candles/BTCUSDT": ["start", "end", "limit"],
     "/api/metrics/BTCUSDT": ["at"],
+    "/api/chart/BTCUSDT": ["interval", "bars", "end"],
 }
 UNKNOWN = ["sort", "format", "", " ", "page[]", "é", "\x00"]
 
@@ -87,7 +88,7 @@ def test_every_parameter_of_the_api_may_be_hostile_at_once(world, who):
 @fuzzing
 @given(
     symbol=hostile_text.filter(lambda text: text.strip("/") != ""),
-    endpoint=st.sampled_from(["candles", "metrics"]),
+    endpoint=st.sampled_from(["candles", "metrics", "chart"]),
 )
 def test_a_hostile_symbol_in_the_path_is_a_404_or_an_answer(world, symbol, endpoint):
     response = world["signed in"].get(f"/api/{endpoint}/{quote(symbol, safe='')}")
@@ -111,6 +112,14 @@ def test_a_hostile_authorization_header_is_a_401_or_a_429_never_a_500(world, hea
     assert response.status_code in (200, 401, 429), body
 
 
+@pytest.mark.parametrize("credentials", ["\x00:x", "me:\x00", "me\x00:pw-me-123456"])
+def test_a_nul_character_in_basic_credentials_is_a_401_not_a_500(world, credentials):
+    header = "Basic " + base64.b64encode(credentials.encode()).decode()
+    response = Client().get("/api/symbols", HTTP_AUTHORIZATION=header)
+    assert response.status_code == 401
+    assert response.json()["error"]["message"] == "wrong user name or password"
+
+
 @pytest.mark.parametrize(("path", "parameter"), [("/api/alerts", "rule"), ("/api/alerts", "symbol")])
 def test_a_nul_character_in_a_text_filter_is_a_400_naming_it(world, path, parameter):
     response = world["signed in"].get(path, {parameter: "BTC\x00USDT"})
@@ -118,7 +127,7 @@ def test_a_nul_character_in_a_text_filter_is_a_400_naming_it(world, path, parame
     assert response.json()["error"]["parameter"] == parameter
 
 
-@pytest.mark.parametrize("endpoint", ["candles", "metrics"])
+@pytest.mark.parametrize("endpoint", ["candles", "metrics", "chart"])
 def test_a_symbol_with_a_nul_character_is_unknown(world, endpoint):
     response = world["signed in"].get(f"/api/{endpoint}/BTC%00USDT")
     assert response.status_code == 404

@@ -186,6 +186,36 @@ def test_a_slow_webhook_holds_up_no_other_users_notifications_and_is_never_sent_
     assert slow.connections == 2 and slow.most_open_at_once == 1
 
 
+def test_the_admins_send_test_waits_its_turn_behind_a_send_in_flight_to_the_channel(
+    celery_worker, slow, receiver
+):
+    hostile = make_user("trickler")
+    slow_channel = services.create_channel(hostile, "webhook", {"url": slow.url + "/hook"})
+    store_alert(owner=hostile.pk)
+    wait_for(lambda: slow.connections == 1, what="the slow webhook to be called")
+
+    refused = services.send_test(slow_channel)  # a flush's send is in flight: no second one at once
+
+    assert not refused.ok
+    assert refused.detail == "a send to this channel is in flight; try again once it is done"
+    wait_for(lambda: deliveries(user_id=hostile.pk, status="failed"), timeout=60, what="the slow send to end")
+    assert slow.connections == 1 and slow.most_open_at_once == 1
+    other = services.create_channel(make_user("bystander"), "webhook", {"url": receiver.url + "/hook"})
+    assert services.send_test(other).ok  # another channel's test is not held up
+    assert claim_locks_held() == 0  # every test let its channel's claim go
+
+
+def claim_locks_held() -> int:
+    from django.db import connections
+
+    with connections["timeseries"].cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s",
+            [services.CLAIM_LOCK],
+        )
+        return cursor.fetchone()[0]
+
+
 # --- Retry-After -----------------------------------------------------------------------------------
 
 

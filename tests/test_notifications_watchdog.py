@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -120,8 +121,8 @@ def test_a_collector_saying_stale_or_lagging_raises_feed_stale_and_a_healthy_hea
     collector.say(heartbeat(stale=True, lag_ms=150_000, symbols_live=0, last_open_time=1_767_225_600_000))
     watchdog.check()
     message = active()[watchdog.FEED_STALE]
-    assert "collector shard 0/1 reports the feed stale (newest candle 2026-01-01 00:00:00 UTC" in message
-    assert "0 of 3 symbols live" in message
+    assert "collector shard 0/1's next candle is " in message
+    assert "s overdue (newest candle 2026-01-01 00:00:00 UTC, 0 of 3 symbols live)" in message
     assert "collector shard 0/1 receives candles 150 s behind the venue" in message
 
     collector.say(heartbeat())
@@ -171,6 +172,87 @@ def test_storage_falling_behind_raises_feed_stale_while_symbols_trade(watch):
     candles("BTCUSDT", 10, end=now)
     watchdog.apply(watchdog.feed_stale(beats))
     assert watchdog.FEED_STALE not in active()
+
+
+def venue_heartbeat(rate: float, age_seconds: float, lag_seconds: float, venue_ms: int) -> dict:
+    """A heartbeat from a collector whose venue clock runs `rate` times the wall clock (the emulator's
+    speed): its newest candle closed `age_seconds` and its lag is `lag_seconds`, both in venue seconds."""
+    last_open = (venue_ms - int(age_seconds * 1000)) // 60_000 * 60_000 - 60_000
+    return heartbeat(
+        venue_time=venue_ms,
+        clock_rate=rate,
+        last_open_time=last_open,
+        lag_ms=int(lag_seconds * 1000),
+        stale=age_seconds > 180,  # the collector's own flag: three venue minutes
+    )
+
+
+@DB
+def test_at_speed_ten_a_warm_up_hiccup_measured_in_venue_minutes_is_not_feed_stale(watch):
+    """Venue minutes pass ten times faster than the operator's limit: 600 venue seconds behind is 60 s."""
+    venue_now = int(time.time() * 1000) + 3_600_000  # an accelerated emulator runs ahead of the wall
+    symbol("BTCUSDT")
+    stored_until = datetime.fromtimestamp(venue_now / 1000, UTC).replace(second=0, microsecond=0)
+    candles("BTCUSDT", 5, end=stored_until - timedelta(minutes=9))
+    fast = {"0/1": venue_heartbeat(10, age_seconds=600, lag_seconds=600, venue_ms=venue_now)}
+    for _ in range(2):
+        condition = watchdog.feed_stale(fast)
+        assert condition.problem is None, condition.problem
+
+    # The same venue durations from a collector on Binance's clock are ten minutes: stale.
+    real = {"0/1": venue_heartbeat(1, age_seconds=600, lag_seconds=600, venue_ms=venue_now)}
+    problem = watchdog.feed_stale(real).problem
+    assert "collector shard 0/1's next candle is " in problem
+    assert "collector shard 0/1 receives candles 600 s behind the venue" in problem
+    assert "newest candle in candles_1m opened at " in problem
+
+
+@DB
+def test_a_backfilling_shard_publishing_old_minutes_is_not_feed_stale_until_it_is_done(watch):
+    """Warm-up at speed 10: the newest candle published is hours old while the backfill runs."""
+    venue_now = int(time.time() * 1000)
+    hours_old = venue_heartbeat(10, age_seconds=8 * 3600, lag_seconds=2, venue_ms=venue_now)
+    assert watchdog.feed_stale({"0/1": {**hours_old, "backfilling": 57, "symbols_live": 3}}).problem is None
+    problem = watchdog.feed_stale({"0/1": {**hours_old, "backfilling": 0}}).problem
+    assert "collector shard 0/1's next candle is " in problem
+
+
+@DB
+def test_at_speed_ten_the_limit_still_holds_in_wall_seconds(watch):
+    venue_now = int(time.time() * 1000)
+    stuck = {"0/1": venue_heartbeat(10, age_seconds=3000, lag_seconds=1500, venue_ms=venue_now)}
+    problem = watchdog.feed_stale(stuck).problem
+    overdue = re.search(r"collector shard 0/1's next candle is (\d+) s overdue", problem)
+    assert 290 <= int(overdue.group(1)) <= 300  # about 3000 venue s, less the minute it was not due, / 10
+    assert "collector shard 0/1 receives candles 150 s behind the venue" in problem
+
+
+@DB
+def test_storage_behind_while_candles_are_on_their_way_is_a_backlog_not_feed_stale(watch):
+    """After a start the collector buffers and JetStream holds thousands of candles: storage is hours behind
+    while they drain (consumer_lag's business). With nothing on its way, the same storage is stale."""
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    symbol("BTCUSDT")
+    candles("BTCUSDT", 5, end=now - timedelta(hours=6))
+    waiting = [watchdog.ConsumerLag("CANDLES", "metrics-store-p0of1", 70.0, pending=100_276)]
+    assert watchdog.feed_stale({"0/1": heartbeat()}, lags=waiting).problem is None
+    assert watchdog.feed_stale({"0/1": heartbeat(buffered=112_719)}, lags=[]).problem is None
+    drained = [watchdog.ConsumerLag("CANDLES", "metrics-store-p0of1", 0.0)]
+    problem = watchdog.feed_stale({"0/1": heartbeat()}, lags=drained).problem
+    assert problem.startswith("newest candle in candles_1m opened at ")
+
+
+@DB
+def test_a_shard_that_has_published_nothing_yet_is_feed_stale_only_once_that_lasts_the_limit(
+    watch, redis_client
+):
+    warming = {"0/1": heartbeat(last_open_time=None, lag_ms=None, stale=True, symbols_live=0)}
+    assert watchdog.feed_stale(warming).problem is None
+    since = int(redis_client.hget(watchdog.NO_CANDLE_KEY, "0/1"))
+    redis_client.hset(watchdog.NO_CANDLE_KEY, "0/1", since - 121_000)  # as if started 121 s earlier
+    assert watchdog.feed_stale(warming).problem.startswith("collector shard 0/1 published no candle in 12")
+    assert watchdog.feed_stale({"0/1": heartbeat()}).problem is None
+    assert not redis_client.hexists(watchdog.NO_CANDLE_KEY, "0/1")
 
 
 # --- consumer lag ------------------------------------------------------------------------------------------

@@ -154,6 +154,9 @@ class Heartbeat(msgspec.Struct, kw_only=True, frozen=True):
     buffered: int = 0
     backfilling: int = 0
     venue_time: int | None = None
+    # Venue milliseconds per wall millisecond: 1 against Binance, S against the emulator at speed S. Readers
+    # turn venue durations (lag_ms, candle ages) into wall time with it before comparing them with limits.
+    clock_rate: Annotated[float, msgspec.Meta(gt=0)] = 1.0
     rest: str = "ok"  # ok | banned | region_blocked
     banned_until: int | None = None
 

@@ -260,7 +260,7 @@ def test_signed_in_trader_watches_the_market_table_update_live(servers, page, tr
         page,
         lambda: publish("metrics.live.BTCUSDT", live_payload("BTCUSDT", 100.5, open_time)),
         ROW_PRICE,
-        ["BTCUSDT", "100.5"],
+        ["BTCUSDT", "100.50"],  # no tick size known: 6 significant digits, at least 2 decimals
     )
     publish("metrics.live.币安人生USDT", live_payload("币安人生USDT", 0.0123, open_time))
     publish("metrics.live.BTCUSDT", live_payload("BTCUSDT", 101.75, open_time))
@@ -348,7 +348,7 @@ def test_an_alert_appears_in_the_feed_and_on_the_symbol_chart(servers, page, tra
     page.wait_for_selector("#chart[data-loaded=true]")
     assert page.get_attribute("#chart", "data-bars") == "120"
     assert page.get_attribute("#chart", "data-markers") == "1"  # the stored alert
-    page.click("[data-interval='5']")
+    page.click("[data-interval='5m']")
     five_minute_bars = len({t // 300_000 for t in stored_candles})
     page.wait_for_function(f"() => document.getElementById('chart').dataset.bars === '{five_minute_bars}'")
     assert page.get_attribute("#chart", "data-markers") == "1"
@@ -360,7 +360,8 @@ def test_an_alert_appears_in_the_feed_and_on_the_symbol_chart(servers, page, tra
     )
     assert page.locator("#symbol-alerts li").count() == 2
     assert page.inner_text("#metrics-table").count("+1.50%") == 1
-    page.click("[data-interval='1']")
+    page.click("[data-interval='1m']")
+    page.wait_for_function("() => document.getElementById('chart').dataset.interval === '1m'")
     publish_until(
         page,
         lambda: publish("metrics.live.BTCUSDT", live_payload("BTCUSDT", 150.0, to_ms(data.NOW))),
@@ -425,3 +426,78 @@ def test_a_bad_personal_rule_shows_the_rule_languages_message(servers, page, tra
 def test_anonymous_visitors_are_sent_to_sign_in(servers, page, trader):
     page.goto(f"{servers}/")
     assert page.url.startswith(f"{servers}/login/")
+
+
+def group_send(group: str, message: dict) -> None:
+    """Put a message on the channel layer the way run_gateway does (from another thread's event loop)."""
+    from channels.layers import get_channel_layer
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, get_channel_layer().group_send(group, message)).result(timeout=30)
+
+
+def test_alerts_that_arrive_together_in_one_alerts_frame_all_reach_the_feed(servers, page, trader):
+    from gateway import bridge
+
+    frames: list[str] = []
+    page.on("websocket", lambda ws: ws.on("framereceived", lambda frame: frames.append(str(frame))))
+    sign_in(page, servers)
+    page.wait_for_selector("#conn[data-state=open]")
+    burst = [
+        alert_payload(name, to_ms(data.NOW) - n * 60_000) for n, name in enumerate(("BTCUSDT", "ETHUSDT"))
+    ]
+    burst.append(alert_payload("币安人生USDT", to_ms(data.NOW)))
+    shown = "(ids) => ids.every((id) => document.querySelector(`#alert-feed li[data-id='${id}']`))"
+    publish_until(  # again until the socket has joined (the page shows `open` once it is accepted)
+        page,
+        lambda: group_send(bridge.ALERTS_GROUP, bridge.alerts_message(burst)),
+        shown,
+        [alert["id"] for alert in burst],
+    )
+    assert any(frame.startswith('{"type":"alerts"') for frame in frames)  # one frame held all three
+    assert page.locator("#alert-feed li").count() == 3
+
+
+def test_the_market_table_hides_columns_flashes_changes_and_opens_a_symbol_from_the_keyboard(
+    servers, page, trader
+):
+    sign_in(page, servers)
+    page.wait_for_selector("#conn[data-state=open]")
+    open_time = to_ms(data.NOW)
+    publish_until(
+        page,
+        lambda: publish("metrics.live.ETHUSDT", live_payload("ETHUSDT", 2000.0, open_time)),
+        ROW_PRICE,
+        ["ETHUSDT", "2000.00"],
+    )
+    publish("metrics.live.BTCUSDT", live_payload("BTCUSDT", 100.0, open_time))
+    page.wait_for_function(ROW_PRICE, arg=["BTCUSDT", "100.00"])
+
+    publish("metrics.live.BTCUSDT", live_payload("BTCUSDT", 99.0, open_time))  # down: the row flashes red
+    page.wait_for_function(ROW_PRICE, arg=["BTCUSDT", "99.00"])
+    assert page.get_attribute("tr[data-symbol='BTCUSDT']", "class").startswith("flash-down-")
+    publish("metrics.live.BTCUSDT", live_payload("BTCUSDT", 99.5, open_time))  # and green when it rises
+    page.wait_for_function(ROW_PRICE, arg=["BTCUSDT", "99.50"])
+    assert page.get_attribute("tr[data-symbol='BTCUSDT']", "class").startswith("flash-up-")
+
+    page.click("details.columns summary")
+    page.uncheck("#market-columns input[data-column=rsi_14]")
+    assert not page.is_visible("th[data-key=rsi_14]")
+    assert not page.is_visible("tr[data-symbol='BTCUSDT'] td[data-key=rsi_14]")
+    page.reload()  # the choice is remembered
+    page.wait_for_selector("tr[data-symbol='BTCUSDT']")
+    assert not page.is_visible("th[data-key=rsi_14]") and page.is_visible("th[data-key=price]")
+
+    page.click("th[data-key=symbol]")  # sort by symbol, A first
+    page.wait_for_function(
+        "() => document.querySelector('#market-table tbody tr')?.dataset.symbol === 'BTCUSDT'"
+    )
+    page.focus("#market-table")
+    page.keyboard.press("ArrowDown")  # the first row
+    page.keyboard.press("ArrowDown")  # the second
+    assert page.get_attribute("tr[data-symbol='ETHUSDT']", "aria-selected") == "true"
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"{servers}/symbols/ETHUSDT/")
+    page.go_back()
+    page.click("tr[data-symbol='BTCUSDT'] td[data-key=price]")  # a click anywhere on a row opens it too
+    page.wait_for_url(f"{servers}/symbols/BTCUSDT/")

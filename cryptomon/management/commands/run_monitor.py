@@ -20,6 +20,7 @@ from django.core.management import call_command, get_commands
 from django.core.management.base import BaseCommand
 
 from cryptomon.embedded import free_port
+from gateway import serving
 
 MANAGE = [sys.executable, str(settings.BASE_DIR / "manage.py")]
 DEMO_SYMBOLS = 60  # the demo's market size unless --symbols says otherwise
@@ -33,6 +34,7 @@ class Child:
     restarts: int = 0
     started_at: float = 0.0
     env: dict = field(default_factory=dict)
+    pass_fds: tuple[int, ...] = ()
 
 
 class Command(BaseCommand):
@@ -47,6 +49,12 @@ class Command(BaseCommand):
         parser.add_argument("--speed", type=float, default=1.0, help="emulator speed factor with --demo")
         parser.add_argument("--symbols", default="", help="limit the universe: a number (demo) or SYM,SYM")
         parser.add_argument("--no-workers", action="store_true", help="web app only")
+        parser.add_argument(
+            "--web-workers",
+            type=int,
+            default=1,
+            help="daphne processes sharing one listening socket (docs/gateway.md)",
+        )
 
     def handle(self, *args, **options):
         self.stopping = threading.Event()
@@ -102,22 +110,28 @@ class Command(BaseCommand):
             env["BINANCE_WS_URL"] = f"ws://127.0.0.1:{port}/market"
         elif symbols:
             collector_args = ["--symbols", symbols]
-        children.append(
-            Child(
-                "web",
-                [
-                    sys.executable,
-                    "-m",
-                    "daphne",
-                    "-b",
-                    options["host"],
-                    "-p",
-                    str(options["port"]),
-                    "cryptomon.asgi:application",
-                ],
-                env=env,
+        if options["web_workers"] > 1:  # bound once here; every daphne adopts it (gateway.serving)
+            self.listener = serving.listen(options["host"], options["port"])
+            fd = self.listener.fileno()
+            for n in range(1, options["web_workers"] + 1):
+                children.append(Child(f"web{n}", serving.daphne_argv(self.listener), env=env, pass_fds=(fd,)))
+        else:
+            children.append(
+                Child(
+                    "web",
+                    [
+                        sys.executable,
+                        "-m",
+                        "daphne",
+                        "-b",
+                        options["host"],
+                        "-p",
+                        str(options["port"]),
+                        "cryptomon.asgi:application",
+                    ],
+                    env=env,
+                )
             )
-        )
         if not options["no_workers"]:
             for name in ("run_collector", "run_metrics", "run_alerts", "run_gateway"):
                 if name in commands:
@@ -155,6 +169,7 @@ class Command(BaseCommand):
             stdin=subprocess.DEVNULL,
             text=True,
             bufsize=1,
+            pass_fds=child.pass_fds,
         )
         child.started_at = time.monotonic()
         threading.Thread(target=self._pump, args=(child, child.process), daemon=True).start()
