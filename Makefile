@@ -1,4 +1,4 @@
-.PHONY: run demo test bench soak lint fuzz screenshots
+.PHONY: run demo test bench soak lint fuzz screenshots cluster-test
 run:
 	scripts/run.sh
 demo:
@@ -15,3 +15,5 @@ fuzz:
 	scripts/setup.sh && HYPOTHESIS_PROFILE=fuzz .venv/bin/pytest -q -p no:warnings tests/test_hostile_*.py
 screenshots:  # refresh docs/screenshots/ from the browser tests (Chromium: scripts/setup-browser.sh)
 	CRYPTOMON_SCREENSHOTS_TO_DOCS=1 .venv/bin/pytest -q -p no:cacheprovider tests/browser
+cluster-test:
+	scripts/setup.sh && .venv/bin/pytest -q -s -m cluster tests/test_cluster.py

@@ -1,7 +1,7 @@
 """Candles into NATS (docs/contract.md §5): pipelined JetStream publishes, throttled live updates, a bounded buffer.
 
-Final candles go out in the order the sequencer hands them over, many in flight at once (publish_async),
-each with `Nats-Msg-Id: <SYMBOL>:<open_time>` so a retry after a lost acknowledgement is a no-op. While NATS
+Final candles go out in the order the sequencer hands them over, many symbols' in flight at once but
+each symbol's one after another (`messaging.OrderedPublisher`), each with `Nats-Msg-Id: <SYMBOL>:<open_time>` so a retry after a lost acknowledgement is a no-op. While NATS
 is away the buffer fills up to its limit; past it the sequencer is told "no room", counts the candle as
 dropped and backfills it from REST once there is room again, so nothing is silently lost and order holds.
 """
@@ -117,9 +117,17 @@ class Publisher:
                 await self._wakeup.wait()
             batch = [self.queue.popleft() for _ in range(min(self.batch_size, len(self.queue)))]
             self.in_flight = len(batch)
-            with self.stats.timed("collector_publish_seconds"):
-                failed_at = await self._publish_batch(batch)
-            self.in_flight = 0
+            try:
+                with self.stats.timed("collector_publish_seconds"):
+                    failed_at = await self._publish_batch(batch)
+            except asyncio.CancelledError:
+                # Stopped with a batch in hand (a shutdown): it goes back to the front, so the drain that
+                # follows sends it before the later candles. Dropped, it left a hole in the middle of a
+                # symbol's minutes, behind later ones the drain did send.
+                self.queue.extendleft(reversed(batch))
+                raise
+            finally:
+                self.in_flight = 0
             if failed_at is not None:
                 # Put the failed candle and everything after it back, in order, and try again shortly.
                 self.queue.extendleft(reversed(batch[failed_at:]))
@@ -127,31 +135,37 @@ class Publisher:
             self._check_room()
 
     async def _publish_batch(self, batch: list[Kline]) -> int | None:
-        """Send the whole batch pipelined, then collect acks; the index of the first failure, or None."""
+        """Send the whole batch (a symbol's candles one after another, different symbols' together), then
+        collect acks; the index of the first failure, or None.
+
+        Per symbol in order (`messaging.OrderedPublisher`): pipelined, a clustered stream's leader dying
+        lost the candles in flight while later ones were stored, and the metrics worker's restart then
+        rebuilt its state with minutes missing (docs/operations.md "Scale")."""
+        publisher = messaging.OrderedPublisher(self.js, self.ack_timeout)
         futures: list[asyncio.Future] = []
         failed_at: int | None = None
-        for start in range(0, len(batch), FLUSH_EVERY):
-            try:
-                futures += await messaging.publish_pipelined(
-                    self.js,
-                    (
-                        (
+        try:
+            for start in range(0, len(batch), FLUSH_EVERY):
+                for candle in batch[start : start + FLUSH_EVERY]:
+                    futures.append(
+                        await publisher.publish(
                             subjects.candle_subject(candle.symbol),
                             messaging.encode(candle.payload()),
                             f"{candle.symbol}:{candle.open_time}",
                         )
-                        for candle in batch[start : start + FLUSH_EVERY]
-                    ),
-                )
-            except Exception as error:
-                self._failed(error)
-                failed_at = len(futures)  # this chunk goes again from its start (duplicates dropped by id)
-                break
-            await asyncio.sleep(0)  # the client's flusher writes these out while the rest are queued
-        for index, error in enumerate(await messaging.ack_errors(futures, self.ack_timeout)):
+                    )
+                await asyncio.sleep(0)  # the client's flusher writes these out while the rest are queued
+        except asyncio.CancelledError:
+            for future in futures:
+                future.cancel()
+            raise
+        except Exception as error:  # e.g. the connection closed: from this candle on, it all goes again
+            self._failed(error)
+            failed_at = len(futures)
+        for index, error in enumerate(await messaging.ack_errors(futures, None)):
             if error is not None:
                 self._failed(error)
-                failed_at = index if failed_at is None else min(failed_at, index)
+                failed_at = index  # this one and everything after goes again (duplicates dropped by id)
                 break
         done = len(futures) if failed_at is None else failed_at
         for candle in batch[:done]:

@@ -139,3 +139,13 @@ def check_url(name: str, url: str, schemes: set[str]) -> str:
     except ValueError:
         raise ConfigurationError(f"{name} has an invalid port (got {shown_url(url)!r})") from None
     return url
+
+
+def check_url_list(name: str, value: str, schemes: set[str]) -> str:
+    """A comma-separated list of URLs (a cluster's servers), each checked like `check_url`."""
+    urls = [part.strip() for part in value.split(",")]
+    if not all(urls):
+        raise ConfigurationError(f"{name} has an empty entry in its comma-separated list")
+    for url in urls:
+        check_url(name, url, schemes)
+    return ",".join(urls)

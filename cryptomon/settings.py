@@ -14,6 +14,7 @@ from pathlib import Path
 from cryptomon.config import (
     ConfigurationError,
     check_url,
+    check_url_list,
     database_from_url,
     env_bool,
     env_float,
@@ -137,7 +138,8 @@ else:
 DATABASE_ROUTERS = ["cryptomon.routers.TimeseriesRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-NATS_URL = check_url("NATS_URL", _server_url("NATS_URL") or "nats://127.0.0.1:4222", {"nats", "tls"})
+# One server, or a cluster's servers comma-separated (clients fail over between them; docs/operations.md).
+NATS_URL = check_url_list("NATS_URL", _server_url("NATS_URL") or "nats://127.0.0.1:4222", {"nats", "tls"})
 REDIS_URL = check_url(
     "REDIS_URL", _server_url("REDIS_URL") or "redis://127.0.0.1:6379/0", {"redis", "rediss"}
 )
@@ -205,6 +207,10 @@ COLLECTOR_MARK_SILENCE_SECONDS = env_float("COLLECTOR_MARK_SILENCE_SECONDS", 10.
 # --- NATS / JetStream (docs/contract.md §5)
 NATS_STREAM_MAX_BYTES = env_int("NATS_STREAM_MAX_BYTES", 1024**3, minimum=1024 * 1024)
 NATS_RECONNECT_WAIT_SECONDS = env_float("NATS_RECONNECT_WAIT_SECONDS", 2.0, minimum=0.01)
+# Copies JetStream keeps of each stream: 1 on one server, 3 on a 3-node cluster (docs/operations.md "Scale").
+NATS_STREAM_REPLICAS = env_int("NATS_STREAM_REPLICAS", 1, minimum=1)
+if NATS_STREAM_REPLICAS > 5:  # JetStream's own limit
+    raise ConfigurationError(f"NATS_STREAM_REPLICAS must be at most 5 (got {NATS_STREAM_REPLICAS})")
 
 # --- metrics and alerts (docs/contract.md §7, §8)
 METRICS_LATE_AFTER_SECONDS = env_float("METRICS_LATE_AFTER_SECONDS", 180.0, minimum=0)

@@ -45,6 +45,7 @@ STORE_KIND = "metrics-store"
 LIVE_GRACE_MS = 10_000
 BARS_FIRST_SECONDS = 0.2  # how long storage work defers to a batch of bars being made
 BARS_QUIET_SECONDS = 0.025  # ...and to the next batch of the same burst
+PUBLISH_ACK_SECONDS = 10.0  # a bar JetStream has not confirmed by then is sent again by a rebuild
 PUBLISH_CHUNK = 50  # candles made into bars (or previews) and sent before the loop yields
 
 
@@ -106,6 +107,7 @@ class MetricsWorker(Worker):
         self.nc = self.js = None
         self.live_frames: messaging.LiveFrames | None = None
         self._unconfirmed: set[asyncio.Future] = set()  # published bars not yet confirmed by JetStream
+        self._publisher: messaging.OrderedPublisher | None = None  # one per run (see `_publish`)
 
     def _new_sequencer(self) -> BarSequencer:
         return BarSequencer(self.config.gap_timeout_seconds, int(self.config.late_after_seconds * 1000))
@@ -147,6 +149,7 @@ class MetricsWorker(Worker):
         self.sequencer = self._new_sequencer()
         self._commits = asyncio.Queue(self.config.commit_queue)
         self._bars_idle.set()
+        self._publisher = messaging.OrderedPublisher(self.js, PUBLISH_ACK_SECONDS)
         await self._start()
         self.started.set()
         tasks = [
@@ -170,10 +173,9 @@ class MetricsWorker(Worker):
                     task.cancel()
                 _, pending = await asyncio.wait(pending, timeout=1.0)
             self._stopping = False
-            # Bars this run published but never saw confirmed (their batches die with it) are given up:
-            # nats-py keeps a pending-ack slot for each until its ack comes, which after a NATS restart is
-            # never, and with its 4,000 slots taken every publish (and with it the lock that live previews
-            # need) would wait for good. The rebuild publishes them again from JetStream.
+            # Bars this run published but never saw confirmed (their batches die with it) are given up,
+            # with the rest of their symbols' chains (`_publish`): an ack lost with a NATS restart never
+            # comes. The rebuild publishes them again, in order, from JetStream's newest stored bar.
             for future in list(self._unconfirmed):
                 future.cancel()
             with contextlib.suppress(Exception):
@@ -387,27 +389,37 @@ class MetricsWorker(Worker):
             await asyncio.sleep(min(quiet, left))
 
     async def _publish(self, bars: list[Bar]) -> list[asyncio.Future]:
-        """Send the bars to METRICS at once; their confirmations are awaited by `_confirm`. Each stays in
-        `_unconfirmed` until it is, so a rebuild can give up on them (see `_run_once`)."""
-        futures = await messaging.publish_pipelined(
-            self.js,
-            (
-                (
-                    subjects.metrics_subject(bar.symbol),
-                    messaging.encode(bar.payload()),
-                    f"{bar.symbol}:{bar.open_time}",
+        """Send the bars to METRICS; their confirmations are awaited by `_confirm`. Each stays in
+        `_unconfirmed` until it is, so a rebuild can give up on them (see `_run_once`).
+
+        A symbol's bars go out one after another (different symbols' together): pipelined, a stream
+        leader's death in a cluster lost the bars in flight while later ones were stored, the rebuild took
+        the newest stored bar for its watermark, and the lost ones never reached the alert engine
+        (docs/operations.md "Scale"). In order, the newest stored bar has every earlier one stored."""
+        futures = []
+        try:
+            for bar in bars:
+                futures.append(
+                    await self._publisher.publish(
+                        subjects.metrics_subject(bar.symbol),
+                        messaging.encode(bar.payload()),
+                        f"{bar.symbol}:{bar.open_time}",
+                    )
                 )
-                for bar in bars
-            ),
-        )
+        except asyncio.CancelledError:
+            for future in futures:
+                future.cancel()
+            raise
         self._unconfirmed.update(futures)
         for future in futures:
             future.add_done_callback(self._unconfirmed.discard)
         return futures
 
     async def _confirm(self, published: list[asyncio.Future]) -> None:
-        """Wait for JetStream to have stored the published bars; raises (→ rebuild) if one failed."""
-        for error in await messaging.ack_errors(published, 10.0):
+        """Wait for JetStream to have stored the published bars; raises (→ rebuild) if one failed. Each
+        bar's publish times out by itself (PUBLISH_ACK_SECONDS), so a long chain of one symbol's bars in
+        a catch-up takes as long as it needs while every step is answered."""
+        for error in await messaging.ack_errors(published, None):
             if error is not None:
                 raise error
         self.stats.inc("metrics_bars_published_total", len(published))

@@ -88,7 +88,8 @@ class System:
     def start_servers(self) -> None:
         (self.var_dir / "logs").mkdir(parents=True, exist_ok=True)
         for server in embedded.SERVERS:
-            self.servers[server.name] = server.start(self.var_dir, durable=False)
+            if server.name in self.own_servers:
+                self.servers[server.name] = server.start(self.var_dir, durable=False)
         environ = {key: value for key, value in os.environ.items() if key not in _PARENT_ONLY}
         self.env = {
             **environ,
@@ -96,7 +97,7 @@ class System:
             **(FAST_UPKEEP if self.fast_upkeep else {}),
             "DATABASE_URL": self.servers["postgres"]["url"],
             "TIMESERIES_DATABASE_URL": self.servers["postgres"]["url"],
-            "NATS_URL": self.servers["nats"]["url"],
+            "NATS_URL": self.nats_url,
             "REDIS_URL": self.servers["valkey"]["url"],
             "CRYPTOMON_VAR_DIR": str(self.var_dir),
             "BINANCE_REST_URL": self.rest_url,
@@ -104,6 +105,12 @@ class System:
             "PYTHONUNBUFFERED": "1",
         }
         self.manage("migrate", "--noinput")
+
+    own_servers = ("postgres", "nats", "valkey")  # which of embedded.SERVERS start_servers starts
+
+    @property
+    def nats_url(self) -> str:
+        return self.servers["nats"]["url"]
 
     def restart_server(self, name: str) -> None:
         server = next(s for s in embedded.SERVERS if s.name == name)
@@ -260,9 +267,9 @@ class System:
 
     async def pending_messages(self) -> int:
         """Messages any durable JetStream consumer has not yet acknowledged (0 = the pipeline is drained)."""
-        import nats
+        from cryptomon import messaging
 
-        nc = await nats.connect(self.servers["nats"]["url"])
+        nc = await messaging.connect("e2e-check", self.nats_url)
         try:
             js = nc.jetstream()
             pending = 0
