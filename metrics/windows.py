@@ -23,6 +23,12 @@ How each metric is O(1) (or small) per bar:
 A minute without a candle starts a new run (docs/contract.md §7): windows need their N minutes present (`volume_ratio`
 2N), indicators count closes from the run's start. Runs longer than 2880 minutes keep their recursive
 indicators going; windows never need more than 2880 minutes.
+
+The §7b derivatives metrics read a second append-only column that does not restart at a missing minute,
+`_Track`: each minute's `Derivatives` (None when the minute is missing or has none), because `oi_change_W`
+needs only minutes t and t − N, whatever lies between. Adding a candle appends one reference; the
+liquidation running totals (exact integers of 10⁻⁸) and null counts behind `liq_long_W`/`liq_short_W` are
+extended only when a bar first reads them, so a market without derivatives pays one append per candle.
 """
 
 from __future__ import annotations
@@ -33,9 +39,11 @@ from collections.abc import Iterator, Mapping
 from itertools import accumulate
 from typing import Any, Literal, overload
 
-from cryptomon.contract.candles import Candle
+from cryptomon.contract.candles import Candle, Derivatives
 from cryptomon.contract.messages import metrics_payload
 from cryptomon.contract.names import (
+    DERIVATIVES_BAR_NAMES,
+    DERIVATIVES_WINDOW_STEMS,
     INDICATOR_NAMES,
     METRIC_NAMES,
     TIMEFRAME_MINUTES,
@@ -56,9 +64,18 @@ _BLOCK = 120  # minutes per block of the high/low block extremes
 _TRIM_BY = 12 * _BLOCK  # a run's columns are cut by this many minutes (whole blocks) ...
 _TRIM_AT = HISTORY_MINUTES + _TRIM_BY  # ... when they reach this length, keeping the newest 2880
 _NULL_WINDOW = (None,) * len(WINDOW_STEMS)
+_DAY = TIMEFRAME_MINUTES["1d"]  # the longest look-back of a §7b metric (oi_change_1d reads t − 1440)
+_TRACK_TRIM_AT = 3 * _DAY  # a derivatives track is cut to its newest 2 days when it reaches 3
+_NULL_DERIVATIVES = (None,) * (len(DERIVATIVES_BAR_NAMES) + len(TIMEFRAMES) * len(DERIVATIVES_WINDOW_STEMS))
 
 # The engine emits values in exactly this order; checked once at import against the contract.
-_ORDER = ("price", *(f"{stem}_{window}" for window in TIMEFRAMES for stem in WINDOW_STEMS), *INDICATOR_NAMES)
+_ORDER = (
+    "price",
+    *(f"{stem}_{window}" for window in TIMEFRAMES for stem in WINDOW_STEMS),
+    *INDICATOR_NAMES,
+    *DERIVATIVES_BAR_NAMES,
+    *(f"{stem}_{window}" for window in TIMEFRAMES for stem in DERIVATIVES_WINDOW_STEMS),
+)
 if _ORDER != METRIC_NAMES:  # pragma: no cover - a change in the contract must be mirrored here
     raise ImportError("metrics.windows is out of step with cryptomon.contract.names.METRIC_NAMES")
 
@@ -67,12 +84,15 @@ if _ORDER != METRIC_NAMES:  # pragma: no cover - a change in the contract must b
 _STEMS_CORE = ("open", "change", "volume", "volume_ratio", "trades", "taker_buy_ratio")
 _RANGES = len(TIMEFRAMES)
 _RECURSIVE, _BANDS, _VCP = 2 * _RANGES, 2 * _RANGES + 1, 2 * _RANGES + 2
+_DERIVATIVES = _VCP + 1  # the §7b metrics of the bar itself; then one group per window
 _GROUP_NAMES: tuple[tuple[str, ...], ...] = (
     *(tuple(f"{stem}_{window}" for stem in _STEMS_CORE) for window in TIMEFRAMES),
     *((f"high_{window}", f"low_{window}") for window in TIMEFRAMES),
     ("price", "rsi_14", "macd", "macd_signal", "macd_hist"),
     ("bb_upper", "bb_middle", "bb_lower"),
     ("vcp",),
+    DERIVATIVES_BAR_NAMES,
+    *(tuple(f"{stem}_{window}" for stem in DERIVATIVES_WINDOW_STEMS) for window in TIMEFRAMES),
 )
 _GROUP_OF: dict[str, int] = {name: group for group, names in enumerate(_GROUP_NAMES) for name in names}
 if WINDOW_STEMS[:3] != ("open", "high", "low") or WINDOW_STEMS[3:] != _STEMS_CORE[1:]:  # pragma: no cover
@@ -213,6 +233,95 @@ def _ends(values: array, pick) -> tuple[array, array]:
     return suffix, array("d", accumulate(values, pick))
 
 
+class _Track:
+    """A symbol's derivatives per absolute minute from `base` on, append-only, across missing minutes.
+
+    `ds[k]` is the `Derivatives` of minute `base + k` (None: missing minute or no fields). `long`/`short`
+    hold running totals of the liquidation sums (integers of 10⁻⁸, before index 0 and after each minute;
+    a null counts 0) and `long_nulls`/`short_nulls` running counts of null minutes; they are extended on
+    demand and so may be shorter than `ds` + 1."""
+
+    __slots__ = ("base", "ds", "long", "long_nulls", "short", "short_nulls")
+
+    def __init__(self, base: int, ds: list | None = None) -> None:
+        self.base = base
+        self.ds: list[Derivatives | None] = [] if ds is None else ds
+        self.long = [0]
+        self.short = [0]
+        self.long_nulls = [0]
+        self.short_nulls = [0]
+
+    def trimmed(self) -> _Track:
+        """A copy without the oldest `_DAY` minutes; this object is left unchanged."""
+        new = _Track(self.base + _DAY, self.ds[_DAY:])
+        if len(self.long) > _DAY:
+            new.long, new.short = self.long[_DAY:], self.short[_DAY:]
+            new.long_nulls, new.short_nulls = self.long_nulls[_DAY:], self.short_nulls[_DAY:]
+        return new
+
+    def truncate(self, length: int) -> None:
+        """Forget the minutes from index `length` on (undoing a preview's append)."""
+        del self.ds[length:]
+        for totals in (self.long, self.short, self.long_nulls, self.short_nulls):
+            del totals[length + 1 :]
+
+    def liquidations(self, first: int, last: int) -> tuple[float | None, float | None]:
+        """(Σ liq_long_quote, Σ liq_short_quote) of minutes first..last; None where one of them is null."""
+        long, short, long_nulls, short_nulls = self.long, self.short, self.long_nulls, self.short_nulls
+        done = len(long) - 1
+        if done <= last:
+            ds = self.ds
+            total_long, total_short = long[-1], short[-1]
+            null_long, null_short = long_nulls[-1], short_nulls[-1]
+            for k in range(done, last + 1):
+                d = ds[k]
+                if d is None:
+                    null_long += 1
+                    null_short += 1
+                else:
+                    value = d.liq_long_quote_e8
+                    if value is None:
+                        null_long += 1
+                    else:
+                        total_long += value
+                    value = d.liq_short_quote_e8
+                    if value is None:
+                        null_short += 1
+                    else:
+                        total_short += value
+                long.append(total_long)
+                short.append(total_short)
+                long_nulls.append(null_long)
+                short_nulls.append(null_short)
+        end = last + 1
+        return (
+            None if long_nulls[end] - long_nulls[first] else (long[end] - long[first]) / _SCALE,
+            None if short_nulls[end] - short_nulls[first] else (short[end] - short[first]) / _SCALE,
+        )
+
+
+def _bar_derivatives(d: Derivatives) -> tuple:
+    """mark_price, index_price, basis, funding_rate, funding_apr, oi of a bar whose candle carries `d`."""
+    mark, index = d.mark_close, d.index_close
+    basis = None if mark is None or not index else (mark - index) / index * 100
+    rate = None if d.funding_rate is None else d.funding_rate * 100
+    hours = d.funding_interval_hours
+    apr = None if rate is None or not hours else rate * 24 / hours * 365
+    oi = d.open_interest
+    return mark, index, basis, rate, apr, None if oi is None or mark is None else oi * mark
+
+
+def _oi_change(track: _Track, j: int, n: int, oi: float | None) -> float | None:
+    """(OI_t − OI_s) / OI_s × 100 for s = t − n; None when either is unknown or OI_s is 0."""
+    if oi is None or j < n:
+        return None
+    before = track.ds[j - n]
+    if before is None:
+        return None
+    start = before.open_interest
+    return None if not start else (oi - start) / start * 100
+
+
 class BarMetrics(Mapping):
     """A bar's §7 metrics by name (every name of `METRIC_NAMES`, in that order), computed when read."""
 
@@ -257,6 +366,7 @@ class Bar:
         "_macd",
         "_rsi",
         "_signal",
+        "_track",
         "final",
         "late",
         "open_time",
@@ -274,6 +384,7 @@ class Bar:
         rsi: float | None,
         macd: float | None,
         signal: float | None,
+        track: _Track,
     ) -> None:
         self.symbol = symbol
         self.open_time = open_time
@@ -283,6 +394,7 @@ class Bar:
         self._rsi = rsi
         self._macd = macd
         self._signal = signal
+        self._track = track
         self._cache: dict[str, Any] | None = None
         self.final = True
         self.late = False
@@ -368,6 +480,7 @@ class Bar:
         values += (self._rsi, macd, signal, None if signal is None else macd - signal)
         values += self._group(_BANDS)
         values += self._group(_VCP)
+        values += self._derivatives()
         cache = self._cache = dict(zip(METRIC_NAMES, values))  # noqa: B905
         return cache
 
@@ -380,9 +493,38 @@ class Bar:
     def __repr__(self) -> str:
         return f"Bar({self.symbol!r}, {self.open_time}, final={self.final}, late={self.late})"
 
+    def _derivatives(self) -> tuple:
+        """Every §7b metric in `METRIC_NAMES` order."""
+        track = self._track
+        j = self.open_time // MINUTE_MS - track.base
+        d = track.ds[j]
+        if d is None:
+            return _NULL_DERIVATIVES
+        values = list(_bar_derivatives(d))
+        run = self._columns.offset + self._index + 1
+        oi = d.open_interest
+        for n in WINDOW_SIZES:
+            change = _oi_change(track, j, n, oi)
+            if run < n:
+                values += (change, None, None)
+            else:
+                values += (change, *track.liquidations(j - n + 1, j))
+        return tuple(values)
+
     def _group(self, group: int) -> tuple:
         columns, i = self._columns, self._index
         run = columns.offset + i + 1
+        if group >= _DERIVATIVES:
+            track = self._track
+            j = self.open_time // MINUTE_MS - track.base
+            d = track.ds[j]
+            if group == _DERIVATIVES:
+                return (None,) * len(DERIVATIVES_BAR_NAMES) if d is None else _bar_derivatives(d)
+            n = WINDOW_SIZES[group - _DERIVATIVES - 1]
+            if d is None:
+                return None, None, None
+            change = _oi_change(track, j, n, d.open_interest)
+            return (change, None, None) if run < n else (change, *track.liquidations(j - n + 1, j))
         if group < _RANGES:
             n = WINDOW_SIZES[group]
             return (None,) * len(_STEMS_CORE) if run < n else _sums(columns, i, run, n)
@@ -450,17 +592,19 @@ _SCALARS = (
     "_s26",
     "_sig",
     "_ssig",
+    "_track",
 )
 
 
 class SymbolState:
     """One symbol's last 2880 minutes and running indicators. Feed final candles in open-time order."""
 
-    __slots__ = (*_SCALARS, "symbol")
+    __slots__ = (*_SCALARS, "symbol")  # `_minute` is among _SCALARS: a preview puts it back too
 
     def __init__(self, symbol: str) -> None:
         self.symbol = symbol
         self._minute = -1  # absolute minute number (open_time // 60 000) of the newest final candle
+        self._track = _Track(0)
         self._reset_run()
 
     def _reset_run(self) -> None:
@@ -491,26 +635,27 @@ class SymbolState:
 
         The candle is added as if final, the bar's metrics are all computed, and the state is put back
         (the appended minute is cut off the columns), so a preview equals the final bar of the same
-        candle by construction. After a missing minute the preview starts a new run on its own.
+        candle by construction. After a missing minute the preview starts a new run, as the final bar would.
         """
         minute = candle.open_time // MINUTE_MS
         if minute <= self._minute:
             raise ValueError(
                 f"{self.symbol}: candle {candle.open_time} is not after the newest bar {self.last_open_time}"
             )
-        if minute != self._minute + 1:  # a new run: nothing of this state is needed (or may be touched)
-            bar = SymbolState(self.symbol).add_final(candle)
-        else:
-            saved = [getattr(self, name) for name in _SCALARS]
-            columns = self._columns
-            length, shadowed = len(columns.closes), columns.fq is not None
-            try:
-                bar = self.add_final(candle)
-                bar.metrics_dict()  # every value now: the columns lose this minute below
-            finally:
-                columns.truncate(length, shadowed)
-                for name, value in zip(_SCALARS, saved, strict=True):
-                    setattr(self, name, value)
+        # After a missing minute the candle starts a new run (fresh columns, put back below as well), but
+        # the derivatives track goes on: oi_change reads minutes before the gap.
+        saved = [getattr(self, name) for name in _SCALARS]
+        columns, track = self._columns, self._track
+        length, shadowed = len(columns.closes), columns.fq is not None
+        track_length = len(track.ds)
+        try:
+            bar = self.add_final(candle)
+            bar.metrics_dict()  # every value now: the columns lose this minute below
+        finally:
+            columns.truncate(length, shadowed)
+            track.truncate(track_length)
+            for name, value in zip(_SCALARS, saved, strict=True):
+                setattr(self, name, value)
         bar.final = False
         return bar
 
@@ -527,12 +672,20 @@ class SymbolState:
     def _advance(self, c: Candle, emit: bool) -> Bar | None:
         """Add the next final candle; its bar when `emit` (the warm-up makes none: it is never read)."""
         m = c.open_time // MINUTE_MS
+        track = self._track
         if m != self._minute + 1:
             if m <= self._minute:
                 raise ValueError(
                     f"{self.symbol}: candle {c.open_time} is not after the newest bar {self.last_open_time}"
                 )
             self._reset_run()
+            if self._minute < 0 or m - self._minute > _DAY:  # nothing before the gap is ever read again
+                track = self._track = _Track(m)
+            else:
+                track.ds.extend([None] * (m - self._minute - 1))
+        if len(track.ds) >= _TRACK_TRIM_AT:
+            track = self._track = track.trimmed()
+        track.ds.append(c.derivatives)
         self._minute = m
         r = self._run = self._run + 1
         columns = self._columns
@@ -611,7 +764,7 @@ class SymbolState:
             if r == 26:
                 self._e26 = self._s26 / 26
                 macd = self._ssig = self._e12 - self._e26
-        return Bar(self.symbol, c.open_time, x, columns, i, rsi, macd, signal) if emit else None
+        return Bar(self.symbol, c.open_time, x, columns, i, rsi, macd, signal, track) if emit else None
 
 
 def _unwrap(modular: int, approximate: float) -> int:
