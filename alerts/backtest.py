@@ -26,7 +26,7 @@ from typing import Any, TextIO
 
 from alerts.decisions import CooldownTracker, RuleSpec, alert_metrics
 from alerts.vectorized import VectorRule, decide_series
-from cryptomon.contract.candles import CSV_COLUMNS, Candle, decode_payload
+from cryptomon.contract.candles import CSV_COLUMNS, Candle, Derivatives, decode_payload
 from metrics.replay import replay
 
 
@@ -364,9 +364,12 @@ def stored_candles(symbol: str, newest: int | None = None) -> Iterator[Candle]:
     ones when given (the rule preview's bound)."""
     from django.db import connections, transaction
 
+    from metrics.selectors import DERIVATIVE_COLUMNS
+
     columns = (
         "(extract(epoch from time) * 1000)::bigint, open::text, high::text, low::text, close::text, "
-        "volume::text, quote_volume::text, trades, taker_buy_volume::text, taker_buy_quote_volume::text"
+        f"volume::text, quote_volume::text, trades, taker_buy_volume::text, taker_buy_quote_volume::text, "
+        f"{DERIVATIVE_COLUMNS}"
     )
     if newest is None:
         query, params = f"SELECT {columns} FROM candles_1m WHERE symbol = %s ORDER BY time", [symbol]
@@ -379,8 +382,9 @@ def stored_candles(symbol: str, newest: int | None = None) -> Iterator[Candle]:
     with transaction.atomic(using="timeseries"), connections["timeseries"].chunked_cursor() as cursor:
         cursor.execute(query, params)
         while rows := cursor.fetchmany(5000):
-            for open_time, o, h, lo, c, v, qv, trades, tbv, tbqv in rows:
-                yield Candle.from_payload(
+            for row in rows:
+                open_time, o, h, lo, c, v, qv, trades, tbv, tbqv = row[:10]
+                candle = Candle.from_payload(
                     {
                         "open_time": open_time,
                         "open": o,
@@ -395,3 +399,5 @@ def stored_candles(symbol: str, newest: int | None = None) -> Iterator[Candle]:
                     },
                     symbol=symbol,
                 )
+                candle.derivatives = Derivatives.parse(row[10:])
+                yield candle
