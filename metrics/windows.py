@@ -65,7 +65,9 @@ _TRIM_BY = 12 * _BLOCK  # a run's columns are cut by this many minutes (whole bl
 _TRIM_AT = HISTORY_MINUTES + _TRIM_BY  # ... when they reach this length, keeping the newest 2880
 _NULL_WINDOW = (None,) * len(WINDOW_STEMS)
 _DAY = TIMEFRAME_MINUTES["1d"]  # the longest look-back of a §7b metric (oi_change_1d reads t − 1440)
-_TRACK_TRIM_AT = 3 * _DAY  # a derivatives track is cut to its newest 2 days when it reaches 3
+_TRACK_TRIM_AT = 2 * _DAY  # a derivatives track holding 2 days is cut by one (oi_change_1d reads a day back)
+_NULL_LIQ = _WRAP - 1  # a null liquidation sum in a track (a real one is below 10^19 < 2^64 − 1)
+_NAN = math.nan
 _NULL_DERIVATIVES = (None,) * (len(DERIVATIVES_BAR_NAMES) + len(TIMEFRAMES) * len(DERIVATIVES_WINDOW_STEMS))
 
 # The engine emits values in exactly this order; checked once at import against the contract.
@@ -234,69 +236,113 @@ def _ends(values: array, pick) -> tuple[array, array]:
 
 
 class _Track:
-    """A symbol's derivatives per absolute minute from `base` on, append-only, across missing minutes.
+    """A symbol's §7b window inputs per absolute minute from `base` on, append-only, across missing minutes.
 
-    `ds[k]` is the `Derivatives` of minute `base + k` (None: missing minute or no fields). `long`/`short`
-    hold running totals of the liquidation sums (integers of 10⁻⁸, before index 0 and after each minute;
-    a null counts 0) and `long_nulls`/`short_nulls` running counts of null minutes; they are extended on
-    demand and so may be shorter than `ds` + 1."""
+    Compact machine arrays (the live worker keeps 600 symbols' tracks): `oi` (NaN = null), `lq`/`sq` the
+    liquidation sums (integers of 10⁻⁸; `_NULL_LIQ` = null). They may be shorter than the `n` minutes of the
+    track — minutes past their end are null (missing, or a candle without fields), so a market without
+    derivatives appends nothing. `tl`/`ts` (running totals mod 2⁶⁴), `fl`/`fs` (their float shadows) and
+    `nl`/`ns` (running null counts) cover the minutes before index 0 and after each minute, extended when a
+    bar first reads them."""
 
-    __slots__ = ("base", "ds", "long", "long_nulls", "short", "short_nulls")
+    __slots__ = ("base", "fl", "fs", "lq", "n", "nl", "ns", "oi", "sq", "tl", "ts")
 
-    def __init__(self, base: int, ds: list | None = None) -> None:
+    def __init__(self, base: int) -> None:
         self.base = base
-        self.ds: list[Derivatives | None] = [] if ds is None else ds
-        self.long = [0]
-        self.short = [0]
-        self.long_nulls = [0]
-        self.short_nulls = [0]
+        self.n = 0
+        self.oi = array("d")
+        self.lq = array("Q")
+        self.sq = array("Q")
+        self._totals()
+
+    def _totals(self) -> None:
+        self.tl, self.ts = array("Q", (0,)), array("Q", (0,))
+        self.fl, self.fs = array("d", (0.0,)), array("d", (0.0,))
+        self.nl, self.ns = array("I", (0,)), array("I", (0,))
+
+    def put(self, d: Derivatives) -> None:
+        """The fields of minute `n` (the caller then counts it)."""
+        oi, lq, sq = self.oi, self.lq, self.sq
+        pad = self.n - len(oi)
+        if pad:
+            oi.extend(array("d", (_NAN,)) * pad)
+            lq.extend(array("Q", (_NULL_LIQ,)) * pad)
+            sq.extend(array("Q", (_NULL_LIQ,)) * pad)
+        value = d.open_interest
+        oi.append(_NAN if value is None else value)
+        value = d.liq_long_quote_e8
+        lq.append(_NULL_LIQ if value is None else value)
+        value = d.liq_short_quote_e8
+        sq.append(_NULL_LIQ if value is None else value)
 
     def trimmed(self) -> _Track:
         """A copy without the oldest `_DAY` minutes; this object is left unchanged."""
-        new = _Track(self.base + _DAY, self.ds[_DAY:])
-        if len(self.long) > _DAY:
-            new.long, new.short = self.long[_DAY:], self.short[_DAY:]
-            new.long_nulls, new.short_nulls = self.long_nulls[_DAY:], self.short_nulls[_DAY:]
+        cut = _DAY
+        new = _Track.__new__(_Track)
+        new.base, new.n = self.base + cut, self.n - cut
+        new.oi, new.lq, new.sq = self.oi[cut:], self.lq[cut:], self.sq[cut:]
+        if len(self.tl) > cut:
+            new.tl, new.ts, new.fl, new.fs = self.tl[cut:], self.ts[cut:], self.fl[cut:], self.fs[cut:]
+            new.nl, new.ns = self.nl[cut:], self.ns[cut:]
+        else:
+            new._totals()
         return new
 
     def truncate(self, length: int) -> None:
         """Forget the minutes from index `length` on (undoing a preview's append)."""
-        del self.ds[length:]
-        for totals in (self.long, self.short, self.long_nulls, self.short_nulls):
+        self.n = length
+        for values in (self.oi, self.lq, self.sq):
+            del values[length:]
+        for totals in (self.tl, self.ts, self.fl, self.fs, self.nl, self.ns):
             del totals[length + 1 :]
+
+    def open_interest(self, k: int) -> float | None:
+        """`open_interest` of minute index k (None when null, missing or before the track)."""
+        if k < 0 or k >= len(self.oi):
+            return None
+        value = self.oi[k]
+        return None if value != value else value
 
     def liquidations(self, first: int, last: int) -> tuple[float | None, float | None]:
         """(Σ liq_long_quote, Σ liq_short_quote) of minutes first..last; None where one of them is null."""
-        long, short, long_nulls, short_nulls = self.long, self.short, self.long_nulls, self.short_nulls
-        done = len(long) - 1
+        tl, ts, fl, fs, nl, ns = self.tl, self.ts, self.fl, self.fs, self.nl, self.ns
+        done = len(tl) - 1
         if done <= last:
-            ds = self.ds
-            total_long, total_short = long[-1], short[-1]
-            null_long, null_short = long_nulls[-1], short_nulls[-1]
+            lq, sq = self.lq, self.sq
+            known = len(lq)
+            total_l, total_s, float_l, float_s = tl[-1], ts[-1], fl[-1], fs[-1]
+            null_l, null_s = nl[-1], ns[-1]
             for k in range(done, last + 1):
-                d = ds[k]
-                if d is None:
-                    null_long += 1
-                    null_short += 1
+                if k < known:
+                    value = lq[k]
+                    if value == _NULL_LIQ:
+                        null_l += 1
+                    else:
+                        total_l = (total_l + value) & _MASK
+                        float_l += value
+                    value = sq[k]
+                    if value == _NULL_LIQ:
+                        null_s += 1
+                    else:
+                        total_s = (total_s + value) & _MASK
+                        float_s += value
                 else:
-                    value = d.liq_long_quote_e8
-                    if value is None:
-                        null_long += 1
-                    else:
-                        total_long += value
-                    value = d.liq_short_quote_e8
-                    if value is None:
-                        null_short += 1
-                    else:
-                        total_short += value
-                long.append(total_long)
-                short.append(total_short)
-                long_nulls.append(null_long)
-                short_nulls.append(null_short)
+                    null_l += 1
+                    null_s += 1
+                tl.append(total_l)
+                ts.append(total_s)
+                fl.append(float_l)
+                fs.append(float_s)
+                nl.append(null_l)
+                ns.append(null_s)
         end = last + 1
         return (
-            None if long_nulls[end] - long_nulls[first] else (long[end] - long[first]) / _SCALE,
-            None if short_nulls[end] - short_nulls[first] else (short[end] - short[first]) / _SCALE,
+            None
+            if nl[end] - nl[first]
+            else _unwrap((tl[end] - tl[first]) & _MASK, fl[end] - fl[first]) / _SCALE,
+            None
+            if ns[end] - ns[first]
+            else _unwrap((ts[end] - ts[first]) & _MASK, fs[end] - fs[first]) / _SCALE,
         )
 
 
@@ -313,12 +359,9 @@ def _bar_derivatives(d: Derivatives) -> tuple:
 
 def _oi_change(track: _Track, j: int, n: int, oi: float | None) -> float | None:
     """(OI_t − OI_s) / OI_s × 100 for s = t − n; None when either is unknown or OI_s is 0."""
-    if oi is None or j < n:
+    if oi is None:
         return None
-    before = track.ds[j - n]
-    if before is None:
-        return None
-    start = before.open_interest
+    start = track.open_interest(j - n)
     return None if not start else (oi - start) / start * 100
 
 
@@ -362,6 +405,7 @@ class Bar:
     __slots__ = (
         "_cache",
         "_columns",
+        "_d",
         "_index",
         "_macd",
         "_rsi",
@@ -385,6 +429,7 @@ class Bar:
         macd: float | None,
         signal: float | None,
         track: _Track,
+        d: Derivatives | None,
     ) -> None:
         self.symbol = symbol
         self.open_time = open_time
@@ -395,6 +440,7 @@ class Bar:
         self._macd = macd
         self._signal = signal
         self._track = track
+        self._d = d
         self._cache: dict[str, Any] | None = None
         self.final = True
         self.late = False
@@ -495,11 +541,11 @@ class Bar:
 
     def _derivatives(self) -> tuple:
         """Every §7b metric in `METRIC_NAMES` order."""
-        track = self._track
-        j = self.open_time // MINUTE_MS - track.base
-        d = track.ds[j]
+        d = self._d
         if d is None:
             return _NULL_DERIVATIVES
+        track = self._track
+        j = self.open_time // MINUTE_MS - track.base
         values = list(_bar_derivatives(d))
         run = self._columns.offset + self._index + 1
         oi = d.open_interest
@@ -515,9 +561,8 @@ class Bar:
         columns, i = self._columns, self._index
         run = columns.offset + i + 1
         if group >= _DERIVATIVES:
-            track = self._track
+            track, d = self._track, self._d
             j = self.open_time // MINUTE_MS - track.base
-            d = track.ds[j]
             if group == _DERIVATIVES:
                 return (None,) * len(DERIVATIVES_BAR_NAMES) if d is None else _bar_derivatives(d)
             n = WINDOW_SIZES[group - _DERIVATIVES - 1]
@@ -647,7 +692,7 @@ class SymbolState:
         saved = [getattr(self, name) for name in _SCALARS]
         columns, track = self._columns, self._track
         length, shadowed = len(columns.closes), columns.fq is not None
-        track_length = len(track.ds)
+        track_length = track.n
         try:
             bar = self.add_final(candle)
             bar.metrics_dict()  # every value now: the columns lose this minute below
@@ -672,7 +717,6 @@ class SymbolState:
     def _advance(self, c: Candle, emit: bool) -> Bar | None:
         """Add the next final candle; its bar when `emit` (the warm-up makes none: it is never read)."""
         m = c.open_time // MINUTE_MS
-        track = self._track
         if m != self._minute + 1:
             if m <= self._minute:
                 raise ValueError(
@@ -680,13 +724,19 @@ class SymbolState:
                 )
             self._reset_run()
             if self._minute < 0 or m - self._minute > _DAY:  # nothing before the gap is ever read again
-                track = self._track = _Track(m)
+                self._track = _Track(m)
             else:
-                track.ds.extend([None] * (m - self._minute - 1))
-        if len(track.ds) >= _TRACK_TRIM_AT:
-            track = self._track = track.trimmed()
-        track.ds.append(c.derivatives)
+                self._track.n += m - self._minute - 1  # null minutes: nothing to store
         self._minute = m
+        track = self._track
+        if track.n >= _TRACK_TRIM_AT:
+            while track.n >= _TRACK_TRIM_AT:
+                track = track.trimmed()
+            self._track = track
+        d = c.derivatives
+        if d is not None:
+            track.put(d)
+        track.n += 1
         r = self._run = self._run + 1
         columns = self._columns
         closes = columns.closes
@@ -764,7 +814,7 @@ class SymbolState:
             if r == 26:
                 self._e26 = self._s26 / 26
                 macd = self._ssig = self._e12 - self._e26
-        return Bar(self.symbol, c.open_time, x, columns, i, rsi, macd, signal, track) if emit else None
+        return Bar(self.symbol, c.open_time, x, columns, i, rsi, macd, signal, track, d) if emit else None
 
 
 def _unwrap(modular: int, approximate: float) -> int:
