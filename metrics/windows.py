@@ -239,17 +239,16 @@ class _Track:
     """A symbol's §7b window inputs per absolute minute from `base` on, append-only, across missing minutes.
 
     Compact machine arrays (the live worker keeps 600 symbols' tracks): `oi` (NaN = null), `lq`/`sq` the
-    liquidation sums (integers of 10⁻⁸; `_NULL_LIQ` = null). They may be shorter than the `n` minutes of the
-    track — minutes past their end are null (missing, or a candle without fields), so a market without
+    liquidation sums (integers of 10⁻⁸; `_NULL_LIQ` = null). They may end before the symbol's newest minute
+    — minutes past their end are null (missing, or a candle without fields), so a market without
     derivatives appends nothing. `tl`/`ts` (running totals mod 2⁶⁴), `fl`/`fs` (their float shadows) and
     `nl`/`ns` (running null counts) cover the minutes before index 0 and after each minute, extended when a
     bar first reads them."""
 
-    __slots__ = ("base", "fl", "fs", "lq", "n", "nl", "ns", "oi", "sq", "tl", "ts")
+    __slots__ = ("base", "fl", "fs", "lq", "nl", "ns", "oi", "sq", "tl", "ts")
 
     def __init__(self, base: int) -> None:
         self.base = base
-        self.n = 0
         self.oi = array("d")
         self.lq = array("Q")
         self.sq = array("Q")
@@ -260,10 +259,10 @@ class _Track:
         self.fl, self.fs = array("d", (0.0,)), array("d", (0.0,))
         self.nl, self.ns = array("I", (0,)), array("I", (0,))
 
-    def put(self, d: Derivatives) -> None:
-        """The fields of minute `n` (the caller then counts it)."""
+    def put(self, d: Derivatives, minute: int) -> None:
+        """The fields of `minute` (absolute), the newest so far."""
         oi, lq, sq = self.oi, self.lq, self.sq
-        pad = self.n - len(oi)
+        pad = minute - self.base - len(oi)
         if pad:
             oi.extend(array("d", (_NAN,)) * pad)
             lq.extend(array("Q", (_NULL_LIQ,)) * pad)
@@ -279,7 +278,7 @@ class _Track:
         """A copy without the oldest `_DAY` minutes; this object is left unchanged."""
         cut = _DAY
         new = _Track.__new__(_Track)
-        new.base, new.n = self.base + cut, self.n - cut
+        new.base = self.base + cut
         new.oi, new.lq, new.sq = self.oi[cut:], self.lq[cut:], self.sq[cut:]
         if len(self.tl) > cut:
             new.tl, new.ts, new.fl, new.fs = self.tl[cut:], self.ts[cut:], self.fl[cut:], self.fs[cut:]
@@ -290,7 +289,6 @@ class _Track:
 
     def truncate(self, length: int) -> None:
         """Forget the minutes from index `length` on (undoing a preview's append)."""
-        self.n = length
         for values in (self.oi, self.lq, self.sq):
             del values[length:]
         for totals in (self.tl, self.ts, self.fl, self.fs, self.nl, self.ns):
@@ -638,6 +636,7 @@ _SCALARS = (
     "_sig",
     "_ssig",
     "_track",
+    "_track_end",
 )
 
 
@@ -650,6 +649,7 @@ class SymbolState:
         self.symbol = symbol
         self._minute = -1  # absolute minute number (open_time // 60 000) of the newest final candle
         self._track = _Track(0)
+        self._track_end = _TRACK_TRIM_AT
         self._reset_run()
 
     def _reset_run(self) -> None:
@@ -692,7 +692,7 @@ class SymbolState:
         saved = [getattr(self, name) for name in _SCALARS]
         columns, track = self._columns, self._track
         length, shadowed = len(columns.closes), columns.fq is not None
-        track_length = track.n
+        track_length = self._minute - track.base + 1
         try:
             bar = self.add_final(candle)
             bar.metrics_dict()  # every value now: the columns lose this minute below
@@ -725,18 +725,17 @@ class SymbolState:
             self._reset_run()
             if self._minute < 0 or m - self._minute > _DAY:  # nothing before the gap is ever read again
                 self._track = _Track(m)
-            else:
-                self._track.n += m - self._minute - 1  # null minutes: nothing to store
+                self._track_end = m + _TRACK_TRIM_AT
         self._minute = m
-        track = self._track
-        if track.n >= _TRACK_TRIM_AT:
-            while track.n >= _TRACK_TRIM_AT:
+        if m >= self._track_end:
+            track = self._track
+            while m - track.base >= _TRACK_TRIM_AT:
                 track = track.trimmed()
             self._track = track
+            self._track_end = track.base + _TRACK_TRIM_AT
         d = c.derivatives
         if d is not None:
-            track.put(d)
-        track.n += 1
+            self._track.put(d, m)
         r = self._run = self._run + 1
         columns = self._columns
         closes = columns.closes
@@ -814,7 +813,9 @@ class SymbolState:
             if r == 26:
                 self._e26 = self._s26 / 26
                 macd = self._ssig = self._e12 - self._e26
-        return Bar(self.symbol, c.open_time, x, columns, i, rsi, macd, signal, track, d) if emit else None
+        return (
+            Bar(self.symbol, c.open_time, x, columns, i, rsi, macd, signal, self._track, d) if emit else None
+        )
 
 
 def _unwrap(modular: int, approximate: float) -> int:
