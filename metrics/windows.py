@@ -259,20 +259,12 @@ class _Track:
         self.fl, self.fs = array("d", (0.0,)), array("d", (0.0,))
         self.nl, self.ns = array("I", (0,)), array("I", (0,))
 
-    def put(self, d: Derivatives, minute: int) -> None:
-        """The fields of `minute` (absolute), the newest so far."""
-        oi, lq, sq = self.oi, self.lq, self.sq
-        pad = minute - self.base - len(oi)
-        if pad:
-            oi.extend(array("d", (_NAN,)) * pad)
-            lq.extend(array("Q", (_NULL_LIQ,)) * pad)
-            sq.extend(array("Q", (_NULL_LIQ,)) * pad)
-        value = d.open_interest
-        oi.append(_NAN if value is None else value)
-        value = d.liq_long_quote_e8
-        lq.append(_NULL_LIQ if value is None else value)
-        value = d.liq_short_quote_e8
-        sq.append(_NULL_LIQ if value is None else value)
+    def pad(self, minute: int) -> None:
+        """Nulls for the minutes from the arrays' end to `minute` (whose fields come next)."""
+        pad = minute - self.base - len(self.oi)
+        self.oi.extend(array("d", (_NAN,)) * pad)
+        self.lq.extend(array("Q", (_NULL_LIQ,)) * pad)
+        self.sq.extend(array("Q", (_NULL_LIQ,)) * pad)
 
     def trimmed(self) -> _Track:
         """A copy without the oldest `_DAY` minutes; this object is left unchanged."""
@@ -734,8 +726,17 @@ class SymbolState:
             self._track = track
             self._track_end = track.base + _TRACK_TRIM_AT
         d = c.derivatives
-        if d is not None:
-            self._track.put(d, m)
+        if d is not None:  # the track's inputs, appended here rather than by a call: this runs per candle
+            track = self._track
+            oi = track.oi
+            if len(oi) != m - track.base:
+                track.pad(m)
+            value = d.open_interest
+            oi.append(_NAN if value is None else value)
+            value = d.liq_long_quote_e8
+            track.lq.append(_NULL_LIQ if value is None else value)
+            value = d.liq_short_quote_e8
+            track.sq.append(_NULL_LIQ if value is None else value)
         r = self._run = self._run + 1
         columns = self._columns
         closes = columns.closes
