@@ -1,6 +1,6 @@
 """The 16 global presets of docs/contract.md §8 (10 on klines) and §7b (6 on derivatives) as plain data, for the
 backtest's `--rules presets` (which needs no database) and for tests. Expressions are those of the contract,
-character for character; the migrations `0002_presets` and `0009_derivatives_presets` install them."""
+character for character; the migrations `0002_presets` and `0010_derivatives_presets` install them."""
 
 from __future__ import annotations
 

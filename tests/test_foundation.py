@@ -80,7 +80,7 @@ def test_the_sixteen_presets_exist_exactly_as_designed():
     from importlib import import_module
 
     kline = import_module("alerts.migrations.0002_presets").PRESETS
-    futures = import_module("alerts.migrations.0009_derivatives_presets").PRESETS
+    futures = import_module("alerts.migrations.0010_derivatives_presets").PRESETS
     rules = {rule.slug: rule for rule in AlertRule.objects.filter(owner=None)}
     assert len(rules) == 16
     assert kline_presets() == [(s, n, d, e) for s, n, d, e, *_ in kline] and len(kline) == 10
