@@ -14,6 +14,7 @@ has been read and checked.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -26,7 +27,8 @@ from typing import Any, TextIO
 
 from alerts.decisions import CooldownTracker, RuleSpec, alert_metrics
 from alerts.vectorized import VectorRule, decide_series
-from cryptomon.contract.candles import CSV_COLUMNS, Candle, decode_payload
+from cryptomon.contract.candles import CSV_COLUMNS, Candle, Derivatives, decode_payload
+from cryptomon.contract.times import MINUTE_MS
 from metrics.replay import replay
 
 
@@ -38,49 +40,104 @@ class InputError(ValueError):
     """An input file is bad (exit code 1); the message names the file and the line."""
 
 
+# The kinds of input file (docs/alerts.md, "Backtest input files"): candles (JSON Lines or Binance's kline
+# CSV), and Binance public-data files that only add §7b fields to the candles of the same symbol and minute.
+JSONL, KLINES, MARK, INDEX, FUNDING, OPEN_INTEREST = "jsonl", "klines", "mark", "index", "funding", "metrics"
+FUNDING_COLUMNS = ("calc_time", "funding_interval_hours", "last_funding_rate")
+METRICS_COLUMNS = (
+    "create_time",
+    "symbol",
+    "sum_open_interest",
+    "sum_open_interest_value",
+    "count_toptrader_long_short_ratio",
+    "sum_toptrader_long_short_ratio",
+    "count_long_short_ratio",
+    "sum_taker_long_short_vol_ratio",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Source:
-    """One `--input` file: its position on the command line, its format and (CSV) its symbol."""
+    """One `--input` file: its position on the command line, its kind and (CSV) its symbol."""
 
     index: int
     path: Path
-    jsonl: bool
+    kind: str
     symbol: str | None
+
+    @property
+    def jsonl(self) -> bool:
+        return self.kind == JSONL
+
+    @property
+    def adds_fields(self) -> bool:
+        """A file of §7b fields only (merged into the candles of its symbol), not of candles."""
+        return self.kind not in (JSONL, KLINES)
+
+
+def _first_line(path: Path, name: str) -> str:
+    """The first non-blank line (stripped), read in bounded pieces."""
+    try:
+        with path.open("r", encoding="utf-8") as handle:
+            text = ""
+            while chunk := handle.read(65536):
+                text = (text + chunk).lstrip()
+                if "\n" in text or len(text) > 65536:
+                    break
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"{name}:1: cannot read the file: {error}") from None
+    return text.split("\n", 1)[0].strip()
+
+
+def file_kind(path: Path, first_line: str) -> str:
+    """JSON Lines by the first character (§9); a CSV by its header, and kline CSVs by their path: Binance
+    names mark and index price kline files exactly like trade kline files, only their folder
+    (`markPriceKlines/`, `indexPriceKlines/`) tells them apart."""
+    if first_line.startswith("{"):
+        return JSONL
+    header = tuple(field.strip() for field in first_line.split(","))
+    if header == FUNDING_COLUMNS or "fundingRate" in path.name:
+        return FUNDING
+    if header[:3] == METRICS_COLUMNS[:3] or "-metrics-" in path.name:
+        return OPEN_INTEREST
+    where = str(path)
+    if "markPriceKlines" in where:
+        return MARK
+    if "indexPriceKlines" in where:
+        return INDEX
+    if "premiumIndexKlines" in where:
+        raise UsageError(f"--input {path}: premium index klines carry no field the backtest reads")
+    return KLINES
 
 
 def plan_sources(paths: Sequence[str], symbol: str | None) -> list[Source]:
-    """Check that each input exists and decide its format by its first non-blank character (§9)."""
+    """Check that each input exists and decide its kind: JSON Lines by its first non-blank character (§9),
+    CSV kinds by header and name (`file_kind`)."""
     sources = []
     for index, name in enumerate(paths):
         path = Path(name)
         if not path.is_file():
             raise UsageError(f"--input {name}: no such file")
-        try:
-            with path.open("r", encoding="utf-8") as handle:
-                first = ""
-                while chunk := handle.read(65536):
-                    if stripped := chunk.lstrip():
-                        first = stripped[0]
-                        break
-        except (OSError, UnicodeDecodeError) as error:
-            raise InputError(f"{name}:1: cannot read the file: {error}") from None
-        jsonl = first == "{"
+        kind = file_kind(path, _first_line(path, name))
         csv_symbol = None
-        if not jsonl:
+        if kind != JSONL:
             csv_symbol = symbol or path.name.split("-", 1)[0]
             if "-" not in path.name and not symbol:
                 raise UsageError(
                     f"--input {name}: cannot tell the symbol of a CSV file from its name; name it like "
                     "BTCUSDT-1m-2026-01-01.csv or pass --symbol"
                 )
-        sources.append(Source(index, path, jsonl, csv_symbol))
+        sources.append(Source(index, path, kind, csv_symbol))
     return sources
 
 
 def read_candles(path: str | Path, symbol: str | None = None) -> Iterator[Candle]:
     """The candles of one JSON Lines or Binance CSV file, in file order, read by the rules of docs/contract.md §9
     (the one candle-file reader); UsageError or InputError say what is wrong."""
-    for candle, _ in read_source(plan_sources([str(path)], symbol)[0]):
+    source = plan_sources([str(path)], symbol)[0]
+    if source.adds_fields:
+        raise UsageError(f"{path}: a file of {source.kind} fields holds no candles")
+    for candle, _ in read_source(source):
         yield candle
 
 
@@ -133,6 +190,167 @@ def _read_csv(source: Source, handle: TextIO) -> Iterator[tuple[Candle, int]]:
         yield candle, number
 
 
+# --- files of §7b fields ---------------------------------------------------------------------------------
+
+FieldRows = dict[int, tuple[dict[str, Any], int]]  # open time → (fields, line)
+
+
+def read_fields(source: Source) -> FieldRows:
+    """The §7b fields one Binance public-data file gives, per minute (open time) of its symbol."""
+    import csv
+
+    read = {MARK: _kline_close, INDEX: _kline_close, FUNDING: _funding, OPEN_INTEREST: _open_interest}[
+        source.kind
+    ]
+    rows: list[tuple[list[str], int]] = []
+    try:
+        with source.path.open("r", encoding="utf-8", newline="") as handle:
+            for number, row in enumerate(csv.reader(handle), 1):
+                if row and not (len(row) == 1 and not row[0].strip()):
+                    rows.append(([value.strip() for value in row], number))
+    except UnicodeDecodeError as error:
+        raise InputError(f"{source.path}: not UTF-8 text ({error})") from None
+    try:
+        return read(source, rows)
+    except _BadRow as error:
+        raise InputError(f"{source.path}:{error.line}: {error.why}") from None
+
+
+class _BadRow(Exception):
+    def __init__(self, line: int, why: str) -> None:
+        super().__init__(why)
+        self.line, self.why = line, why
+
+
+def _data_rows(rows: list[tuple[list[str], int]], header: tuple[str, ...], exact: bool = True):
+    """Rows after an optional header (a first row whose first field is not an integer), checked."""
+    for position, (fields, number) in enumerate(rows):
+        if position == 0 and not fields[0].lstrip("+-").isdigit():
+            if (tuple(fields) if exact else tuple(fields[: len(header)])) != header:
+                raise _BadRow(number, f"the header must be {','.join(header)} (got {','.join(fields)[:200]})")
+            continue
+        yield fields, number
+
+
+def _put(out: FieldRows, open_time: int, fields: dict[str, Any], number: int, newest: bool = False) -> None:
+    """One minute's fields; a repeated minute must agree (`newest`: a later line wins, as the newest
+    open-interest sample of a minute does)."""
+    known = out.get(open_time)
+    if known is not None and not newest and known[0] != fields:
+        raise _BadRow(number, f"minute {open_time} differs from the same minute at line {known[1]}")
+    out[open_time] = (fields, number)
+
+
+def _kline_close(source: Source, rows) -> FieldRows:
+    field = "mark_close" if source.kind == MARK else "index_close"
+    out: FieldRows = {}
+    for fields, number in _data_rows(rows, CSV_COLUMNS):
+        try:
+            candle = Candle.from_csv_row(source.symbol, fields)
+        except ValueError as error:
+            raise _BadRow(number, str(error)) from None
+        _put(out, candle.open_time, {field: candle.close}, number)
+    return out
+
+
+def _funding(source: Source, rows) -> FieldRows:
+    """Each settlement (`calc_time`, at most a few ms after the hour) gives the rate and interval to every
+    minute of the funding interval it closes, [previous settlement, this one), and is their next funding
+    time (docs/metrics.md, "Backtest from Binance files")."""
+    from cryptomon.contract.candles import integer_value, price_value, signed_value
+
+    settlements = []
+    for fields, number in _data_rows(rows, FUNDING_COLUMNS):
+        if len(fields) != 3:
+            raise _BadRow(number, f"expected 3 columns, got {len(fields)}")
+        try:
+            settled = integer_value(fields[0], "calc_time") // MINUTE_MS * MINUTE_MS
+            hours = price_value(fields[1], "funding_interval_hours")
+            rate = signed_value(fields[2], "last_funding_rate")
+        except ValueError as error:
+            raise _BadRow(number, str(error)) from None
+        if not hours:
+            raise _BadRow(number, "funding_interval_hours: must be positive")
+        settlements.append((settled, hours, rate, number))
+    settlements.sort()
+    out: FieldRows = {}
+    previous = None
+    for settled, hours, rate, number in settlements:
+        start = settled - int(hours * 3_600_000)
+        if previous is not None and previous > start:
+            start = previous
+        fields = {"funding_rate": rate, "funding_interval_hours": hours, "next_funding_time": settled}
+        for open_time in range(start // MINUTE_MS * MINUTE_MS, settled, MINUTE_MS):
+            _put(out, open_time, fields, number)
+        previous = settled
+    return out
+
+
+def _open_interest(source: Source, rows) -> FieldRows:
+    """`sum_open_interest` of each 5-minute sample is the `open_interest` of the minute it was taken in."""
+    from datetime import UTC, datetime
+
+    from cryptomon.contract.candles import price_value
+
+    out: FieldRows = {}
+    for fields, number in _data_rows(rows, METRICS_COLUMNS[:3], exact=False):
+        if len(fields) < 3:
+            raise _BadRow(number, f"expected at least 3 columns, got {len(fields)}")
+        try:
+            moment = datetime.strptime(fields[0], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+        except ValueError:
+            why = f"create_time: not a time like 2026-01-01 00:05:00 (got {fields[0][:40]!r})"
+            raise _BadRow(number, why) from None
+        if fields[1] != source.symbol:
+            raise _BadRow(number, f"symbol: {fields[1][:40]!r} is not the file's symbol {source.symbol}")
+        if not fields[2]:
+            continue  # Binance leaves a sample it does not have empty: no sample in that minute
+        try:
+            value = price_value(fields[2], "sum_open_interest")
+        except ValueError as error:
+            raise _BadRow(number, str(error)) from None
+        open_time = int(moment.timestamp()) * 1000 // MINUTE_MS * MINUTE_MS
+        _put(out, open_time, {"open_interest": value}, number, newest=True)
+    return out
+
+
+def add_fields(
+    symbol: str, candles: list[Candle], sources: Sequence[Source], names: Sequence[str]
+) -> list[Candle]:
+    """The candles with the §7b fields of `sources` merged in by minute (a minute without a candle stays
+    missing). A field given twice with different values is bad input naming both places."""
+    if not sources:
+        return candles
+    given: dict[int, dict[str, tuple[Any, str]]] = {}
+    for source in sources:
+        for open_time, (fields, number) in read_fields(source).items():
+            minute = given.setdefault(open_time, {})
+            for field_name, value in fields.items():
+                place = f"{names[source.index] if names else source.path}:{number}"
+                known = minute.get(field_name)
+                if known is not None and known[0] != value:
+                    raise InputError(
+                        f"{place}: {symbol} {open_time} {field_name} {value!r} differs from {known[0]!r} at {known[1]}"
+                    )
+                minute[field_name] = (value, place)
+    merged = []
+    for candle in candles:
+        extra = given.get(candle.open_time)
+        if extra:
+            current = candle.derivatives or Derivatives()
+            for field_name, (value, place) in extra.items():
+                have = getattr(current, field_name)
+                if have is not None and have != value:
+                    raise InputError(
+                        f"{place}: {symbol} {candle.open_time} {field_name} {value!r} differs from the "
+                        f"candle's {have!r}"
+                    )
+            current = dataclasses.replace(current, **{name: value for name, (value, _) in extra.items()})
+            candle = dataclasses.replace(candle, derivatives=current)
+        merged.append(candle)
+    return merged
+
+
 # --- evaluation -------------------------------------------------------------------------------------
 
 Place = tuple[int, int]  # (source index, line); (-1, 0) for candles_1m
@@ -146,6 +364,7 @@ class SymbolJob:
     csv_sources: list[Source] = field(default_factory=list)
     entries: list[tuple[Candle, Place]] = field(default_factory=list)
     from_database: bool = False
+    field_sources: list[Source] = field(default_factory=list)
 
 
 def merge(symbol: str, entries: list[tuple[Candle, Place]], names: Sequence[str]) -> list[Candle]:
@@ -240,7 +459,7 @@ def _run_job(job: SymbolJob) -> tuple[str, list[dict[str, Any]] | None, str | No
             entries = list(job.entries)
             for source in job.csv_sources:
                 entries.extend((candle, (source.index, line)) for candle, line in read_source(source))
-            candles = merge(job.symbol, entries, _NAMES)
+            candles = add_fields(job.symbol, merge(job.symbol, entries, _NAMES), job.field_sources, _NAMES)
         return job.symbol, evaluate(job.symbol, candles, _RULES), None
     except InputError as error:
         return job.symbol, None, str(error)
@@ -250,13 +469,15 @@ def file_jobs(sources: Sequence[Source], symbol: str | None) -> list[SymbolJob]:
     """One job per symbol: CSV files grouped by their symbol, JSON Lines files read now (any symbols)."""
     jobs: dict[str, SymbolJob] = {}
     for source in sources:
-        if source.jsonl:
+        if source.adds_fields:
+            jobs.setdefault(source.symbol, SymbolJob(source.symbol)).field_sources.append(source)
+        elif source.jsonl:
             for candle, line in read_source(source, only_symbol=symbol):
                 job = jobs.setdefault(candle.symbol, SymbolJob(candle.symbol))
                 job.entries.append((candle, (source.index, line)))
         else:
             jobs.setdefault(source.symbol, SymbolJob(source.symbol)).csv_sources.append(source)
-    return [jobs[name] for name in sorted(jobs)]
+    return [jobs[name] for name in sorted(jobs) if jobs[name].entries or jobs[name].csv_sources]
 
 
 def run_jobs(
@@ -364,9 +585,12 @@ def stored_candles(symbol: str, newest: int | None = None) -> Iterator[Candle]:
     ones when given (the rule preview's bound)."""
     from django.db import connections, transaction
 
+    from metrics.selectors import DERIVATIVE_COLUMNS
+
     columns = (
         "(extract(epoch from time) * 1000)::bigint, open::text, high::text, low::text, close::text, "
-        "volume::text, quote_volume::text, trades, taker_buy_volume::text, taker_buy_quote_volume::text"
+        f"volume::text, quote_volume::text, trades, taker_buy_volume::text, taker_buy_quote_volume::text, "
+        f"{DERIVATIVE_COLUMNS}"
     )
     if newest is None:
         query, params = f"SELECT {columns} FROM candles_1m WHERE symbol = %s ORDER BY time", [symbol]
@@ -379,8 +603,9 @@ def stored_candles(symbol: str, newest: int | None = None) -> Iterator[Candle]:
     with transaction.atomic(using="timeseries"), connections["timeseries"].chunked_cursor() as cursor:
         cursor.execute(query, params)
         while rows := cursor.fetchmany(5000):
-            for open_time, o, h, lo, c, v, qv, trades, tbv, tbqv in rows:
-                yield Candle.from_payload(
+            for row in rows:
+                open_time, o, h, lo, c, v, qv, trades, tbv, tbqv = row[:10]
+                candle = Candle.from_payload(
                     {
                         "open_time": open_time,
                         "open": o,
@@ -395,3 +620,5 @@ def stored_candles(symbol: str, newest: int | None = None) -> Iterator[Candle]:
                     },
                     symbol=symbol,
                 )
+                candle.derivatives = Derivatives.parse(row[10:])
+                yield candle

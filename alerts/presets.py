@@ -1,5 +1,6 @@
-"""The 10 global presets of docs/contract.md §8 as plain data, for the backtest's `--rules presets` (which needs no
-database) and for tests. Expressions are those of docs/contract.md §8, character for character."""
+"""The 16 global presets of docs/contract.md §8 (10 on klines) and §7b (6 on derivatives) as plain data, for the
+backtest's `--rules presets` (which needs no database) and for tests. Expressions are those of the contract,
+character for character; the migrations `0002_presets` and `0010_derivatives_presets` install them."""
 
 from __future__ import annotations
 
@@ -146,6 +147,55 @@ PRESETS: tuple[Preset, ...] = (
         ),
         severity="info",
         direction="bear",
+    ),
+    # §7b: the futures-native presets.
+    Preset(
+        slug="futures_crowded_longs",
+        name="Crowded Longs",
+        description="funding rich while open interest builds into a rise",
+        expression="funding_apr > 50 and oi_change_4h > 5 and change_4h > 0",
+        severity="info",
+        direction="bull",
+    ),
+    Preset(
+        slug="futures_crowded_shorts",
+        name="Crowded Shorts",
+        description="funding negative while open interest builds into a fall",
+        expression="funding_apr < -50 and oi_change_4h > 5 and change_4h < 0",
+        severity="info",
+        direction="bear",
+    ),
+    Preset(
+        slug="futures_long_squeeze",
+        name="Long Squeeze",
+        description="longs liquidated into a drop",
+        expression="liq_long_5m > 1_000_000 and change_5m < -1",
+        severity="warning",
+        direction="bear",
+    ),
+    Preset(
+        slug="futures_short_squeeze",
+        name="Short Squeeze",
+        description="shorts liquidated into a rise",
+        expression="liq_short_5m > 1_000_000 and change_5m > 1",
+        severity="warning",
+        direction="bull",
+    ),
+    Preset(
+        slug="futures_oi_surge",
+        name="OI Surge",
+        description="positions pile in while price stands still",
+        expression="oi_change_15m > 5 and abs(change_15m) < 1",
+        severity="info",
+        direction="neutral",
+    ),
+    Preset(
+        slug="futures_basis_dislocation",
+        name="Basis Dislocation",
+        description="mark far from index",
+        expression="abs(basis) > 0.5",
+        severity="info",
+        direction="neutral",
     ),
 )
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from cryptomon.contract.names import METRIC_NAMES, TIMEFRAMES, WINDOW_STEMS
+from cryptomon.contract.names import DERIVATIVES_WINDOW_STEMS, METRIC_NAMES, TIMEFRAMES, WINDOW_STEMS
 
 __all__ = [
     "FUNCTIONS",
@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 _METRICS = frozenset(METRIC_NAMES)
+_STEMS = frozenset((*WINDOW_STEMS, *DERIVATIVES_WINDOW_STEMS))
 
 MAX_LENGTH = 1000
 MAX_DEPTH = 32
@@ -440,7 +441,7 @@ def _unknown_name(name: str, column: int) -> RuleError:
     if keyword.iskeyword(name) or lower in {"true", "false", "none", "null"}:
         return RuleError(f"'{name}' is not part of the rule language", column)
     match = re.fullmatch(r"([a-z_]+)_([0-9]+[a-z]+)", lower)
-    if match and match.group(1) in WINDOW_STEMS and match.group(2) not in TIMEFRAMES:
+    if match and match.group(1) in _STEMS and match.group(2) not in TIMEFRAMES:
         windows = ", ".join(TIMEFRAMES[:-1]) + f" and {TIMEFRAMES[-1]}"
         return RuleError(f"unknown metric '{name}'", column, f"the windows are {windows}")
     close = difflib.get_close_matches(name, METRIC_NAMES, n=1, cutoff=0.6)

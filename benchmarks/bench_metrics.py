@@ -13,7 +13,11 @@
    `metrics.calculated` message, p50/p99.
 
     .venv/bin/python benchmarks/bench_metrics.py [--symbols 600] [--minutes 2880] [--sample 100] [--no-pandas]
-        [--live | --live-only]
+        [--derivatives] [--live | --live-only]
+
+`--derivatives` runs the replay and the read-every-metric pass twice in the same process: candles without
+and with the §7b fields (mark, index, funding, open interest, liquidations on every candle), so the cost of
+the derivatives metrics is a ratio taken under the same machine load.
 """
 
 from __future__ import annotations
@@ -37,7 +41,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cryptomon.contract.candles import Candle  # noqa: E402
+from alerts.presets import PRESETS  # noqa: E402
+from cryptomon.contract.candles import Candle, Derivatives  # noqa: E402
+from cryptomon.contract.names import METRIC_NAMES  # noqa: E402
 from metrics.replay import replay  # noqa: E402
 from metrics.windows import SymbolState  # noqa: E402
 
@@ -54,8 +60,12 @@ def current_rss_mb() -> float:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1024 / 1024
 
 
-def market(symbols: int, minutes: int, seed: int = 1) -> Iterator[Candle]:
-    """A random-walk market, minute by minute across symbols (as merged input arrives), ~1% zero-volume."""
+def market(symbols: int, minutes: int, seed: int = 1, derivatives: bool = False) -> Iterator[Candle]:
+    """A random-walk market, minute by minute across symbols (as merged input arrives), ~1% zero-volume;
+    with `derivatives` every candle carries the §7b fields (liquidations on ~5% of minutes)."""
+    if derivatives:
+        yield from _with_derivatives(market(symbols, minutes, seed))
+        return
     rng = random.Random(seed)
     prices = [10 ** rng.uniform(-3, 4.5) for _ in range(symbols)]
     sizes = [10 ** rng.uniform(3, 7) for _ in range(symbols)]
@@ -74,11 +84,24 @@ def market(symbols: int, minutes: int, seed: int = 1) -> Iterator[Candle]:
             )  # fmt: skip
 
 
-def bench_replay(symbols: int, minutes: int) -> dict:
+def _with_derivatives(candles: Iterator[Candle]) -> Iterator[Candle]:
+    rng = random.Random(2)
+    rand = rng.random
+    for c in candles:
+        x = c.close
+        liquidated = rand() < 0.05
+        c.derivatives = Derivatives(
+            x * 1.0002, x, 0.0001, 8.0, c.open_time + 3_600_000, 1e6 * (1 + rand() * 0.01),
+            int(x * 1e8 * rand() * 100) if liquidated else 0, 0, 1 if liquidated else 0,
+        )  # fmt: skip
+        yield c
+
+
+def bench_replay(symbols: int, minutes: int, derivatives: bool = False) -> dict:
     gc.collect()
     base = current_rss_mb()
     started = time.process_time()
-    for _ in market(symbols, minutes):
+    for _ in market(symbols, minutes, derivatives=derivatives):
         pass
     creation = time.process_time() - started
 
@@ -86,7 +109,7 @@ def bench_replay(symbols: int, minutes: int) -> dict:
     before = current_rss_mb()
     started = time.process_time()
     count = 0
-    for _bar in replay(market(symbols, minutes), states=states):
+    for _bar in replay(market(symbols, minutes, derivatives=derivatives), states=states):
         count += 1
     total = time.process_time() - started
     after = current_rss_mb()
@@ -102,24 +125,24 @@ def bench_replay(symbols: int, minutes: int) -> dict:
     }
 
 
-def bench_reading(symbols: int, minutes: int) -> dict:
+def bench_reading(symbols: int, minutes: int, derivatives: bool = False) -> dict:
     """Engine seconds per candle with every bar's metrics read, and the presets' backtest, per candle."""
     from alerts.backtest import evaluate
     from alerts.presets import preset_specs
 
     started = time.process_time()
-    for _ in market(symbols, minutes):
+    for _ in market(symbols, minutes, derivatives=derivatives):
         pass
     creation = time.process_time() - started
     started = time.process_time()
     count = 0
-    for bar in replay(market(symbols, minutes)):
+    for bar in replay(market(symbols, minutes, derivatives=derivatives)):
         bar.metrics_dict()
         count += 1
     full = (time.process_time() - started - creation) / count
 
     per_symbol: dict[str, list[Candle]] = {}
-    for candle in market(symbols, minutes):
+    for candle in market(symbols, minutes, derivatives=derivatives):
         per_symbol.setdefault(candle.symbol, []).append(candle)
     rules = preset_specs()
     started = time.process_time()
@@ -297,6 +320,7 @@ def main() -> int:
     parser.add_argument("--minutes", type=int, default=2880)
     parser.add_argument("--sample", type=int, default=100, help="symbols for the read-every-metric passes")
     parser.add_argument("--no-pandas", action="store_true")
+    parser.add_argument("--derivatives", action="store_true", help="also with the §7b fields, same run")
     parser.add_argument("--live", action="store_true", help="also the live latency (starts servers)")
     parser.add_argument("--live-only", action="store_true", help="only the live latency")
     args = parser.parse_args()
@@ -317,28 +341,9 @@ def main() -> int:
 
 
 def replay_and_pandas(args: argparse.Namespace) -> None:
-    result = bench_replay(args.symbols, args.minutes)
-    print(
-        f"replay {args.symbols} symbols × {args.minutes} minutes = {result['candles']:,} candles: "
-        f"{result['seconds']:.1f} s CPU, {result['per_second']:,.0f} candles/s end to end, "
-        f"{result['engine_per_second']:,.0f} candles/s engine alone "
-        f"(creating the candles took {result['creation_seconds']:.1f} s)",
-        flush=True,
-    )
-    print(
-        f"memory: peak RSS {result['peak_rss_mb']:.0f} MB (interpreter and imports {result['base_rss_mb']:.0f} MB), "
-        f"the {args.symbols} symbol states keep {result['states_mb']:.0f} MB",
-        flush=True,
-    )
-    sample = min(args.sample, args.symbols)
-    reading = bench_reading(sample, args.minutes)
-    print(
-        f"{sample} symbols × {args.minutes} minutes with every bar's 57 metrics read: "
-        f"{1 / reading['full']:,.0f} candles/s engine alone ({reading['full'] * 1e6:.1f} µs per bar); "
-        f"backtest of the 10 presets (replay + decisions, {reading['alerts']:,} alerts): "
-        f"{1 / reading['backtest']:,.0f} candles/s",
-        flush=True,
-    )
+    result, reading = replay_once(args, False)
+    if args.derivatives:
+        replay_once(args, True)
     if not args.no_pandas:
         seconds = bench_pandas(args.symbols, args.minutes)
         if seconds is None:
@@ -351,6 +356,33 @@ def replay_and_pandas(args: argparse.Namespace) -> None:
                 f"metric read {full_seconds / seconds:.2f}",
                 flush=True,
             )
+
+
+def replay_once(args: argparse.Namespace, derivatives: bool) -> tuple[dict, dict]:
+    label = "with §7b fields" if derivatives else "klines only"
+    result = bench_replay(args.symbols, args.minutes, derivatives)
+    print(
+        f"[{label}] replay {args.symbols} symbols × {args.minutes} minutes = {result['candles']:,} candles: "
+        f"{result['seconds']:.1f} s CPU, {result['per_second']:,.0f} candles/s end to end, "
+        f"{result['engine_per_second']:,.0f} candles/s engine alone "
+        f"(creating the candles took {result['creation_seconds']:.1f} s)",
+        flush=True,
+    )
+    print(
+        f"memory: peak RSS {result['peak_rss_mb']:.0f} MB (interpreter and imports {result['base_rss_mb']:.0f} MB), "
+        f"the {args.symbols} symbol states keep {result['states_mb']:.0f} MB",
+        flush=True,
+    )
+    sample = min(args.sample, args.symbols)
+    reading = bench_reading(sample, args.minutes, derivatives)
+    print(
+        f"[{label}] {sample} symbols × {args.minutes} minutes with every bar's {len(METRIC_NAMES)} metrics "
+        f"read: {1 / reading['full']:,.0f} candles/s engine alone ({reading['full'] * 1e6:.1f} µs per bar); "
+        f"backtest of the {len(PRESETS)} presets (replay + decisions, {reading['alerts']:,} alerts): "
+        f"{1 / reading['backtest']:,.0f} candles/s",
+        flush=True,
+    )
+    return result, reading
 
 
 if __name__ == "__main__":

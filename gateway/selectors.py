@@ -16,7 +16,13 @@ from django.db.models import QuerySet
 from alerts.models import AlertHistory, AlertRule, UserSettings
 from alerts.selectors import visible_alerts_queryset
 from collector.models import Symbol
-from cryptomon.contract.names import INDICATOR_NAMES, TIMEFRAMES, WINDOW_STEMS
+from cryptomon.contract.names import (
+    DERIVATIVES_BAR_NAMES,
+    DERIVATIVES_WINDOW_STEMS,
+    INDICATOR_NAMES,
+    TIMEFRAMES,
+    WINDOW_STEMS,
+)
 from cryptomon.contract.times import from_ms, to_ms
 from gateway.prices import decimals_of
 from metrics.models import MetricBar, StoredCandle
@@ -31,6 +37,20 @@ CANDLE_NUMBERS = (
     "taker_buy_volume",
     "taker_buy_quote_volume",
 )
+DERIVATIVE_NUMBERS = (
+    "mark_close",
+    "index_close",
+    "funding_rate",
+    "funding_interval_hours",
+    "open_interest",
+    "liq_long_quote",
+    "liq_short_quote",
+)
+"""The §7b fields of a candle that are numbers (null when unknown); `next_funding_time` and `liq_count` too."""
+
+
+def _number(value) -> float | None:
+    return None if value is None else float(value)
 
 
 @dataclass(frozen=True)
@@ -121,6 +141,9 @@ def candles(symbol: str, start: datetime | None, end: datetime | None, limit: in
             **{name: float(getattr(row, name)) for name in CANDLE_NUMBERS},
             "trades": row.trades,
             "source": row.source,
+            **{name: _number(getattr(row, name)) for name in DERIVATIVE_NUMBERS},
+            "next_funding_time": None if row.next_funding_time is None else to_ms(row.next_funding_time),
+            "liq_count": row.liq_count,
         }
         for row in rows
     ]
@@ -147,11 +170,16 @@ def latest_metrics(symbol: str, at: datetime | None = None) -> dict | None:
         metrics.update({f"{column}_{timeframe}": value for column, value in values.items()})
     any_row = next(iter(rows.values()))
     indicators = {column: getattr(any_row, column) for column in INDICATOR_NAMES}
+    derivatives = {column: getattr(any_row, column) for column in DERIVATIVES_BAR_NAMES}
+    for timeframe in TIMEFRAMES:
+        row = rows.get(timeframe)
+        for column in DERIVATIVES_WINDOW_STEMS:
+            derivatives[f"{column}_{timeframe}"] = getattr(row, column) if row else None
     return {
         "symbol": symbol,
         "open_time": to_ms(newest),
         "price": any_row.price,
-        "metrics": {"price": any_row.price, **metrics, **indicators},
+        "metrics": {"price": any_row.price, **metrics, **indicators, **derivatives},
         "timeframes": timeframes,
         "indicators": indicators,
     }

@@ -26,6 +26,17 @@ class StoredCandle(models.Model):
     taker_buy_quote_volume = models.DecimalField(**PRICE_DIGITS)
     source = models.CharField(max_length=8)
     event_time = models.DateTimeField()
+    # §7b derivatives fields, null when unknown. Floats, as the metrics engine reads them (so the backtest of
+    # this table equals the live bars); the liquidation sums exact, as the engine sums them.
+    mark_close = models.FloatField(null=True, blank=True)
+    index_close = models.FloatField(null=True, blank=True)
+    funding_rate = models.FloatField(null=True, blank=True, help_text="a fraction per funding interval")
+    funding_interval_hours = models.FloatField(null=True, blank=True)
+    next_funding_time = models.DateTimeField(null=True, blank=True)
+    open_interest = models.FloatField(null=True, blank=True, help_text="contracts")
+    liq_long_quote = models.DecimalField(null=True, blank=True, **PRICE_DIGITS)
+    liq_short_quote = models.DecimalField(null=True, blank=True, **PRICE_DIGITS)
+    liq_count = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
         db_table = "candles_1m"
@@ -59,6 +70,15 @@ class MetricBar(models.Model):
     bb_middle = models.FloatField(null=True)
     bb_lower = models.FloatField(null=True)
     vcp = models.FloatField(null=True)
+    oi_change = models.FloatField(null=True)
+    liq_long = models.FloatField(null=True)
+    liq_short = models.FloatField(null=True)
+    mark_price = models.FloatField(null=True)
+    index_price = models.FloatField(null=True)
+    basis = models.FloatField(null=True)
+    funding_rate = models.FloatField(null=True)
+    funding_apr = models.FloatField(null=True)
+    oi = models.FloatField(null=True)
 
     class Meta:
         db_table = "metrics_calculated"

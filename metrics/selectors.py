@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from django.db import connections
 
-from cryptomon.contract.candles import Candle, volume_units
+from cryptomon.contract.candles import Candle, Derivatives, volume_units
 from cryptomon.contract.times import from_ms
 
 ALIAS = "timeseries"
+
+DERIVATIVE_COLUMNS = (
+    "mark_close, index_close, funding_rate, funding_interval_hours, "
+    "(extract(epoch FROM next_funding_time) * 1000)::bigint, open_interest, liq_long_quote::text, "
+    "liq_short_quote::text, liq_count"
+)
+"""The §7b columns of `candles_1m` as `Derivatives.parse` reads them (nine values, in field order)."""
 
 
 def newest_metrics() -> dict[str, int]:
@@ -46,8 +53,8 @@ def candles_page(
     sql = (
         "SELECT symbol, (extract(epoch FROM time) * 1000)::bigint, open::float8, high::float8, low::float8, "
         "close::float8, volume::text, quote_volume::text, trades, taker_buy_volume::text, "
-        "taker_buy_quote_volume::text, source, (extract(epoch FROM event_time) * 1000)::bigint "
-        "FROM candles_1m WHERE time >= %s"
+        "taker_buy_quote_volume::text, source, (extract(epoch FROM event_time) * 1000)::bigint, "
+        f"{DERIVATIVE_COLUMNS} FROM candles_1m WHERE time >= %s"
     )
     params: list = [from_ms(since_ms)]
     if after is not None:
@@ -77,6 +84,8 @@ def candles_page(
             volume_units(tq, "taker_buy_quote_volume"),
             event_time,
             source or None,
+            Derivatives.parse(row[13:]),
         )
-        for symbol, t, o, h, lo, c, v, q, n, tv, tq, source, event_time in rows
+        for row in rows
+        for symbol, t, o, h, lo, c, v, q, n, tv, tq, source, event_time in (row[:13],)
     ]

@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from decimal import Decimal
 
 import msgspec
 from django.db import DataError, IntegrityError, connections, transaction
 
-from cryptomon.contract.candles import Candle, units_text
-from cryptomon.contract.names import EVERY_ROW_NAMES, TIMEFRAMES, WINDOW_STEMS
+from cryptomon.contract.candles import Candle, Derivatives, units_text
+from cryptomon.contract.names import (
+    DERIVATIVES_BAR_NAMES,
+    DERIVATIVES_WINDOW_STEMS,
+    EVERY_ROW_NAMES,
+    TIMEFRAMES,
+    WINDOW_STEMS,
+)
 from cryptomon.contract.times import from_ms
 from metrics.windows import Bar
 
@@ -23,19 +30,24 @@ logger = logging.getLogger(__name__)
 
 ALIAS = "timeseries"
 
-_CANDLE_SQL = (
-    "INSERT INTO candles_1m (symbol, time, open, high, low, close, volume, quote_volume, trades, "
-    "taker_buy_volume, taker_buy_quote_volume, source, event_time) "
-    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
+_CANDLE_COLUMNS = (
+    "symbol, time, open, high, low, close, volume, quote_volume, trades, taker_buy_volume, "
+    "taker_buy_quote_volume, source, event_time, mark_close, index_close, funding_rate, "
+    "funding_interval_hours, next_funding_time, open_interest, liq_long_quote, liq_short_quote, liq_count"
 )
-_METRIC_COLUMNS = (*WINDOW_STEMS, *EVERY_ROW_NAMES)
+_CANDLE_SQL = (
+    f"INSERT INTO candles_1m ({_CANDLE_COLUMNS}) VALUES ({', '.join(['%s'] * 22)}) ON CONFLICT DO NOTHING"
+)
+_WINDOW_STEMS = (*WINDOW_STEMS, *DERIVATIVES_WINDOW_STEMS)
+_ROW_NAMES = (*EVERY_ROW_NAMES, *DERIVATIVES_BAR_NAMES)
+_METRIC_COLUMNS = (*_WINDOW_STEMS, *_ROW_NAMES)
 _METRIC_SQL = (
     f"INSERT INTO metrics_calculated (symbol, timeframe, time, {', '.join(_METRIC_COLUMNS)}) "
     f"VALUES ({', '.join(['%s'] * (3 + len(_METRIC_COLUMNS)))}) "
     "ON CONFLICT (symbol, timeframe, time) DO UPDATE SET "
     + ", ".join(f"{column} = EXCLUDED.{column}" for column in _METRIC_COLUMNS)
 )
-_WINDOW_NAMES = tuple((window, tuple(f"{stem}_{window}" for stem in WINDOW_STEMS)) for window in TIMEFRAMES)
+_WINDOW_NAMES = tuple((window, tuple(f"{stem}_{window}" for stem in _WINDOW_STEMS)) for window in TIMEFRAMES)
 
 
 # Whole batches go in as one statement over one JSON array of rows: far faster than a statement per row,
@@ -49,12 +61,15 @@ def _select(types: tuple[str, ...]) -> str:
 
 
 _EPOCH = "timestamptz 'epoch'"
-_CANDLE_TYPES = ("text", "ms", *["numeric"] * 6, "bigint", "numeric", "numeric", "text", "ms")
+_CANDLE_TYPES = (
+    *("text", "ms", *["numeric"] * 6, "bigint", "numeric", "numeric", "text", "ms"),
+    *("float8", "float8", "float8", "float8", "ms", "float8", "numeric", "numeric", "bigint"),
+)
 _CANDLE_BULK = (
-    "INSERT INTO candles_1m (symbol, time, open, high, low, close, volume, quote_volume, trades, "
-    "taker_buy_volume, taker_buy_quote_volume, source, event_time) "
+    f"INSERT INTO candles_1m ({_CANDLE_COLUMNS}) "
     f"SELECT {_select(_CANDLE_TYPES)} FROM json_array_elements(%s::json) AS r ON CONFLICT DO NOTHING"
 )
+_NO_DERIVATIVES = (None,) * 9
 _METRIC_BULK = (
     f"INSERT INTO metrics_calculated (symbol, timeframe, time, {', '.join(_METRIC_COLUMNS)}) "
     f"SELECT {_select(('text', 'text', 'ms', *['float8'] * len(_METRIC_COLUMNS)))} "
@@ -83,12 +98,13 @@ def _candle_json(candle: Candle) -> tuple:
         msgspec.Raw(units_text(candle.taker_buy_quote_volume_e8).encode()),
         candle.source or "",
         candle.close_time if candle.event_time is None else candle.event_time,
+        *(_NO_DERIVATIVES if candle.derivatives is None else candle.derivatives.values()),
     )
 
 
 def _metric_json(bar: Bar) -> list[tuple]:
     metrics = bar.metrics_dict()
-    shared = tuple(metrics[name] for name in EVERY_ROW_NAMES)
+    shared = tuple(metrics[name] for name in _ROW_NAMES)
     return [
         (bar.symbol, window, bar.open_time, *(metrics[name] for name in names), *shared)
         for window, names in _WINDOW_NAMES
@@ -118,6 +134,25 @@ def candle_row(candle: Candle) -> tuple:
         candle.decimal("taker_buy_quote_volume"),
         candle.source or "",
         from_ms(candle.close_time if candle.event_time is None else candle.event_time),
+        *_derivative_row(candle.derivatives),
+    )
+
+
+def _derivative_row(d: Derivatives | None) -> tuple:
+    """The §7b columns of a `candles_1m` row (None where unknown)."""
+    if d is None:
+        return _NO_DERIVATIVES
+    long_q, short_q = d.liq_long_quote_e8, d.liq_short_quote_e8
+    return (
+        d.mark_close,
+        d.index_close,
+        d.funding_rate,
+        d.funding_interval_hours,
+        None if d.next_funding_time is None else from_ms(d.next_funding_time),
+        d.open_interest,
+        None if long_q is None else Decimal(long_q).scaleb(-8),
+        None if short_q is None else Decimal(short_q).scaleb(-8),
+        d.liq_count,
     )
 
 
@@ -125,7 +160,7 @@ def metric_rows(bar: Bar) -> list[tuple]:
     """The 6 `metrics_calculated` rows of a bar (one per timeframe)."""
     time = from_ms(bar.open_time)
     metrics = bar.metrics_dict()
-    shared = tuple(metrics[name] for name in EVERY_ROW_NAMES)
+    shared = tuple(metrics[name] for name in _ROW_NAMES)
     return [
         (bar.symbol, window, time, *(_float(metrics[name]) for name in names), *shared)
         for window, names in _WINDOW_NAMES

@@ -23,6 +23,12 @@ How each metric is O(1) (or small) per bar:
 A minute without a candle starts a new run (docs/contract.md §7): windows need their N minutes present (`volume_ratio`
 2N), indicators count closes from the run's start. Runs longer than 2880 minutes keep their recursive
 indicators going; windows never need more than 2880 minutes.
+
+The §7b derivatives metrics read a second append-only column that does not restart at a missing minute,
+`_Track`: each minute's `Derivatives` (None when the minute is missing or has none), because `oi_change_W`
+needs only minutes t and t − N, whatever lies between. Adding a candle appends one reference; the
+liquidation running totals (exact integers of 10⁻⁸) and null counts behind `liq_long_W`/`liq_short_W` are
+extended only when a bar first reads them, so a market without derivatives pays one append per candle.
 """
 
 from __future__ import annotations
@@ -33,9 +39,11 @@ from collections.abc import Iterator, Mapping
 from itertools import accumulate
 from typing import Any, Literal, overload
 
-from cryptomon.contract.candles import Candle
+from cryptomon.contract.candles import Candle, Derivatives
 from cryptomon.contract.messages import metrics_payload
 from cryptomon.contract.names import (
+    DERIVATIVES_BAR_NAMES,
+    DERIVATIVES_WINDOW_STEMS,
     INDICATOR_NAMES,
     METRIC_NAMES,
     TIMEFRAME_MINUTES,
@@ -56,9 +64,20 @@ _BLOCK = 120  # minutes per block of the high/low block extremes
 _TRIM_BY = 12 * _BLOCK  # a run's columns are cut by this many minutes (whole blocks) ...
 _TRIM_AT = HISTORY_MINUTES + _TRIM_BY  # ... when they reach this length, keeping the newest 2880
 _NULL_WINDOW = (None,) * len(WINDOW_STEMS)
+_DAY = TIMEFRAME_MINUTES["1d"]  # the longest look-back of a §7b metric (oi_change_1d reads t − 1440)
+_TRACK_TRIM_AT = 2 * _DAY  # a derivatives track holding 2 days is cut by one (oi_change_1d reads a day back)
+_NULL_LIQ = _WRAP - 1  # a null liquidation sum in a track (a real one is below 10^19 < 2^64 − 1)
+_NAN = math.nan
+_NULL_DERIVATIVES = (None,) * (len(DERIVATIVES_BAR_NAMES) + len(TIMEFRAMES) * len(DERIVATIVES_WINDOW_STEMS))
 
 # The engine emits values in exactly this order; checked once at import against the contract.
-_ORDER = ("price", *(f"{stem}_{window}" for window in TIMEFRAMES for stem in WINDOW_STEMS), *INDICATOR_NAMES)
+_ORDER = (
+    "price",
+    *(f"{stem}_{window}" for window in TIMEFRAMES for stem in WINDOW_STEMS),
+    *INDICATOR_NAMES,
+    *DERIVATIVES_BAR_NAMES,
+    *(f"{stem}_{window}" for window in TIMEFRAMES for stem in DERIVATIVES_WINDOW_STEMS),
+)
 if _ORDER != METRIC_NAMES:  # pragma: no cover - a change in the contract must be mirrored here
     raise ImportError("metrics.windows is out of step with cryptomon.contract.names.METRIC_NAMES")
 
@@ -67,12 +86,15 @@ if _ORDER != METRIC_NAMES:  # pragma: no cover - a change in the contract must b
 _STEMS_CORE = ("open", "change", "volume", "volume_ratio", "trades", "taker_buy_ratio")
 _RANGES = len(TIMEFRAMES)
 _RECURSIVE, _BANDS, _VCP = 2 * _RANGES, 2 * _RANGES + 1, 2 * _RANGES + 2
+_DERIVATIVES = _VCP + 1  # the §7b metrics of the bar itself; then one group per window
 _GROUP_NAMES: tuple[tuple[str, ...], ...] = (
     *(tuple(f"{stem}_{window}" for stem in _STEMS_CORE) for window in TIMEFRAMES),
     *((f"high_{window}", f"low_{window}") for window in TIMEFRAMES),
     ("price", "rsi_14", "macd", "macd_signal", "macd_hist"),
     ("bb_upper", "bb_middle", "bb_lower"),
     ("vcp",),
+    DERIVATIVES_BAR_NAMES,
+    *(tuple(f"{stem}_{window}" for stem in DERIVATIVES_WINDOW_STEMS) for window in TIMEFRAMES),
 )
 _GROUP_OF: dict[str, int] = {name: group for group, names in enumerate(_GROUP_NAMES) for name in names}
 if WINDOW_STEMS[:3] != ("open", "high", "low") or WINDOW_STEMS[3:] != _STEMS_CORE[1:]:  # pragma: no cover
@@ -213,6 +235,126 @@ def _ends(values: array, pick) -> tuple[array, array]:
     return suffix, array("d", accumulate(values, pick))
 
 
+class _Track:
+    """A symbol's §7b window inputs per absolute minute from `base` on, append-only, across missing minutes.
+
+    Compact machine arrays (the live worker keeps 600 symbols' tracks): `oi` (NaN = null), `lq`/`sq` the
+    liquidation sums (integers of 10⁻⁸; `_NULL_LIQ` = null). They may end before the symbol's newest minute
+    — minutes past their end are null (missing, or a candle without fields), so a market without
+    derivatives appends nothing. `tl`/`ts` (running totals mod 2⁶⁴), `fl`/`fs` (their float shadows) and
+    `nl`/`ns` (running null counts) cover the minutes before index 0 and after each minute, extended when a
+    bar first reads them."""
+
+    __slots__ = ("base", "fl", "fs", "lq", "nl", "ns", "oi", "sq", "tl", "ts")
+
+    def __init__(self, base: int) -> None:
+        self.base = base
+        self.oi = array("d")
+        self.lq = array("Q")
+        self.sq = array("Q")
+        self._totals()
+
+    def _totals(self) -> None:
+        self.tl, self.ts = array("Q", (0,)), array("Q", (0,))
+        self.fl, self.fs = array("d", (0.0,)), array("d", (0.0,))
+        self.nl, self.ns = array("I", (0,)), array("I", (0,))
+
+    def pad(self, minute: int) -> None:
+        """Nulls for the minutes from the arrays' end to `minute` (whose fields come next)."""
+        pad = minute - self.base - len(self.oi)
+        self.oi.extend(array("d", (_NAN,)) * pad)
+        self.lq.extend(array("Q", (_NULL_LIQ,)) * pad)
+        self.sq.extend(array("Q", (_NULL_LIQ,)) * pad)
+
+    def trimmed(self) -> _Track:
+        """A copy without the oldest `_DAY` minutes; this object is left unchanged."""
+        cut = _DAY
+        new = _Track.__new__(_Track)
+        new.base = self.base + cut
+        new.oi, new.lq, new.sq = self.oi[cut:], self.lq[cut:], self.sq[cut:]
+        if len(self.tl) > cut:
+            new.tl, new.ts, new.fl, new.fs = self.tl[cut:], self.ts[cut:], self.fl[cut:], self.fs[cut:]
+            new.nl, new.ns = self.nl[cut:], self.ns[cut:]
+        else:
+            new._totals()
+        return new
+
+    def truncate(self, length: int) -> None:
+        """Forget the minutes from index `length` on (undoing a preview's append)."""
+        for values in (self.oi, self.lq, self.sq):
+            del values[length:]
+        for totals in (self.tl, self.ts, self.fl, self.fs, self.nl, self.ns):
+            del totals[length + 1 :]
+
+    def open_interest(self, k: int) -> float | None:
+        """`open_interest` of minute index k (None when null, missing or before the track)."""
+        if k < 0 or k >= len(self.oi):
+            return None
+        value = self.oi[k]
+        return None if value != value else value
+
+    def liquidations(self, first: int, last: int) -> tuple[float | None, float | None]:
+        """(Σ liq_long_quote, Σ liq_short_quote) of minutes first..last; None where one of them is null."""
+        tl, ts, fl, fs, nl, ns = self.tl, self.ts, self.fl, self.fs, self.nl, self.ns
+        done = len(tl) - 1
+        if done <= last:
+            lq, sq = self.lq, self.sq
+            known = len(lq)
+            total_l, total_s, float_l, float_s = tl[-1], ts[-1], fl[-1], fs[-1]
+            null_l, null_s = nl[-1], ns[-1]
+            for k in range(done, last + 1):
+                if k < known:
+                    value = lq[k]
+                    if value == _NULL_LIQ:
+                        null_l += 1
+                    else:
+                        total_l = (total_l + value) & _MASK
+                        float_l += value
+                    value = sq[k]
+                    if value == _NULL_LIQ:
+                        null_s += 1
+                    else:
+                        total_s = (total_s + value) & _MASK
+                        float_s += value
+                else:
+                    null_l += 1
+                    null_s += 1
+                tl.append(total_l)
+                ts.append(total_s)
+                fl.append(float_l)
+                fs.append(float_s)
+                nl.append(null_l)
+                ns.append(null_s)
+        end = last + 1
+        return (
+            None
+            if nl[end] - nl[first]
+            else _unwrap((tl[end] - tl[first]) & _MASK, fl[end] - fl[first]) / _SCALE,
+            None
+            if ns[end] - ns[first]
+            else _unwrap((ts[end] - ts[first]) & _MASK, fs[end] - fs[first]) / _SCALE,
+        )
+
+
+def _bar_derivatives(d: Derivatives) -> tuple:
+    """mark_price, index_price, basis, funding_rate, funding_apr, oi of a bar whose candle carries `d`."""
+    mark, index = d.mark_close, d.index_close
+    basis = None if mark is None or not index else (mark - index) / index * 100
+    rate = None if d.funding_rate is None else d.funding_rate * 100
+    hours = d.funding_interval_hours
+    apr = None if rate is None or not hours else rate * 24 / hours * 365
+    oi = d.open_interest
+    return mark, index, basis, rate, apr, None if oi is None or mark is None else oi * mark
+
+
+def _oi_change(track: _Track, j: int, n: int, oi: float | None) -> float | None:
+    """(OI_t − OI_s) / OI_s × 100 for s = t − n; None when either is unknown or OI_s is 0."""
+    if oi is None:
+        return None
+    start = track.open_interest(j - n)
+    return None if not start else (oi - start) / start * 100
+
+
 class BarMetrics(Mapping):
     """A bar's §7 metrics by name (every name of `METRIC_NAMES`, in that order), computed when read."""
 
@@ -253,10 +395,12 @@ class Bar:
     __slots__ = (
         "_cache",
         "_columns",
+        "_d",
         "_index",
         "_macd",
         "_rsi",
         "_signal",
+        "_track",
         "final",
         "late",
         "open_time",
@@ -274,6 +418,8 @@ class Bar:
         rsi: float | None,
         macd: float | None,
         signal: float | None,
+        track: _Track,
+        d: Derivatives | None,
     ) -> None:
         self.symbol = symbol
         self.open_time = open_time
@@ -283,6 +429,8 @@ class Bar:
         self._rsi = rsi
         self._macd = macd
         self._signal = signal
+        self._track = track
+        self._d = d
         self._cache: dict[str, Any] | None = None
         self.final = True
         self.late = False
@@ -368,6 +516,7 @@ class Bar:
         values += (self._rsi, macd, signal, None if signal is None else macd - signal)
         values += self._group(_BANDS)
         values += self._group(_VCP)
+        values += self._derivatives()
         cache = self._cache = dict(zip(METRIC_NAMES, values))  # noqa: B905
         return cache
 
@@ -380,9 +529,37 @@ class Bar:
     def __repr__(self) -> str:
         return f"Bar({self.symbol!r}, {self.open_time}, final={self.final}, late={self.late})"
 
+    def _derivatives(self) -> tuple:
+        """Every §7b metric in `METRIC_NAMES` order."""
+        d = self._d
+        if d is None:
+            return _NULL_DERIVATIVES
+        track = self._track
+        j = self.open_time // MINUTE_MS - track.base
+        values = list(_bar_derivatives(d))
+        run = self._columns.offset + self._index + 1
+        oi = d.open_interest
+        for n in WINDOW_SIZES:
+            change = _oi_change(track, j, n, oi)
+            if run < n:
+                values += (change, None, None)
+            else:
+                values += (change, *track.liquidations(j - n + 1, j))
+        return tuple(values)
+
     def _group(self, group: int) -> tuple:
         columns, i = self._columns, self._index
         run = columns.offset + i + 1
+        if group >= _DERIVATIVES:
+            track, d = self._track, self._d
+            j = self.open_time // MINUTE_MS - track.base
+            if group == _DERIVATIVES:
+                return (None,) * len(DERIVATIVES_BAR_NAMES) if d is None else _bar_derivatives(d)
+            n = WINDOW_SIZES[group - _DERIVATIVES - 1]
+            if d is None:
+                return None, None, None
+            change = _oi_change(track, j, n, d.open_interest)
+            return (change, None, None) if run < n else (change, *track.liquidations(j - n + 1, j))
         if group < _RANGES:
             n = WINDOW_SIZES[group]
             return (None,) * len(_STEMS_CORE) if run < n else _sums(columns, i, run, n)
@@ -450,17 +627,21 @@ _SCALARS = (
     "_s26",
     "_sig",
     "_ssig",
+    "_track",
+    "_track_end",
 )
 
 
 class SymbolState:
     """One symbol's last 2880 minutes and running indicators. Feed final candles in open-time order."""
 
-    __slots__ = (*_SCALARS, "symbol")
+    __slots__ = (*_SCALARS, "symbol")  # `_minute` is among _SCALARS: a preview puts it back too
 
     def __init__(self, symbol: str) -> None:
         self.symbol = symbol
         self._minute = -1  # absolute minute number (open_time // 60 000) of the newest final candle
+        self._track = _Track(0)
+        self._track_end = _TRACK_TRIM_AT
         self._reset_run()
 
     def _reset_run(self) -> None:
@@ -491,26 +672,27 @@ class SymbolState:
 
         The candle is added as if final, the bar's metrics are all computed, and the state is put back
         (the appended minute is cut off the columns), so a preview equals the final bar of the same
-        candle by construction. After a missing minute the preview starts a new run on its own.
+        candle by construction. After a missing minute the preview starts a new run, as the final bar would.
         """
         minute = candle.open_time // MINUTE_MS
         if minute <= self._minute:
             raise ValueError(
                 f"{self.symbol}: candle {candle.open_time} is not after the newest bar {self.last_open_time}"
             )
-        if minute != self._minute + 1:  # a new run: nothing of this state is needed (or may be touched)
-            bar = SymbolState(self.symbol).add_final(candle)
-        else:
-            saved = [getattr(self, name) for name in _SCALARS]
-            columns = self._columns
-            length, shadowed = len(columns.closes), columns.fq is not None
-            try:
-                bar = self.add_final(candle)
-                bar.metrics_dict()  # every value now: the columns lose this minute below
-            finally:
-                columns.truncate(length, shadowed)
-                for name, value in zip(_SCALARS, saved, strict=True):
-                    setattr(self, name, value)
+        # After a missing minute the candle starts a new run (fresh columns, put back below as well), but
+        # the derivatives track goes on: oi_change reads minutes before the gap.
+        saved = [getattr(self, name) for name in _SCALARS]
+        columns, track = self._columns, self._track
+        length, shadowed = len(columns.closes), columns.fq is not None
+        track_length = self._minute - track.base + 1
+        try:
+            bar = self.add_final(candle)
+            bar.metrics_dict()  # every value now: the columns lose this minute below
+        finally:
+            columns.truncate(length, shadowed)
+            track.truncate(track_length)
+            for name, value in zip(_SCALARS, saved, strict=True):
+                setattr(self, name, value)
         bar.final = False
         return bar
 
@@ -533,7 +715,28 @@ class SymbolState:
                     f"{self.symbol}: candle {c.open_time} is not after the newest bar {self.last_open_time}"
                 )
             self._reset_run()
+            if self._minute < 0 or m - self._minute > _DAY:  # nothing before the gap is ever read again
+                self._track = _Track(m)
+                self._track_end = m + _TRACK_TRIM_AT
         self._minute = m
+        if m >= self._track_end:
+            track = self._track
+            while m - track.base >= _TRACK_TRIM_AT:
+                track = track.trimmed()
+            self._track = track
+            self._track_end = track.base + _TRACK_TRIM_AT
+        d = c.derivatives
+        if d is not None:  # the track's inputs, appended here rather than by a call: this runs per candle
+            track = self._track
+            oi = track.oi
+            if len(oi) != m - track.base:
+                track.pad(m)
+            value = d.open_interest
+            oi.append(_NAN if value is None else value)
+            value = d.liq_long_quote_e8
+            track.lq.append(_NULL_LIQ if value is None else value)
+            value = d.liq_short_quote_e8
+            track.sq.append(_NULL_LIQ if value is None else value)
         r = self._run = self._run + 1
         columns = self._columns
         closes = columns.closes
@@ -611,7 +814,9 @@ class SymbolState:
             if r == 26:
                 self._e26 = self._s26 / 26
                 macd = self._ssig = self._e12 - self._e26
-        return Bar(self.symbol, c.open_time, x, columns, i, rsi, macd, signal) if emit else None
+        return (
+            Bar(self.symbol, c.open_time, x, columns, i, rsi, macd, signal, self._track, d) if emit else None
+        )
 
 
 def _unwrap(modular: int, approximate: float) -> int:

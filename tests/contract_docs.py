@@ -17,6 +17,21 @@ def section(number: str) -> str:
     return match.group(0)
 
 
+def presets_of(number: str) -> list[tuple[str, ...]]:
+    """(slug, name, description, expression) of every row of the presets table of §<number>, in order."""
+    return [m.groups() for line in section(number).splitlines() if (m := PRESET_ROW.match(line))]
+
+
 def kline_presets() -> list[tuple[str, ...]]:
-    """(slug, name, description, expression) of every row of the §8 presets table, in order."""
-    return [m.groups() for line in section("8").splitlines() if (m := PRESET_ROW.match(line))]
+    """The 10 kline presets of §8."""
+    return presets_of("8")
+
+
+def derivatives_presets() -> list[tuple[str, ...]]:
+    """The 6 futures presets of §7b."""
+    return presets_of("7b")
+
+
+def all_presets() -> list[tuple[str, ...]]:
+    """All 16 presets: §8's, then §7b's (the order of `alerts.presets.PRESETS`)."""
+    return kline_presets() + derivatives_presets()

@@ -49,23 +49,17 @@ def scripted(spec: dict) -> range:
     return range(start, start + sum(step["minutes"] for step in spec["steps"]) * MINUTE, MINUTE)
 
 
+WITH_SCENARIO = sorted(path.stem for path in SCENARIOS.glob("*.json"))
+
+
 def test_there_is_one_scenario_per_preset_on_distinct_symbols():
-    files = sorted(path.stem for path in SCENARIOS.glob("*.json"))
-    # the docs/contract.md §7b presets' scenarios script derivatives fields (tests/test_emulator_derivatives.py)
-    derivatives = {
-        "futures_crowded_longs",
-        "futures_crowded_shorts",
-        "futures_long_squeeze",
-        "futures_short_squeeze",
-        "futures_oi_surge",
-        "futures_basis_dislocation",
-    }
-    assert set(files) == set(PRESETS_BY_SLUG) | derivatives
+    files = WITH_SCENARIO
+    assert set(files) == set(PRESETS_BY_SLUG)  # all 16: the §7b ones script derivatives fields too
     symbols = [scenario(slug)["symbol"] for slug in files]
     assert len(set(symbols)) == len(symbols) and set(symbols) <= set(FAMOUS)
 
 
-@pytest.mark.parametrize("slug", sorted(PRESETS_BY_SLUG))
+@pytest.mark.parametrize("slug", WITH_SCENARIO)
 def test_each_preset_fires_on_its_scenario(slug):
     spec = scenario(slug)
     fired = [alert for alert in alerts_on(spec) if alert["rule"] == slug]
@@ -74,7 +68,7 @@ def test_each_preset_fires_on_its_scenario(slug):
     assert fired[0]["open_time"] >= T0  # after the emulator's start: the demo shows it live
 
 
-@pytest.mark.parametrize("slug", sorted(PRESETS_BY_SLUG))
+@pytest.mark.parametrize("slug", WITH_SCENARIO)
 def test_each_preset_stays_silent_on_a_near_miss_of_its_scenario(slug):
     spec = copy.deepcopy(scenario(slug))
     last = spec["steps"][-1]

@@ -115,6 +115,42 @@ def test_another_users_personal_alerts_never_appear(world):
     assert client.get("/api/alerts", {"rule": f"u{me.pk}-mine"}).json()["alerts"] == []
 
 
+def test_candles_and_metrics_carry_the_derivatives_fields_null_when_unknown(world):
+    from decimal import Decimal
+
+    from metrics.models import MetricBar, StoredCandle
+
+    _, _, client = world
+    newest = StoredCandle.objects.filter(symbol="BTCUSDT").order_by("-time").first()
+    StoredCandle.objects.filter(symbol="BTCUSDT", time=newest.time).update(
+        mark_close=103.25,
+        index_close=103.0,
+        funding_rate=-0.0002,
+        funding_interval_hours=4.0,
+        next_funding_time=NOW + timedelta(hours=2),
+        open_interest=5000.5,
+        liq_long_quote=Decimal("1500000.12345678"),
+        liq_short_quote=Decimal("0"),
+        liq_count=3,
+    )
+    rows = client.get("/api/candles/BTCUSDT", {"limit": 2}).json()["candles"]
+    assert rows[1]["mark_close"] == 103.25 and rows[1]["funding_rate"] == -0.0002
+    assert rows[1]["next_funding_time"] == ms(NOW + timedelta(hours=2)) and rows[1]["liq_count"] == 3
+    assert rows[1]["liq_long_quote"] == 1500000.12345678 and rows[1]["open_interest"] == 5000.5
+    assert all(
+        rows[0][name] is None for name in ("mark_close", "liq_long_quote", "liq_count", "next_funding_time")
+    )
+    MetricBar.objects.filter(symbol="BTCUSDT", timeframe="1h").update(
+        oi_change=2.5, liq_long=10.0, basis=0.25
+    )
+    metrics = client.get("/api/metrics/BTCUSDT").json()["metrics"]
+    assert (
+        metrics["oi_change_1h"] == 2.5 and metrics["liq_long_1h"] == 10.0 and metrics["liq_short_1h"] is None
+    )
+    assert metrics["oi_change_4h"] is None  # no 4h row: unknown
+    assert "funding_apr" in metrics and metrics["funding_apr"] is None
+
+
 def test_candles_of_a_non_ascii_symbol_and_a_time_range(world):
     _, _, client = world
     data.candles("币安人生USDT", 10)

@@ -224,7 +224,7 @@ def test_no_alerts_is_still_success_with_an_empty_output(tmp_path):
         "--input", "BTCUSDT-1m-2026-01-01.csv", "--rules", "presets", "--output", "-", cwd=tmp_path
     )
     assert result.returncode == 0 and result.stdout == ""
-    assert "0 alert(s) from 10 rule(s)" in result.stderr
+    assert "0 alert(s) from 16 rule(s)" in result.stderr
 
 
 # --- with the database: rules from alert_rules, candles from candles_1m ---------------------------------

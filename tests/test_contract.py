@@ -32,8 +32,12 @@ def test_milliseconds_and_datetimes_convert_both_ways_in_utc():
 
 def test_every_timeframe_has_its_minutes_and_its_metric_names():
     assert tuple(names.TIMEFRAME_MINUTES) == names.TIMEFRAMES
-    assert len(names.METRIC_NAMES) == 1 + len(names.TIMEFRAMES) * len(names.WINDOW_STEMS) + len(
-        names.INDICATOR_NAMES
+    assert len(names.METRIC_NAMES) == (
+        1
+        + len(names.TIMEFRAMES) * len(names.WINDOW_STEMS)
+        + len(names.INDICATOR_NAMES)
+        + len(names.DERIVATIVES_BAR_NAMES)
+        + len(names.TIMEFRAMES) * len(names.DERIVATIVES_WINDOW_STEMS)
     )
     assert set(names.MARKET_METRICS) <= set(names.METRIC_NAMES)
 

@@ -73,3 +73,72 @@ def test_the_payload_round_trips_exactly():
 def test_bad_input_is_refused_with_the_field_named(field, value, message):
     with pytest.raises(ValueError, match=message):
         Candle.from_payload(PAYLOAD | {field: value})
+
+
+# --- §7b derivatives fields -----------------------------------------------------------------------------
+
+DERIVATIVES = {
+    "mark_close": "87006.1",
+    "index_close": 87001,
+    "funding_rate": "-0.0001",
+    "funding_interval_hours": 4,
+    "next_funding_time": T0 + 3_600_000,
+    "open_interest": "81234.567",
+    "liq_long_quote": "1500000.123456789",
+    "liq_short_quote": 0,
+    "liq_count": 4,
+}
+
+
+def test_derivatives_fields_are_read_and_liquidation_sums_kept_exact():
+    d = Candle.from_payload({**PAYLOAD, **DERIVATIVES}).derivatives
+    assert (d.mark_close, d.index_close, d.funding_rate, d.funding_interval_hours) == (
+        87006.1,
+        87001.0,
+        -0.0001,
+        4.0,
+    )
+    assert (d.next_funding_time, d.open_interest, d.liq_count) == (T0 + 3_600_000, 81234.567, 4)
+    assert (d.liq_long_quote_e8, d.liq_short_quote_e8) == (150000012345679, 0)  # 10⁻⁸, half-even
+
+
+def test_absent_and_null_derivatives_fields_are_unknown():
+    assert Candle.from_payload(PAYLOAD).derivatives is None
+    assert Candle.from_payload({**PAYLOAD, **dict.fromkeys(DERIVATIVES)}).derivatives is None
+    d = Candle.from_payload({**PAYLOAD, "open_interest": "5", "liq_count": None}).derivatives
+    assert d.open_interest == 5.0 and d.mark_close is None and d.liq_count is None
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "why"),
+    [
+        ("mark_close", "abc", "not a number"),
+        ("index_close", "-1", "negative"),
+        ("funding_rate", "NaN", "not a finite number"),
+        ("funding_rate", True, "not a number"),
+        ("funding_interval_hours", [8], "not a number"),
+        ("next_funding_time", "soon", "not an integer"),
+        ("open_interest", "-3", "negative"),
+        ("liq_long_quote", "-0.5", "negative"),
+        ("liq_short_quote", "1e12", "too large"),
+        ("liq_count", -1, "negative"),
+        ("liq_count", 1.5, "not an integer"),
+    ],
+)
+def test_a_bad_derivatives_field_is_refused_naming_it(field, value, why):
+    with pytest.raises(ValueError) as caught:
+        Candle.from_payload({**PAYLOAD, **DERIVATIVES, field: value})
+    assert str(caught.value).startswith(f"{field}: ") and why in str(caught.value)
+
+
+def test_the_payload_carries_every_derivatives_field_and_reads_back_equal():
+    import msgspec
+
+    candle = decode_payload(msgspec.json.encode({**PAYLOAD, **DERIVATIVES}))
+    body = msgspec.json.decode(msgspec.json.encode(candle.payload()))
+    assert body["liq_long_quote"] == 1500000.12345679 and body["funding_interval_hours"] == 4.0
+    assert decode_payload(msgspec.json.encode(candle.payload())) == candle
+    plain = msgspec.json.decode(msgspec.json.encode(Candle.from_payload(PAYLOAD).payload()))
+    assert {name: plain[name] for name in DERIVATIVES} == dict.fromkeys(DERIVATIVES)
+    changed = Candle.from_payload({**PAYLOAD, **DERIVATIVES, "open_interest": "1"})
+    assert not changed.same_market_data(candle)  # a different field is a different market fact

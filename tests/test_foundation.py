@@ -19,7 +19,7 @@ from cryptomon import embedded, messaging
 from cryptomon.routers import TimeseriesRouter
 from metrics.models import MetricBar, StoredCandle
 from tests.conftest import run_manage
-from tests.contract_docs import kline_presets
+from tests.contract_docs import derivatives_presets, kline_presets
 
 BOTH = ["default", "timeseries"]
 
@@ -76,21 +76,29 @@ def test_the_composite_keys_refuse_a_second_candle_for_the_same_minute():
 
 
 @pytest.mark.django_db
-def test_the_ten_presets_exist_exactly_as_designed():
+def test_the_sixteen_presets_exist_exactly_as_designed():
     from importlib import import_module
 
-    frozen = import_module("alerts.migrations.0002_presets").PRESETS
+    kline = import_module("alerts.migrations.0002_presets").PRESETS
+    futures = import_module("alerts.migrations.0010_derivatives_presets").PRESETS
     rules = {rule.slug: rule for rule in AlertRule.objects.filter(owner=None)}
-    assert len(rules) == 10
-    expected = kline_presets()
-    assert len(expected) == 10
-    assert expected == [(s, n, d, e) for s, n, d, e, *_ in frozen]
-    for slug, name, description, expression in expected:
+    assert len(rules) == 16
+    assert kline_presets() == [(s, n, d, e) for s, n, d, e, *_ in kline] and len(kline) == 10
+    assert derivatives_presets() == [(s, n, d, e) for s, n, d, e, *_ in futures] and len(futures) == 6
+    for slug, name, description, expression in kline_presets():
         rule = rules[slug]
         assert (rule.name, rule.description, rule.expression) == (name, description, expression)
         assert rule.severity == ("warning" if name.startswith("60 Big") else "info")
         assert rule.direction == ("bull" if "Bull" in name or name == "Bottom Hunter" else "bear")
         assert (rule.mode, rule.cooldown_seconds, rule.enabled) == ("bar_close", 300, True)
+    directions = {"Crowded Longs": "bull", "Short Squeeze": "bull", "Crowded Shorts": "bear"}
+    directions |= {"Long Squeeze": "bear", "OI Surge": "neutral", "Basis Dislocation": "neutral"}
+    for slug, name, description, expression in derivatives_presets():
+        rule = rules[slug]
+        assert (rule.name, rule.description, rule.expression) == (name, description, expression)
+        assert rule.severity == ("warning" if name.endswith("Squeeze") else "info")
+        assert rule.direction == directions[name]
+        assert (rule.mode, rule.cooldown_seconds, rule.enabled, rule.owner) == ("bar_close", 300, True, None)
 
 
 async def test_stream_creation_is_idempotent_and_corrects_drift(jetstream):
@@ -163,7 +171,7 @@ def test_check_infra_names_nats_when_it_is_down(settings):
     lines = out.getvalue().splitlines()
     assert any(line.startswith("✗ NATS") for line in lines)
     assert any(line.startswith("✓ Redis") for line in lines)
-    assert any(line.startswith("✓ metadata database: 10 alert rules") for line in lines)
+    assert any(line.startswith("✓ metadata database: 16 alert rules") for line in lines)
 
 
 def _without_server_urls() -> dict:
@@ -188,7 +196,7 @@ def test_two_commands_share_the_embedded_servers_and_check_infra_passes(tmp_path
         assert check.returncode == 0, check.stdout + check.stderr
         assert (var_dir / "embedded.env").read_text() == first
         assert (var_dir / "embedded.json").read_text() == state
-        assert "✓ metadata database: 10 alert rules" in check.stdout
+        assert "✓ metadata database: 16 alert rules" in check.stdout
         assert "✓ publish/subscribe" in check.stdout
         assert "✗" not in check.stdout
         assert "host=" in first and "127.0.0.1:4222" not in first and "127.0.0.1:6379" not in first

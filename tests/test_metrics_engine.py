@@ -23,7 +23,8 @@ from django.db import connections
 
 from cryptomon import messaging
 from cryptomon.contract import subjects
-from cryptomon.contract.candles import Candle
+from cryptomon.contract.candles import Candle, decode_payload
+from metrics import selectors
 from metrics.engine import MetricsWorker, WorkerConfig
 from metrics.replay import replay
 
@@ -343,3 +344,58 @@ async def test_on_start_stored_candles_after_the_stored_watermark_are_evaluated_
     want = expected(candles)
     assert all(b["metrics"] == want[("BTCUSDT", b["open_time"])] for b in bars)  # windows span the restart
     assert bars[-1]["metrics"]["volume_1h"] is not None
+
+
+def with_derivatives(candle: Candle, minute: int) -> Candle:
+    """The candle with the §7b fields the collector attaches (a liquidation burst at minute 30)."""
+    return decode_payload(
+        msgspec.json.encode(
+            {
+                **candle.payload(),
+                "mark_close": f"{candle.close + 0.05:.4f}",
+                "index_close": f"{candle.close:.4f}",
+                "funding_rate": "0.00025",
+                "funding_interval_hours": 8,
+                "next_funding_time": T0 + 8 * 60 * MINUTE,
+                "open_interest": str(50_000 + 37 * minute),
+                "liq_long_quote": "2500000.5" if minute == 30 else "0",
+                "liq_short_quote": None if minute == 12 else "10.25",
+                "liq_count": 1 if minute == 30 else 0,
+            }
+        )
+    )
+
+
+def derivative_row(symbol: str, timeframe: str, open_time: int) -> dict:
+    names = ("oi_change", "liq_long", "liq_short", "mark_price", "index_price", "basis", "funding_rate")
+    names += ("funding_apr", "oi")
+    with connections["timeseries"].cursor() as cursor:
+        cursor.execute(
+            f"SELECT {', '.join(names)} FROM metrics_calculated WHERE symbol = %s AND timeframe = %s AND time = %s",
+            [symbol, timeframe, datetime.fromtimestamp(open_time / 1000, tz=UTC)],
+        )
+        return dict(zip(names, cursor.fetchone(), strict=True))
+
+
+async def test_candles_with_derivatives_fields_give_the_derivatives_metrics_published_and_stored(jetstream):
+    _, js = jetstream
+    candles = [with_derivatives(make_candle("BTCUSDT", m), m) for m in range(40)]
+    async with running(config()):
+        await publish(js, candles)
+        bars = await wait_until(lambda: _at_least(js, 40))
+        await wait_until(lambda: in_thread(lambda: count_rows("metrics_calculated") == 40 * 6))
+    assert_bars_equal_replay(bars, candles)
+    by_time = {bar["open_time"]: bar["metrics"] for bar in bars}
+    at_34 = by_time[T0 + 34 * MINUTE]
+    assert at_34["liq_long_5m"] == 2500000.5  # the burst at minute 30 is in the window 30..34
+    assert by_time[T0 + 35 * MINUTE]["liq_long_5m"] == 0.0
+    assert at_34["liq_short_15m"] == 15 * 10.25
+    assert by_time[T0 + 26 * MINUTE]["liq_short_15m"] is None  # 12..26 holds the null minute
+    assert by_time[T0 + 27 * MINUTE]["liq_short_15m"] == 15 * 10.25
+    assert at_34["oi_change_15m"] == (37 * 15) / (50_000 + 37 * 19) * 100
+    assert at_34["funding_apr"] == 0.025 * 24 / 8 * 365
+    row = await in_thread(derivative_row, "BTCUSDT", "5m", T0 + 34 * MINUTE)
+    assert row["liq_long"] == at_34["liq_long_5m"] and row["oi_change"] == at_34["oi_change_5m"]
+    assert (row["mark_price"], row["basis"], row["oi"]) == (at_34["mark_price"], at_34["basis"], at_34["oi"])
+    stored = await in_thread(selectors.candles_page, T0)  # what a restart warms up from
+    assert [c.derivatives for c in stored] == [c.derivatives for c in candles]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
-from cryptomon.contract.candles import Candle
+from cryptomon.contract.candles import Candle, decode_payload
 from metrics import selectors, services
 from metrics.replay import replay
 
@@ -78,3 +79,60 @@ def test_bars_are_upserted_as_six_rows_and_the_newest_is_the_watermark():
         MetricBar.objects.get(symbol="BTCUSDT", timeframe="15m", time__gte="2026-01-01T00:05:00Z").open
         is None
     )
+
+
+DERIVATIVES = {
+    "mark_close": "87001.5",
+    "index_close": "86990.25",
+    "funding_rate": "-0.00012345",
+    "funding_interval_hours": 4,
+    "next_funding_time": T0 + 4 * 60 * MINUTE,
+    "open_interest": "12345.678",
+    "liq_long_quote": "1234567.12345678",
+    "liq_short_quote": "0",
+    "liq_count": 3,
+}
+
+
+def with_derivatives(c: Candle, **changes) -> Candle:
+    return decode_payload(msgspec.json.encode({**c.payload(), **DERIVATIVES, **changes}))
+
+
+def test_derivatives_fields_are_stored_and_read_back_exactly_by_the_warm_up_and_the_backtest():
+    from alerts.backtest import stored_candles
+
+    candles = [
+        with_derivatives(candle("BTCUSDT", 0)),
+        with_derivatives(candle("BTCUSDT", 1), index_close=None, liq_count=None, next_funding_time=None),
+        candle("BTCUSDT", 2),  # none at all: every column null
+    ]
+    assert candles[0].derivatives.liq_long_quote_e8 == 123456712345678
+    assert candles[2].derivatives is None
+    assert services.store(candles) == []
+    assert selectors.candles_page(T0) == candles
+    assert [c.derivatives for c in stored_candles("BTCUSDT")] == [c.derivatives for c in candles]
+    from metrics.models import StoredCandle
+
+    row = StoredCandle.objects.get(symbol="BTCUSDT", time__lt="2026-01-01T00:01:00Z")
+    assert (row.funding_rate, row.funding_interval_hours, str(row.liq_long_quote)) == (
+        -0.00012345,
+        4.0,
+        "1234567.12345678",
+    )
+
+
+def test_the_derivatives_metrics_are_stored_on_every_timeframe_row():
+    candles = [with_derivatives(candle("BTCUSDT", m), open_interest=str(1000 + m)) for m in range(6)]
+    bars = list(replay(candles))
+    assert services.store(candles, bars) == []
+    from metrics.models import MetricBar
+
+    rows = {r.timeframe: r for r in MetricBar.objects.filter(time__gte="2026-01-01T00:05:00Z")}
+    m = bars[-1].metrics
+    assert rows["5m"].oi_change == m["oi_change_5m"] == (1005 - 1000) / 1000 * 100
+    assert rows["5m"].liq_long == m["liq_long_5m"] == 5 * 1234567.12345678
+    assert rows["5m"].liq_short == 0.0 and rows["15m"].liq_short is None and rows["15m"].oi_change is None
+    for row in rows.values():
+        assert (row.mark_price, row.index_price, row.basis) == (m["mark_price"], m["index_price"], m["basis"])
+        assert (row.funding_rate, row.funding_apr, row.oi) == (m["funding_rate"], m["funding_apr"], m["oi"])
+    assert rows["1d"].funding_apr == -0.012345 * 24 / 4 * 365

@@ -25,11 +25,22 @@ INDICATORS = ("rsi_14", "macd", "macd_signal", "macd_hist", "bb_upper", "bb_midd
 
 
 def candle(
-    minute, close=100.0, *, open_=None, high=None, low=None, qv="1000", tbq="400", trades=10, symbol="BTCUSDT"
+    minute,
+    close=100.0,
+    *,
+    open_=None,
+    high=None,
+    low=None,
+    qv="1000",
+    tbq="400",
+    trades=10,
+    symbol="BTCUSDT",
+    **derivatives,
 ):
     open_ = close if open_ is None else open_
     return Candle.from_payload(
         {
+            **derivatives,
             "symbol": symbol,
             "open_time": T0 + minute * MINUTE,
             "open": open_,
@@ -100,7 +111,34 @@ def direct(candles: list[Candle], only: set[int] | None = None) -> dict[int, dic
         metrics.update(direct_indicators(closes))
         h, lo, o, x = c.high, c.low, c.open, c.close
         metrics["vcp"] = None if h == lo else (x / ((o + x) / 2)) * ((x - lo) - (h - x)) / (h - lo)
+        metrics.update(direct_derivatives(candles, index, len(run)))
         out[index] = metrics
+    return out
+
+
+def direct_derivatives(candles: list[Candle], index: int, run: int) -> dict:
+    """§7b for bar `index`, straight from the definitions (minute s found by open time, sums as Fractions)."""
+    c = candles[index]
+    d = c.derivatives
+    by_time = {x.open_time: x for x in candles[: index + 1]}
+    field = lambda x, name: None if x is None or x.derivatives is None else getattr(x.derivatives, name)  # noqa: E731
+    mark, index_price = field(c, "mark_close"), field(c, "index_close")
+    rate, hours, oi = field(c, "funding_rate"), field(c, "funding_interval_hours"), field(c, "open_interest")
+    out: dict = {
+        "mark_price": mark,
+        "index_price": index_price,
+        "basis": None if mark is None or not index_price else (mark - index_price) / index_price * 100,
+        "funding_rate": None if rate is None else rate * 100,
+        "funding_apr": None if rate is None or not hours else rate * 100 * 24 / hours * 365,
+        "oi": None if oi is None or mark is None else oi * mark,
+    }
+    for window, n in SIZES.items():
+        start = field(by_time.get(c.open_time - n * MINUTE), "open_interest")
+        out[f"oi_change_{window}"] = None if oi is None or not start else (oi - start) / start * 100
+        for side in ("long", "short"):
+            values = [field(x, f"liq_{side}_quote_e8") for x in candles[index - n + 1 : index + 1]]
+            complete = d is not None and run >= n and None not in values
+            out[f"liq_{side}_{window}"] = float(Fraction(sum(values), 10**8)) if complete else None
     return out
 
 
@@ -342,6 +380,30 @@ volume = st.sampled_from(
 )
 
 
+maybe = lambda values: st.one_of(st.none(), st.sampled_from(values))  # noqa: E731
+
+
+@st.composite
+def derivative_fields(draw):
+    """A candle's §7b fields: mostly all present, sometimes some or all null or absent."""
+    if draw(st.integers(0, 9)) == 0:
+        return {}
+    fields = {
+        "mark_close": draw(maybe(["100", "100.5", "0.00123", "31337.1"])),
+        "index_close": draw(maybe(["100", "99.5", "0", "0.00122"])),
+        "funding_rate": draw(maybe(["0.0001", "-0.00375", "0", "0.03"])),
+        "funding_interval_hours": draw(maybe([8, 4, 1, 0])),
+        "open_interest": draw(maybe(["0", "1000", "1000.5", "123456789.123", "7"])),
+        "liq_long_quote": draw(maybe(["0", "0.00000001", "1000000.5", "99999999999.99999999"])),
+        "liq_short_quote": draw(maybe(["0", "12.34", "5000000"])),
+        "liq_count": draw(maybe([0, 1, 3])),
+    }
+    if draw(st.booleans()):  # the collector's usual candle: every field known
+        fields = {name: value if value is not None else "1" for name, value in fields.items()}
+        fields["liq_count"] = 2
+    return fields
+
+
 @st.composite
 def sequences(draw):
     symbols = draw(st.lists(st.sampled_from(["AAA", "BBB", "ÄÖÜUSDT"]), min_size=1, max_size=2, unique=True))
@@ -365,6 +427,7 @@ def sequences(draw):
                     tbq=tbq,
                     trades=draw(st.integers(0, 5)),
                     symbol=symbol,
+                    **draw(derivative_fields()),
                 )
             )
     candles.sort(key=lambda c: c.open_time)  # symbols interleave, each in order
@@ -447,3 +510,118 @@ def test_bars_read_long_after_they_were_made_equal_bars_read_at_once_also_beyond
     for index in (4400, 4699):
         got = kept[index].metrics
         assert all(got[name] == want[index][name] for name in METRIC_NAMES if name not in INDICATORS), index
+
+
+# --- §7b derivatives metrics: hand-computed fixtures -------------------------------------------------------
+
+FULL = dict(
+    mark_close="101",
+    index_close="100",
+    funding_rate="0.0005",
+    funding_interval_hours=4,
+    open_interest="2000",
+    liq_long_quote="250000.25",
+    liq_short_quote="0",
+    liq_count=1,
+)
+
+
+def test_per_bar_derivatives_metrics_follow_their_definitions():
+    m = bars_of([candle(0, **FULL)])[0].metrics
+    assert m["mark_price"] == 101.0 and m["index_price"] == 100.0
+    assert m["basis"] == (101.0 - 100.0) / 100.0 * 100  # 1 %
+    assert m["funding_rate"] == 0.0005 * 100  # 0.05 % per 4-hour interval
+    assert m["funding_apr"] == 0.0005 * 100 * 24 / 4 * 365  # 109.5 % a year
+    assert m["oi"] == 2000 * 101.0  # contracts × mark
+    assert m["oi_change_5m"] is None and m["liq_long_5m"] is None  # no history yet
+
+
+def test_a_candle_without_derivatives_fields_has_every_derivatives_metric_null():
+    bars = bars_of([candle(i, **FULL) for i in range(5)] + [candle(5)])
+    assert bars[4].metrics["liq_long_5m"] == 5 * 250000.25
+    assert all(bars[5].metrics[name] is None for name in DERIVATIVE_METRICS)
+
+
+def test_any_null_operand_makes_the_per_bar_metric_null():
+    m = bars_of([candle(0, **{**FULL, "index_close": None, "funding_interval_hours": 0})])[0].metrics
+    assert m["mark_price"] == 101.0 and m["index_price"] is None and m["basis"] is None
+    assert m["funding_rate"] == 0.05 and m["funding_apr"] is None  # a zero interval is a zero denominator
+    m = bars_of([candle(0, **{**FULL, "mark_close": None})])[0].metrics
+    assert m["oi"] is None and m["basis"] is None
+    m = bars_of([candle(0, **{**FULL, "index_close": "0"})])[0].metrics
+    assert m["basis"] is None
+
+
+def test_oi_change_compares_with_the_minute_n_before_even_across_missing_minutes():
+    ois = {0: "1000", 5: "1100", 15: "1200"}
+    candles = [candle(i, **{**FULL, "open_interest": ois.get(i, "1")}) for i in range(16) if i not in (7, 8)]
+    bars = {bar.open_time: bar for bar in bars_of(candles)}
+    at_5 = bars[T0 + 5 * MINUTE].metrics
+    assert at_5["oi_change_5m"] == (1100 - 1000) / 1000 * 100  # 10 %
+    at_15 = bars[T0 + 15 * MINUTE].metrics
+    assert at_15["oi_change_15m"] == (1200 - 1000) / 1000 * 100  # minutes 7 and 8 missing: still known
+    assert at_15["liq_long_15m"] is None  # ... but a 15-minute window with missing minutes is not
+    assert at_15["oi_change_5m"] == (1200 - 1) / 1 * 100
+    assert at_15["oi_change_1h"] is None
+
+
+def test_oi_change_is_null_when_minute_s_is_missing_or_its_open_interest_is_null_or_zero():
+    candles = [candle(0, **{**FULL, "open_interest": "0"}), candle(1, **{**FULL, "open_interest": None})]
+    candles += [candle(i, **FULL) for i in range(3, 9)]  # minute 2 missing
+    bars = bars_of(candles)
+    # minute 5 reads minute 0 (zero: no denominator), 6 reads 1 (null), 7 reads 2 (missing), 8 reads 3
+    assert [bar.metrics["oi_change_5m"] for bar in bars[2:]] == [None, None, None, None, None, 0.0]
+
+
+def test_liquidation_sums_are_exact_and_null_when_any_minute_of_the_window_is_null():
+    huge = "99999999999.99999999"
+    candles = [
+        candle(i, **{**FULL, "liq_long_quote": huge, "liq_short_quote": "0.00000001"}) for i in range(5)
+    ]
+    m = bars_of(candles)[-1].metrics
+    assert m["liq_long_5m"] == float(Fraction(10**19 - 1, 10**8) * 5)
+    assert m["liq_short_5m"] == 5e-8
+    candles[2] = candle(2, **{**FULL, "liq_short_quote": None})
+    m = bars_of(candles)[-1].metrics
+    assert m["liq_short_5m"] is None and m["liq_long_5m"] is not None
+
+
+def test_derivatives_windows_survive_previews_day_gaps_and_trimmed_tracks():
+    walk = random.Random(5)
+    minutes = [i for i in range(9000) if not 2000 <= i < 3500 and i not in (4000, 4001)]
+    candles = [
+        candle(
+            i,
+            **{
+                **FULL,
+                "open_interest": str(walk.randrange(1, 10**6)),
+                "liq_long_quote": str(walk.randrange(0, 10**9) / 100),
+                "liq_short_quote": None if walk.random() < 0.001 else str(walk.randrange(0, 500)),
+            },
+        )
+        for i in minutes
+    ]
+    state = SymbolState("BTCUSDT")
+    kept = []
+    for index, c in enumerate(candles):
+        preview = state.preview(c) if index % 7 == 0 or index > len(candles) - 800 else None
+        kept.append(state.add_final(c))
+        assert preview is None or preview.metrics_dict() == kept[-1].metrics_dict() | {}
+    assert state._track.base > T0 // MINUTE + 4002  # the track was cut meanwhile (twice)
+    indices = [1440, 1999, 2000, 2100, 3439, 3440, 4000, 6000, len(candles) - 1500, len(candles) - 1]
+    for index in indices:
+        want = direct_derivatives(candles, index, _run_length(candles, index))
+        got = kept[index].metrics  # read long after: the track was cut and restarted meanwhile
+        assert {name: got[name] for name in want} == want, index
+
+
+def _run_length(candles: list[Candle], index: int) -> int:
+    run = 1
+    while index - run >= 0 and candles[index - run].open_time == candles[index].open_time - run * MINUTE:
+        run += 1
+    return run
+
+
+DERIVATIVE_METRICS = [
+    name for name in METRIC_NAMES if name.split("_")[0] in ("mark", "index", "basis", "funding", "oi", "liq")
+]

@@ -1,4 +1,4 @@
-"""The 10 presets of docs/contract.md §8: exactly as designed, and each one's verdict on hand-built markets."""
+"""The 16 presets of docs/contract.md §8 and §7b: exactly as designed, and each one's verdict on hand-built markets."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from alerts.decisions import RuleSpec
 from alerts.presets import PRESETS, PRESETS_BY_SLUG, preset_specs
 from alerts.rule_language import compile_rule
-from tests.contract_docs import kline_presets
+from tests.contract_docs import all_presets
 
 # A literal copy of the §8 table: the presets, the docs and this list must all agree.
 EXPECTED = [
@@ -71,28 +71,74 @@ EXPECTED = [
         "potential top reversal",
         "change_1h > 0.7 and change_15m > 0.6 and change_5m < -0.5 and volume_5m > volume_15m / 2 and volume_5m > volume_1h / 8",
     ),
+    # §7b
+    (
+        "futures_crowded_longs",
+        "Crowded Longs",
+        "funding rich while open interest builds into a rise",
+        "funding_apr > 50 and oi_change_4h > 5 and change_4h > 0",
+    ),
+    (
+        "futures_crowded_shorts",
+        "Crowded Shorts",
+        "funding negative while open interest builds into a fall",
+        "funding_apr < -50 and oi_change_4h > 5 and change_4h < 0",
+    ),
+    (
+        "futures_long_squeeze",
+        "Long Squeeze",
+        "longs liquidated into a drop",
+        "liq_long_5m > 1_000_000 and change_5m < -1",
+    ),
+    (
+        "futures_short_squeeze",
+        "Short Squeeze",
+        "shorts liquidated into a rise",
+        "liq_short_5m > 1_000_000 and change_5m > 1",
+    ),
+    (
+        "futures_oi_surge",
+        "OI Surge",
+        "positions pile in while price stands still",
+        "oi_change_15m > 5 and abs(change_15m) < 1",
+    ),
+    ("futures_basis_dislocation", "Basis Dislocation", "mark far from index", "abs(basis) > 0.5"),
 ]
+KLINE = {slug for slug, *_ in EXPECTED[:10]}
 
 
-def test_the_presets_are_the_ten_rules_of_the_design_character_for_character():
+def test_the_presets_are_the_sixteen_rules_of_the_design_character_for_character():
     actual = [(p.slug, p.name, p.description, p.expression) for p in PRESETS]
     assert actual == EXPECTED
 
 
 def test_the_presets_match_the_table_in_the_contract_docs():
     actual = [(p.slug, p.name, p.description, p.expression) for p in PRESETS]
-    assert actual == kline_presets()
+    assert actual == all_presets()
 
 
 def test_severity_direction_and_the_rest_follow_the_design():
+    futures = {
+        "futures_crowded_longs": "bull",
+        "futures_short_squeeze": "bull",
+        "futures_crowded_shorts": "bear",
+        "futures_long_squeeze": "bear",
+        "futures_oi_surge": "neutral",
+        "futures_basis_dislocation": "neutral",
+    }
     for preset in PRESETS:
+        assert (preset.mode, preset.cooldown_seconds, preset.enabled) == ("bar_close", 300, True)
+        if preset.slug in futures:
+            assert preset.direction == futures[preset.slug]
+            continue
         assert preset.severity == ("warning" if preset.name.startswith("60 Big") else "info")
         bull = "Bull" in preset.name or preset.name == "Bottom Hunter"
         assert preset.direction == ("bull" if bull else "bear")
-        assert (preset.mode, preset.cooldown_seconds, preset.enabled) == ("bar_close", 300, True)
     assert [p.slug for p in PRESETS if p.severity == "warning"] == [
         "futures_big_bull_60",
         "futures_big_bear_60",
+        "futures_long_squeeze",
+        "futures_short_squeeze",
     ]
 
 
@@ -191,6 +237,12 @@ FIRING = {
         volume_15m=500_000.0,
         volume_1h=2_000_000.0,
     ),
+    "futures_crowded_longs": dict(funding_apr=60.0, oi_change_4h=6.0, change_4h=0.5),
+    "futures_crowded_shorts": dict(funding_apr=-60.0, oi_change_4h=6.0, change_4h=-0.5),
+    "futures_long_squeeze": dict(liq_long_5m=1_500_000.0, change_5m=-1.5),
+    "futures_short_squeeze": dict(liq_short_5m=1_500_000.0, change_5m=1.5),
+    "futures_oi_surge": dict(oi_change_15m=7.0, change_15m=-0.5),
+    "futures_basis_dislocation": dict(basis=-0.7),
 }
 
 # A threshold exactly met is not crossed: every comparison in the presets is strict.
@@ -205,6 +257,12 @@ AT_THE_THRESHOLD = {
     "futures_15_big_bear": {"change_1h": -1.2},
     "futures_bottom_hunter": {"volume_1h": 2_400_000.0},
     "futures_top_hunter": {"change_5m": -0.5},
+    "futures_crowded_longs": {"funding_apr": 50.0},
+    "futures_crowded_shorts": {"oi_change_4h": 5.0},
+    "futures_long_squeeze": {"liq_long_5m": 1_000_000.0},
+    "futures_short_squeeze": {"change_5m": 1.0},
+    "futures_oi_surge": {"change_15m": -1.0},
+    "futures_basis_dislocation": {"basis": 0.5},
 }
 
 
@@ -241,9 +299,11 @@ def test_a_quiet_market_fires_nothing():
         **{f"change_{w}": 0.05 for w in ("5m", "15m", "1h", "4h", "8h", "1d")},
         **{f"volume_{w}": 10_000.0 * m for w, m in (("5m", 5), ("15m", 15), ("1h", 60), ("8h", 480))},
         "volume_1d": 14_400_000.0,
+        **{"funding_apr": 10.95, "oi_change_4h": 0.5, "oi_change_15m": 0.1, "basis": 0.01},
+        **{"liq_long_5m": 0.0, "liq_short_5m": 0.0},
     }
     assert [spec.slug for spec in preset_specs() if spec.compiled(quiet) is not False] == []
 
 
 def test_a_market_with_no_history_fires_nothing():
-    assert [spec.compiled({}) for spec in preset_specs()] == [None] * 10
+    assert [spec.compiled({}) for spec in preset_specs()] == [None] * 16

@@ -36,13 +36,36 @@ def refusal(expression: str) -> RuleError:
 # --- metric names --------------------------------------------------------------------------------
 
 
-def test_metric_names_are_every_name_of_design_section_7_in_order():
+def test_metric_names_are_every_name_of_sections_7_and_7b_in_order():
     windows = ("5m", "15m", "1h", "4h", "8h", "1d")
     stems = ("open", "high", "low", "change", "volume", "volume_ratio", "trades", "taker_buy_ratio")
     indicators = ("rsi_14", "macd", "macd_signal", "macd_hist", "bb_upper", "bb_middle", "bb_lower", "vcp")
-    expected = ("price", *(f"{s}_{w}" for w in windows for s in stems), *indicators)
+    derivatives = ("mark_price", "index_price", "basis", "funding_rate", "funding_apr", "oi")
+    derivative_stems = ("oi_change", "liq_long", "liq_short")
+    expected = (
+        "price",
+        *(f"{s}_{w}" for w in windows for s in stems),
+        *indicators,
+        *derivatives,
+        *(f"{s}_{w}" for w in windows for s in derivative_stems),
+    )
     assert expected == METRIC_NAMES
-    assert len(set(METRIC_NAMES)) == len(METRIC_NAMES) == 57
+    assert len(set(METRIC_NAMES)) == len(METRIC_NAMES) == 57 + 6 + 18
+
+
+@pytest.mark.parametrize(
+    ("typo", "hint"),
+    [
+        ("oi_change_2h", "the windows are 5m, 15m, 1h, 4h, 8h and 1d"),
+        ("liq_long_30m", "the windows are 5m, 15m, 1h, 4h, 8h and 1d"),
+        ("funding_arp", "did you mean funding_apr?"),
+        ("liq_longs_5m", "did you mean liq_long_5m?"),
+        ("Basis", "did you mean basis? (names are lowercase)"),
+    ],
+)
+def test_a_misspelt_derivatives_name_is_refused_with_the_nearest_name(typo, hint):
+    error = refusal(f"{typo} > 0")
+    assert f"unknown metric '{typo}'" in str(error) and hint in str(error)
 
 
 @pytest.mark.parametrize("name", METRIC_NAMES)

@@ -1,4 +1,4 @@
-"""Timeframes and metric names (docs/contract.md §6, §7): the metrics engine computes these, rules read them."""
+"""Timeframes and metric names (docs/contract.md §6, §7, §7b): the metrics engine computes these, rules read them."""
 
 from __future__ import annotations
 
@@ -34,12 +34,27 @@ INDICATOR_NAMES: tuple[str, ...] = (
 EVERY_ROW_NAMES: tuple[str, ...] = ("price", *INDICATOR_NAMES)
 """Metrics of the bar itself, repeated on each of its `metrics_calculated` rows."""
 
+DERIVATIVES_BAR_NAMES: tuple[str, ...] = (
+    "mark_price",
+    "index_price",
+    "basis",
+    "funding_rate",
+    "funding_apr",
+    "oi",
+)
+"""§7b metrics of the bar itself (from its candle's derivatives fields), on each `metrics_calculated` row."""
+
+DERIVATIVES_WINDOW_STEMS: tuple[str, ...] = ("oi_change", "liq_long", "liq_short")
+"""§7b per-timeframe metrics: `<stem>_<timeframe>`, one `metrics_calculated` column each."""
+
 METRIC_NAMES: tuple[str, ...] = (
     "price",
     *(f"{stem}_{timeframe}" for timeframe in TIMEFRAMES for stem in WINDOW_STEMS),
     *INDICATOR_NAMES,
+    *DERIVATIVES_BAR_NAMES,
+    *(f"{stem}_{timeframe}" for timeframe in TIMEFRAMES for stem in DERIVATIVES_WINDOW_STEMS),
 )
-"""Every metric of a bar, in the order of a `metrics` payload."""
+"""Every metric of a bar (§7, then §7b), in the order of a `metrics` payload."""
 
 MARKET_METRICS: tuple[str, ...] = (
     "change_5m",
