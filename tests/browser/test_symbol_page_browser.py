@@ -158,12 +158,12 @@ def test_the_pages_fit_the_screen_without_cutting_off_a_column(servers, browser,
         assert page.locator("#metrics-table").is_visible()
         if width < 600:
             screenshot(page, "phone-symbol")
-        for path in ("/", "/settings/", "/history/"):
+        for path in ("/", "/settings/", "/settings/notifications/", "/history/"):
             page.goto(f"{servers}{path}")
             page.wait_for_load_state("load")
             assert _fits(page), f"{path} is wider than a {width} px screen"
             if width < 600:
-                screenshot(page, "phone-" + (path.strip("/") or "live"))
+                screenshot(page, "phone-" + (path.strip("/").replace("/", "-") or "live"))
     finally:
         context.close()
     assert errors == []
