@@ -274,6 +274,9 @@ def _text(frame: dict) -> str:
     return messaging.encode(frame).decode()
 
 
+MAX_HELD_ALERTS = 10_000  # alerts held behind a snapshot being read; more: the client reconnects (4008)
+
+
 class Alerts:
     """Alerts waiting in a socket's buffer as encoded payloads (``frame`` when shared with other sockets)."""
 
@@ -386,6 +389,10 @@ class AlertsConsumer(AsyncWebsocketConsumer):
         self.outbox = Outbox(settings.WS_SEND_BUFFER)
         self.subscription = Subscription()
         self.snapshot_ids: set[str] = set()
+        # While a snapshot is being read, live alerts wait here and follow it: sent before it, they would be
+        # wiped off the screen by it (the client replaces its feed with a snapshot) if the query missed them.
+        self.snapshots_reading = 0
+        self.held: list[tuple[dict, str]] = []
         self.last_status: dict | None = None
         self.market_interval = settings.GATEWAY_TICK_SECONDS
         self.market_sent_at = 0.0
@@ -493,10 +500,13 @@ class AlertsConsumer(AsyncWebsocketConsumer):
         if self.closed or self.closing_slow:
             return
         if not self.outbox.put(entry):
-            logger.info("ws: closing a slow client (%d frames waiting)", len(self.outbox))
-            exporter.WEB_WEBSOCKET_SEND_BUFFER_CLOSES.inc()
-            self.closing_slow = True  # queue nothing more; the close runs as a task (hub calls are sync)
-            self.closer = asyncio.get_running_loop().create_task(self._close(CLOSE_SLOW_CLIENT))
+            self._close_slow()
+
+    def _close_slow(self) -> None:
+        logger.info("ws: closing a slow client (%d frames waiting)", len(self.outbox))
+        exporter.WEB_WEBSOCKET_SEND_BUFFER_CLOSES.inc()
+        self.closing_slow = True  # queue nothing more; the close runs as a task (hub calls are sync)
+        self.closer = asyncio.get_running_loop().create_task(self._close(CLOSE_SLOW_CLIENT))
 
     async def _enqueue(self, text: str) -> None:
         self._put(text)
@@ -595,13 +605,24 @@ class AlertsConsumer(AsyncWebsocketConsumer):
             alerts = visible_alerts(self.audience, sub.symbols, sub.rules, since, SNAPSHOT_SIZE)
             return alerts, _text({"type": "snapshot", "alerts": alerts})
 
-        if self.audience.anonymous and self.hub is not None:
-            key = (sub.symbols, sub.rules)
-            alerts, frame = await self.hub.shared(key, not_before or self.joined_at, lambda: in_thread(query))
-        else:
-            alerts, frame = await in_thread(query)
+        self.snapshots_reading += 1
+        try:
+            if self.audience.anonymous and self.hub is not None:
+                key = (sub.symbols, sub.rules)
+                alerts, frame = await self.hub.shared(
+                    key, not_before or self.joined_at, lambda: in_thread(query)
+                )
+            else:
+                alerts, frame = await in_thread(query)
+        finally:
+            self.snapshots_reading -= 1
         self.snapshot_ids = {alert["id"] for alert in alerts}
         await self._enqueue(frame)
+        if not self.snapshots_reading and self.held:
+            held, self.held = self.held, []
+            texts = [text for alert, text in held if alert.get("id") not in self.snapshot_ids]
+            if texts:
+                self._put(Alerts(texts))
 
     async def _read_status(self) -> dict:
         try:
@@ -672,6 +693,11 @@ class AlertsConsumer(AsyncWebsocketConsumer):
             for n, alert in enumerate(batch.alerts)
             if matches(alert) and alert.get("id") not in self.snapshot_ids and visible(alert)
         ]
+        if self.snapshots_reading:
+            self.held.extend((batch.alerts[n], batch.texts[n]) for n in chosen)
+            if len(self.held) > MAX_HELD_ALERTS:
+                self._close_slow()
+            return
         if len(chosen) == len(batch.alerts):
             self._put(Alerts(batch.texts, batch.frame()))
         elif chosen:

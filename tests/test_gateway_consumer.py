@@ -526,3 +526,31 @@ async def test_a_settings_write_in_alerts_reaches_open_sockets_through_the_signa
     assert await database_sync_to_async(alert_services.toggle_watchlist)(me, "ETHUSDT")
     assert await receive(socket) == {"type": "snapshot", "alerts": [eth]}
     await socket.disconnect()
+
+
+async def test_an_alert_that_arrives_while_a_snapshot_is_read_follows_the_snapshot(monkeypatch):
+    """The page replaces its feed with each snapshot: an alert sent ahead of a snapshot that missed it (the
+    query read the table before the alert was committed) would vanish from the screen."""
+    import threading
+
+    me = await database_sync_to_async(make_user)("snapshot-race")
+    socket, _, _ = await connect_ready(await database_sync_to_async(cookie_headers)(me))
+    reading, release = threading.Event(), threading.Event()
+    original = consumers.visible_alerts
+
+    def slow_read(*args, **kwargs):
+        reading.set()
+        release.wait(30)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(consumers, "visible_alerts", slow_read)
+    await socket.send_json_to({"type": "subscribe", "symbols": None, "rules": None, "market": False})
+    assert await asyncio.to_thread(reading.wait, 30)
+    late = payload(symbol="ETHUSDT")  # committed after the snapshot's query read the table
+    await publish(late)
+    assert await socket.receive_nothing(timeout=1)  # held: nothing goes ahead of the snapshot
+    release.set()
+    snapshot = await receive(socket)
+    assert snapshot["type"] == "snapshot" and late["id"] not in [a["id"] for a in snapshot["alerts"]]
+    assert await alerts_received(socket) == [late["id"]]
+    await socket.disconnect()
