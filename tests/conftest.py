@@ -50,48 +50,19 @@ def redis_client():
     client.close()
 
 
-class PrivateNats:
-    """A NATS server of the test's own, which the test may stop and start again on the same port."""
+class PrivateServer:
+    """An embedded server of the test's own (NATS or Valkey), which the test may stop and start again on the
+    same port, as after a real server restart (NATS keeps its store; Valkey keeps nothing)."""
 
-    def __init__(self, var_dir: Path):
+    def __init__(self, var_dir: Path, server: embedded._Server):
         self.var_dir = var_dir
-        self.server = embedded._Nats("nats", "NATS_URL")
+        self.server = server
         self.state: dict = {}
         self.port: int | None = None
 
     @property
     def url(self) -> str:
         """With the embedded credentials, like every embedded server's URL."""
-        return embedded._Nats.url(self.var_dir, self.port)
-
-    def start(self) -> None:
-        """Start, or start again on the same port with the same store (as after a real server restart)."""
-        self.state = self.server.start(self.var_dir, durable=False, port=self.port)
-        self.port = self.state["port"]
-
-    def stop(self) -> None:
-        self.server.stop(self.state)
-
-
-@pytest.fixture
-def private_nats(tmp_path):
-    server = PrivateNats(tmp_path)
-    server.start()
-    yield server
-    server.stop()
-
-
-class PrivateValkey:
-    """A Valkey server of the test's own, which the test may restart on the same port (it keeps nothing)."""
-
-    def __init__(self, var_dir: Path):
-        self.var_dir = var_dir
-        self.server = embedded._Valkey("valkey", "REDIS_URL")
-        self.state: dict = {}
-        self.port: int | None = None
-
-    @property
-    def url(self) -> str:
         return self.state["url"]
 
     def start(self) -> None:
@@ -103,8 +74,16 @@ class PrivateValkey:
 
 
 @pytest.fixture
+def private_nats(tmp_path):
+    server = PrivateServer(tmp_path, embedded._Nats("nats", "NATS_URL"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def private_valkey(tmp_path):
-    server = PrivateValkey(tmp_path)
+    server = PrivateServer(tmp_path, embedded._Valkey("valkey", "REDIS_URL"))
     server.start()
     yield server
     server.stop()

@@ -13,7 +13,7 @@ from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, StreamConfig
 
 from cryptomon import embedded, messaging
-from tests.conftest import PrivateNats
+from tests.conftest import PrivateServer
 
 
 async def eventually(check, timeout: float = 30.0) -> None:
@@ -22,7 +22,7 @@ async def eventually(check, timeout: float = 30.0) -> None:
             await asyncio.sleep(0.05)
 
 
-def start_without_jetstream(nats: PrivateNats) -> subprocess.Popen:
+def start_without_jetstream(nats: PrivateServer) -> subprocess.Popen:
     """The same address served by a NATS server whose JetStream is not up (as while one starts)."""
     binary = Path(sys.executable).parent / "nats-server"
     log = nats.var_dir / "logs" / "nats-plain.log"
