@@ -73,6 +73,8 @@ class Feed {
     ws.onmessage = (event) => {
       let message;
       try { message = JSON.parse(event.data); } catch { return; }
+      // Snapshots seen by this page (one on connect, one per subscribe): the browser tests wait on it.
+      if (message.type === "snapshot") body.dataset.snapshots = String(Number(body.dataset.snapshots || 0) + 1);
       if (message.type === "alerts" && !this.handlers.alerts) {
         // Several alerts ready at the same moment, oldest first (docs/contract.md §10): one `alert` each.
         for (const alert of message.alerts || []) this.handlers.alert?.({ type: "alert", alert });

@@ -176,6 +176,12 @@ def publish(subject: str, payload: dict, jetstream: bool = False) -> None:
         pool.submit(asyncio.run, send()).result(timeout=30)
 
 
+def wait_until_subscribed(page) -> None:
+    """Until the snapshot answering the page's first subscribe is in: it replaces the feed, so an alert the
+    test sends without storing it (as these tests do) must come after it to stay on screen."""
+    page.wait_for_function("() => Number(document.body.dataset.snapshots || 0) >= 2")
+
+
 def publish_until(page, publisher: Callable[[], None], condition: str, arg=None, timeout: float = 40) -> None:
     """Publish again until the page shows it: the bridge's core subscriptions see only what comes after
     they start, and the page's socket may still be connecting."""
@@ -319,6 +325,7 @@ def test_an_alert_appears_in_the_feed_and_on_the_symbol_chart(servers, page, tra
     stored = data.alert("futures_top_hunter", "BTCUSDT", 30, direction="bear", late=True)
     sign_in(page, servers)
     page.wait_for_selector(f"#alert-feed li[data-id='{stored.alert_id}'] .late")  # the snapshot
+    wait_until_subscribed(page)
     open_time = to_ms(data.NOW - timedelta(minutes=5))
     fresh = alert_payload("BTCUSDT", open_time)
     publish_until(
@@ -443,6 +450,7 @@ def test_alerts_that_arrive_together_in_one_alerts_frame_all_reach_the_feed(serv
     page.on("websocket", lambda ws: ws.on("framereceived", lambda frame: frames.append(str(frame))))
     sign_in(page, servers)
     page.wait_for_selector("#conn[data-state=open]")
+    wait_until_subscribed(page)
     burst = [
         alert_payload(name, to_ms(data.NOW) - n * 60_000) for n, name in enumerate(("BTCUSDT", "ETHUSDT"))
     ]
