@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -179,8 +180,11 @@ def test_the_poller_removes_a_webhook_before_polling(celery_worker, bot):
     thread = threading.Thread(target=loop.run_until_complete, args=(worker.run(),), daemon=True)
     thread.start()
     try:
-        connect(bot, trader)
+        deadline = time.monotonic() + 60
+        while bot.webhook_url != "" and time.monotonic() < deadline:  # removed before the first poll
+            time.sleep(0.05)
         assert bot.webhook_url == "" and "setWebhook" in bot.calls
+        connect(bot, trader)  # and the poller then binds the chat from getUpdates
     finally:
         loop.call_soon_threadsafe(worker.stop)
         thread.join(timeout=30)
